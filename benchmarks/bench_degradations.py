@@ -1,0 +1,85 @@
+"""Cost of ``D(x, t)`` at ``t = 1`` and ``t = T`` for every operator, against the original implementation's approach.
+
+    python benchmarks/bench_degradations.py                  # batch 32, 128x128, GPU if available
+    python benchmarks/bench_degradations.py --device cpu --json benchmarks/results/degradations-cpu.json
+
+The blur is the paper's CelebA generation blur (T 300, kernel 27, sigma_i = exp(0.01 i), circular); the other
+operators use the paper's CelebA-128 settings.  The baseline iterates per-step operators as the original code did
+(see ``benchmarks/baselines.py``).  Figures are medians of repeated calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import colddiff.degradations as cd  # noqa: E402
+from benchmarks.baselines import naive_degrade  # noqa: E402
+from benchmarks.common import fmt_time, machine, pick_device, print_table, timeit, write_json  # noqa: E402
+
+
+def operators() -> dict[str, cd.Degradation]:
+    return {
+        "GaussianBlur (T 300, k 27, exp 0.01, circular)": cd.GaussianBlur(300, kernel_size=27, schedule="exponential",
+                                                                          sigma=1.0, rate=0.01),
+        "GaussianBlur (T 200, k 15, exp 0.01, reflect)": cd.GaussianBlur(200, kernel_size=15, schedule="exponential",
+                                                                         sigma=1.0, rate=0.01, border="reflect"),
+        "GaussianMask (T 100, centred)": cd.GaussianMask(100, sigma=0.2, sigma_step=0.2),
+        "Pixelate (T 4, 128 -> 8)": cd.Pixelate(4),
+        "Snow (T 200, level 4)": cd.Snow(200, level=4),
+        "Desaturate (T 20)": cd.Desaturate(20),
+        "Mix (T 200)": cd.Mix(200),
+        "GaussianNoise (T 200)": cd.GaussianNoise(200),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per measurement")
+    parser.add_argument("--only", default=None, help="substring filter on operator names")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    rows, results = [], []
+    for name, op in operators().items():
+        if args.only and args.only.lower() not in name.lower():
+            continue
+        op = op.to(device)
+        params = op.make_params(x, **({"z": torch.rand_like(x)} if "z" in op.context_keys else {}))
+        T = op.num_steps
+        entry = {"operator": name, "num_steps": T}
+        for t in (1, T):
+            level = torch.full((args.batch,), t, device=device, dtype=torch.long)
+            ours = timeit(lambda op=op, level=level, params=params: op.degrade(x, level, params), device, args.budget)
+            naive = timeit(lambda op=op, t=t, params=params: naive_degrade(op, x, t, params), device, args.budget)
+            entry[f"ours_t{'1' if t == 1 else 'T'}_s"] = ours
+            entry[f"naive_t{'1' if t == 1 else 'T'}_s"] = naive
+        entry["speedup_at_T"] = entry["naive_tT_s"] / entry["ours_tT_s"]
+        results.append(entry)
+        rows.append([name, fmt_time(entry["ours_t1_s"]), fmt_time(entry["ours_tT_s"]), fmt_time(entry["naive_t1_s"]),
+                     fmt_time(entry["naive_tT_s"]), f"{entry['speedup_at_T']:.1f}x"])
+        print(f"  measured {name}", file=sys.stderr)
+    info = machine(device)
+    print(f"\nD(x, t), batch {args.batch}, 3x{args.size}x{args.size}, {info['device_name']} ({info['device']}), "
+          f"torch {info['torch']}, fp32\n")
+    table = print_table(["operator", "ours t=1", "ours t=T", "naive t=1", "naive t=T", "speed-up at T"], rows)
+    payload = {"benchmark": "degradations", "machine": info, "batch": args.batch, "size": args.size,
+               "results": results, "table": table}
+    if args.json:
+        write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Input validation and random-draw helpers shared across colddiff (no Lightning, no heavy imports)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def check_num_steps(num_steps: Any) -> int:
+    """Validate ``num_steps`` and return it as an ``int``."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise TypeError(f"num_steps must be a positive int, got {type(num_steps).__name__} {num_steps!r}")
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps}")
+    return int(num_steps)
+
+
+def check_per_step(values: Any, num_steps: int, name: str, *, allow_zero: bool = True) -> Tensor:
+    """Validate a per-step schedule (one value per step, ``(T,)``) and return it as a float64 tensor."""
+    try:
+        tensor = torch.as_tensor(values, dtype=torch.float64).flatten().clone()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a sequence of {num_steps} numbers, got {values!r}") from err
+    if tensor.numel() != num_steps:
+        raise ValueError(f"{name} must have one value per step ({num_steps} values), got {tensor.numel()}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} must be finite, got {tensor.tolist()}")
+    low = tensor.min().item()
+    if low < 0 or (not allow_zero and low == 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} at every step, got a minimum of {low}")
+    return tensor
+
+
+def as_pair(value: Any, name: str) -> tuple[int, int]:
+    """``int`` or ``(h, w)`` to ``(h, w)``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Standard normal draws on ``like``'s device and dtype, reproducible with a generator on any device.
+
+    The draw happens on the generator's device (CPU generators give the same numbers whatever device the
+    images are on) and is then moved.
+    """
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(like.device, like.dtype)
+
+
+def rand(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Uniform ``[0, 1)`` draws, same device rules as :func:`randn`."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32).to(like.device, like.dtype)
+
+
+def randint(high: int, shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Uniform integers in ``[0, high)`` as a long tensor on ``like``'s device."""
+    device = generator.device if generator is not None else like.device
+    return torch.randint(high, shape, generator=generator, device=device).to(like.device)

@@ -1,0 +1,231 @@
+"""The degradation contract shared by every operator.
+
+Conventions (the same everywhere in colddiff, see README "Conventions"):
+
+* Images are float tensors of shape ``(B, C, H, W)`` with values in ``[0, 1]``.
+* A *level* ``t`` counts degradation steps: ``t = 0`` is the clean image, ``t = T = num_steps`` the most degraded.
+  ``D(x0, 0) == x0`` exactly.  A *step* ``i`` (``0 <= i < T``) takes level ``i`` to level ``i + 1``; per-step
+  schedules (blur and mask widths) are therefore ``(T,)`` tensors, per-level schedules ``(T + 1,)`` tensors.
+* ``t`` is an ``int`` (same level for the whole batch) or an integer tensor of shape ``(B,)`` (one level per sample).
+* All randomness is drawn once by :meth:`Degradation.make_params` and passed explicitly; :meth:`Degradation.degrade`
+  is deterministic, so ``D(x, s)`` and ``D(x, s - 1)`` inside a sampler see the same random draw.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from colddiff._checks import check_num_steps
+
+Params = dict[str, Tensor]
+
+#: ITU-R 601-2 luma weights, as torchvision's ``rgb_to_grayscale`` uses them.
+LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
+
+__all__ = [
+    "Degradation", "Params", "LUMA_WEIGHTS", "check_image", "check_levels", "check_odd_kernel_size", "quantize_8bit",
+]
+
+
+def check_image(x: Any, who: str, name: str = "x0", channels: int | None = None) -> Tensor:
+    """Check that ``x`` is a non-empty floating ``(B, C, H, W)`` tensor (with ``channels`` channels if given)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{who}: {name} must have shape (B, C, H, W), got {x.ndim} dims {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who}: {name} must be a floating tensor with values in [0, 1], got {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{who}: expected {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if x.shape[0] == 0:
+        raise ValueError(f"{who}: {name} is an empty batch (shape {tuple(x.shape)})")
+    return x
+
+
+def check_levels(t: Any, x: Tensor, num_steps: int, who: str) -> Tensor:
+    """Turn ``t`` (int or ``(B,)`` integer tensor) into a ``(B,)`` long tensor on ``x``'s device, ``0 <= t <= T``."""
+    batch = x.shape[0]
+    if isinstance(t, Tensor):
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{who}: t must be an int or an integer tensor, got dtype {t.dtype}")
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(
+                f"{who}: t must be an int or have shape ({batch},) (one level per sample), got shape {tuple(t.shape)}"
+            )
+        t = t.to(device=x.device, dtype=torch.long)
+        low, high = int(t.min()), int(t.max())
+    elif isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        low = high = int(t)
+        t = torch.full((batch,), int(t), dtype=torch.long, device=x.device)
+    else:
+        raise TypeError(f"{who}: t must be an int or an integer tensor, got {type(t).__name__} {t!r}")
+    if low < 0 or high > num_steps:
+        raise ValueError(f"{who}: t must lie in [0, {num_steps}] (num_steps), got values in [{low}, {high}]")
+    return t
+
+
+class Degradation(nn.Module):
+    """Base class of all degradation operators ``D(x0, t)``.
+
+    Subclasses implement :meth:`degrade` (deterministic, closed form, vectorised over a per-sample ``t``) and, when
+    they are random, :meth:`make_params`.  Schedules and kernels are registered as buffers, so they move with
+    ``.to()``, are saved in ``state_dict`` and never reach an optimiser.
+
+    Args:
+        num_steps: ``T``, the number of degradation levels after the clean image.
+        channels: number of image channels the operator accepts, or ``None`` for any.
+
+    Shape:
+        ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
+    """
+
+    #: names of the tensors :meth:`make_params` returns (checked when the user passes ``params``).
+    param_keys: tuple[str, ...] = ()
+    #: names of keyword context :meth:`make_params` accepts (e.g. the mixing partner ``z``).
+    context_keys: tuple[str, ...] = ()
+
+    def __init__(self, num_steps: int, channels: int | None = None) -> None:
+        super().__init__()
+        self.num_steps = check_num_steps(num_steps)
+        if channels is not None and (isinstance(channels, bool) or not isinstance(channels, numbers.Integral)
+                                     or channels <= 0):
+            raise ValueError(f"channels must be a positive int or None, got {channels!r}")
+        self.channels = None if channels is None else int(channels)
+        self._cache: dict[tuple, Any] = {}
+
+    # ------------------------------------------------------------------ subclass API
+    def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
+        """Draw all the randomness of one degradation of ``x0`` (batch-first tensors; empty if deterministic)."""
+        self._check_context(context)
+        return {}
+
+    def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
+        """Deterministic ``D(x0, t)`` for a validated ``(B,)`` long tensor ``t`` on ``x0``'s device.
+
+        No input checks (this is the hot path); use the module call ``D(x0, t, params)`` for validation.
+        """
+        raise NotImplementedError
+
+    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
+        """Re-estimate the params from a current state ``x_t`` and a prediction ``x0_hat`` (samplers call this).
+
+        The default keeps the params.  :class:`GaussianNoise` re-estimates its noise here, which turns Algorithm 2
+        into deterministic DDIM.
+        """
+        return params
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` if the operator cannot work at this image size (default: any size)."""
+
+    # ------------------------------------------------------------------ public API
+    def forward(
+        self,
+        x0: Tensor,
+        t: int | Tensor,
+        params: Mapping[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        **context: Tensor,
+    ) -> Tensor:
+        """Validated ``D(x0, t)``; draws params (from ``generator``) when none are given."""
+        x0 = self.check_input(x0)
+        t = self.check_t(t, x0)
+        params = self.make_params(x0, generator, **context) if params is None else self.check_params(params, x0)
+        return self.degrade(x0, t, params)
+
+    def final_state(
+        self,
+        x0: Tensor,
+        params: Mapping[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        **context: Tensor,
+    ) -> Tensor:
+        """``D(x0, T)``, the start state of sampling."""
+        return self(x0, self.num_steps, params, generator, **context)
+
+    # ------------------------------------------------------------------ validation helpers
+    def check_input(self, x: Any, name: str = "x0") -> Tensor:
+        """Check that ``x`` is a floating ``(B, C, H, W)`` tensor with the operator's channel count and a size it
+        can work at."""
+        x = check_image(x, type(self).__name__, name, self.channels)
+        self.check_image_size(x.shape[-2], x.shape[-1])
+        return x
+
+    def check_t(self, t: Any, x: Tensor) -> Tensor:
+        """Turn ``t`` (int or ``(B,)`` integer tensor) into a validated ``(B,)`` long tensor on ``x``'s device."""
+        return check_levels(t, x, self.num_steps, type(self).__name__)
+
+    def check_params(self, params: Any, x: Tensor) -> Params:
+        """Check user-given params: a mapping with the operator's keys, batch-first tensors of ``x``'s batch."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"{type(self).__name__}: params must be a dict of tensors, got {type(params).__name__}")
+        missing = [k for k in self.param_keys if k not in params]
+        extra = [k for k in params if k not in self.param_keys]
+        if missing or extra:
+            raise ValueError(
+                f"{type(self).__name__}: params must have keys {list(self.param_keys)}, "
+                f"got {sorted(params)} (missing {missing}, unexpected {extra})"
+            )
+        for key, value in params.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{type(self).__name__}: params[{key!r}] must be a tensor, got {type(value).__name__}")
+            if value.ndim == 0 or value.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"{type(self).__name__}: params[{key!r}] must be batch-first with {x.shape[0]} rows, "
+                    f"got shape {tuple(value.shape)}"
+                )
+        return dict(params)
+
+    def _check_context(self, context: Mapping[str, Any]) -> None:
+        extra = [k for k in context if k not in self.context_keys]
+        if extra:
+            accepted = list(self.context_keys) or "none"
+            raise TypeError(f"{type(self).__name__}.make_params got unexpected context {extra}; accepted: {accepted}")
+
+    # ------------------------------------------------------------------ derived-tensor cache
+    def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """Tensors derived from the buffers (transfer functions, mask tables), built once per key (size, device).
+
+        The cache is dropped whenever the buffers may move or change (``.to()``, ``load_state_dict``) and is never
+        pickled or saved.
+        """
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = build()
+        return value
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        self._cache = {}
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[override]
+        self._cache = {}
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_cache"] = {}
+        return state
+
+    def extra_repr(self) -> str:
+        return f"num_steps={self.num_steps}"
+
+
+def quantize_8bit(x: Tensor) -> Tensor:
+    """Round ``[0, 1]`` values to the nearest of the 256 levels of an 8-bit image (``round(255 x) / 255``)."""
+    return torch.round(x * 255.0) / 255.0
+
+
+def check_odd_kernel_size(kernel_size: Any, who: str) -> int:
+    """A positive odd int (a centred kernel needs an odd size)."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral):
+        raise TypeError(f"{who}: kernel_size must be a positive odd int, got {type(kernel_size).__name__}")
+    if kernel_size <= 0 or kernel_size % 2 == 0:
+        raise ValueError(f"{who}: kernel_size must be a positive odd int, got {kernel_size}")
+    return int(kernel_size)

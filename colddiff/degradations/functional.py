@@ -1,0 +1,25 @@
+"""Pure-function twins of the degradation operators (kornia / torchvision v2 style).
+
+Each module in :mod:`colddiff.degradations` maps a level ``t`` to its parameters and calls the same code as these
+functions; the test suite checks they agree.
+"""
+
+from colddiff.degradations.blur import gaussian_blur, gaussian_kernel1d
+from colddiff.degradations.desaturate import desaturate, grayscale
+from colddiff.degradations.mask import gaussian_mask
+from colddiff.degradations.mix import gaussian_noise, mix
+from colddiff.degradations.pixelate import pixelate
+from colddiff.degradations.snow import snow, snow_field
+
+__all__ = [
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "gaussian_mask",
+    "pixelate",
+    "snow",
+    "snow_field",
+    "desaturate",
+    "grayscale",
+    "mix",
+    "gaussian_noise",
+]

@@ -1,0 +1,206 @@
+"""Mixing with another image ("animorphosis") and Gaussian noise (the "hot" baseline).
+
+Both blend the image with a partner ``z`` under a cumulative signal schedule ``alpha_bar`` (cosine by default)::
+
+    D(x, t) = 0.5 + sqrt(alpha_bar_t) (x - 0.5) + sqrt(1 - alpha_bar_t) (z - 0.5)
+
+This is the paper's ``sqrt(a) x + sqrt(1 - a) z`` written in colddiff's ``[0, 1]`` range: mapping ``[-1, 1]`` to
+``[0, 1]`` is affine, so the formula gains the mid-grey centre.  For :class:`Mix` the partner is an image from
+another dataset (``x_T = z``); for :class:`GaussianNoise` it is ``z = 0.5 + 0.5 * noise`` with standard normal
+``noise``, i.e. exactly ``N(0, I)`` in the paper's units.
+
+With ``reestimate=True`` the samplers re-estimate the partner from the current state and the predicted clean image
+at every step (:meth:`update_params`).  For noise this makes Algorithm 2 deterministic DDIM (``eta = 0``); with it
+off, the noise is held fixed (the paper's "fixed noise" variant).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from colddiff._checks import randn
+from colddiff.degradations.base import Degradation, Params, check_image
+from colddiff.schedules import cosine_alpha_bar
+
+__all__ = ["Mix", "GaussianNoise", "mix", "gaussian_noise"]
+
+
+def _blend(x: Tensor, z: Tensor, alpha_bar: Tensor) -> Tensor:
+    a = alpha_bar.to(x.dtype)[:, None, None, None]
+    return 0.5 + a.sqrt() * (x - 0.5) + (1 - a).sqrt() * (z - 0.5)
+
+
+def _per_sample(value: float | Tensor, x: Tensor, who: str, name: str) -> Tensor:
+    v = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if v.ndim == 0:
+        v = v.expand(x.shape[0])
+    if v.shape != (x.shape[0],):
+        raise ValueError(f"{who}: {name} must be a float or have shape ({x.shape[0]},), got {tuple(v.shape)}")
+    if bool(((v < 0) | (v > 1)).any()):
+        raise ValueError(f"{who}: {name} must lie in [0, 1], got {v.tolist()}")
+    return v
+
+
+def mix(x: Tensor, z: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """Functional twin of :class:`Mix`: keep ``alpha_bar`` of the image's signal and blend in ``z``.
+
+    Shape:
+        ``x``, ``z``: ``(B, C, H, W)``; ``alpha_bar``: float or ``(B,)``; output: ``(B, C, H, W)``.
+    """
+    x = check_image(x, "mix", "x")
+    z = check_image(z, "mix", "z")
+    if z.shape != x.shape:
+        raise ValueError(f"mix: z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
+    return _blend(x, z.to(x.dtype), _per_sample(alpha_bar, x, "mix", "alpha_bar"))
+
+
+def gaussian_noise(x: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """Functional twin of :class:`GaussianNoise`, ``noise`` standard normal.
+
+    Shape:
+        ``x``, ``noise``: ``(B, C, H, W)``; ``alpha_bar``: float or ``(B,)``; output: ``(B, C, H, W)``.
+    """
+    x = check_image(x, "gaussian_noise", "x")
+    if not isinstance(noise, Tensor) or noise.shape != x.shape:
+        got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+        raise ValueError(f"gaussian_noise: noise must have the shape of x {tuple(x.shape)}, got {got}")
+    return _blend(x, 0.5 + 0.5 * noise.to(x.dtype), _per_sample(alpha_bar, x, "gaussian_noise", "alpha_bar"))
+
+
+class _Blend(Degradation):
+    """Shared implementation of :class:`Mix` and :class:`GaussianNoise`."""
+
+    def __init__(
+        self,
+        num_steps: int,
+        alpha_bar: list[float] | None = None,
+        cosine_s: float = 0.008,
+        reestimate: bool = False,
+        channels: int | None = None,
+    ) -> None:
+        super().__init__(num_steps, channels)
+        who = type(self).__name__
+        if alpha_bar is None:
+            values = cosine_alpha_bar(self.num_steps, cosine_s)
+        else:
+            values = torch.as_tensor(alpha_bar, dtype=torch.float64).flatten()
+            if values.numel() != self.num_steps + 1:
+                raise ValueError(
+                    f"{who}: alpha_bar must have one value per level ({self.num_steps + 1}), got {values.numel()}"
+                )
+            if not (values.isfinite().all() and values.min() >= 0 and values.max() <= 1) or values[0] != 1:
+                raise ValueError(f"{who}: alpha_bar must lie in [0, 1] and start at 1, got {values.tolist()}")
+        self.reestimate = bool(reestimate)
+        self.register_buffer("alpha_bar", values.float())
+
+    def _partner(self, params: Params) -> Tensor:
+        raise NotImplementedError
+
+    def _params_from_partner(self, z: Tensor) -> Params:
+        raise NotImplementedError
+
+    def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
+        y = _blend(x0, self._partner(params).to(x0.dtype), self.alpha_bar.index_select(0, t))
+        return torch.where(t[:, None, None, None] == 0, x0, y)
+
+    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
+        """With ``reestimate``: the partner that maps ``x0_hat`` to ``x_t`` at level ``t`` (kept where ``t = 0``)."""
+        if not self.reestimate:
+            return params
+        a = self.alpha_bar.index_select(0, t).to(x_t.dtype)[:, None, None, None]
+        s = (1 - a).sqrt()
+        estimate = 0.5 + (x_t - 0.5 - a.sqrt() * (x0_hat - 0.5)) / torch.where(s > 0, s, torch.ones_like(s))
+        z = torch.where(s > 0, estimate, self._partner(params).to(x_t.dtype))
+        return self._params_from_partner(z)
+
+    def extra_repr(self) -> str:
+        return f"num_steps={self.num_steps}, reestimate={self.reestimate}"
+
+
+class Mix(_Blend):
+    """Blend with a partner image ``z`` from another dataset ("animorphosis"); ``D(x, T) = z``.
+
+    The partner is passed by the caller: ``D(x0, t, params={"z": z})`` or ``D.make_params(x0, z=z)``.
+
+    Args:
+        num_steps: ``T`` (the paper: 200).
+        alpha_bar: optional per-level signal fractions (``T + 1`` values from 1); default cosine.
+        cosine_s: offset of the cosine schedule.
+        reestimate: re-estimate ``z`` from ``x0_hat`` during sampling.
+        channels: accepted channel count, or ``None`` for any.
+
+    Shape:
+        ``x0``, ``z``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
+    """
+
+    param_keys = ("z",)
+    context_keys = ("z",)
+
+    def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
+        self._check_context(context)
+        z = context.get("z")
+        if z is None:
+            raise ValueError(
+                "Mix needs a partner image: pass params={'z': z} to the call, or make_params(x0, z=z), "
+                f"with z of shape {tuple(x0.shape)} in [0, 1] (e.g. a batch of the source dataset)"
+            )
+        return self.check_params({"z": z}, x0)
+
+    def check_params(self, params, x: Tensor) -> Params:
+        params = super().check_params(params, x)
+        z = check_image(params["z"], "Mix", "params['z']")
+        if z.shape != x.shape:
+            raise ValueError(f"Mix: the partner z must have the shape of x0 {tuple(x.shape)}, got {tuple(z.shape)}")
+        return params
+
+    def _partner(self, params: Params) -> Tensor:
+        return params["z"]
+
+    def _params_from_partner(self, z: Tensor) -> Params:
+        return {"z": z}
+
+
+class GaussianNoise(_Blend):
+    """Gaussian noise, the "hot" diffusion baseline; ``D(x, T) = 0.5 + 0.5 * noise``.
+
+    Args:
+        num_steps: ``T`` (the paper: 200).
+        alpha_bar: optional per-level signal fractions (``T + 1`` values from 1); default cosine.
+        cosine_s: offset of the cosine schedule.
+        reestimate: re-estimate the noise from ``x0_hat`` during sampling (default on: deterministic DDIM with
+            Algorithm 2; off: the paper's fixed-noise variant).
+        channels: accepted channel count, or ``None`` for any.
+
+    Shape:
+        ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
+    """
+
+    param_keys = ("noise",)
+
+    def __init__(
+        self,
+        num_steps: int,
+        alpha_bar: list[float] | None = None,
+        cosine_s: float = 0.008,
+        reestimate: bool = True,
+        channels: int | None = None,
+    ) -> None:
+        super().__init__(num_steps, alpha_bar, cosine_s, reestimate, channels)
+
+    def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
+        self._check_context(context)
+        return {"noise": randn(tuple(x0.shape), generator, x0)}
+
+    def check_params(self, params, x: Tensor) -> Params:
+        params = super().check_params(params, x)
+        if params["noise"].shape != x.shape:
+            raise ValueError(f"GaussianNoise: params['noise'] must have shape {tuple(x.shape)}, "
+                             f"got {tuple(params['noise'].shape)}")
+        return params
+
+    def _partner(self, params: Params) -> Tensor:
+        return 0.5 + 0.5 * params["noise"]
+
+    def _params_from_partner(self, z: Tensor) -> Params:
+        return {"noise": 2.0 * z - 1.0}

@@ -1,0 +1,221 @@
+"""Cold Diffusion samplers: plain functions, no Lightning.
+
+All samplers share one signature: a restoration callable ``restore(x_t, t) -> x0_hat`` (``t`` a ``(B,)`` long
+tensor), a :class:`~colddiff.degradations.Degradation`, the degraded batch ``x_t`` at level ``t`` (default ``T``),
+the degradation's ``params`` (drawn with ``generator`` when not given), an optional decreasing subsequence of levels
+(step skipping) and an optional per-step ``callback``.  Each visits its levels once: ``len(levels) - 1`` calls of
+``restore`` and at most two closed-form operator calls per step, never ``O(T^2)``.
+
+* :func:`sample_naive` (Algorithm 1): ``x0_hat = R(x_s, s); x_{s'} = D(x0_hat, s')``.
+* :func:`sample_improved` (Algorithm 2): ``x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')``, with the same params for
+  both terms.  With a perfect ``R`` it returns ``x0`` exactly; for :class:`~colddiff.degradations.GaussianNoise`
+  with ``reestimate=True`` it is deterministic DDIM.
+* :func:`sample_direct`: the one-shot reconstruction ``R(x_t, t)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from colddiff.degradations.base import Degradation, Params
+
+__all__ = ["Restore", "SamplerName", "SAMPLERS", "timesteps", "sample", "sample_naive", "sample_improved",
+           "sample_direct"]
+
+Restore = Callable[[Tensor, Tensor], Tensor]
+SamplerName = Literal["naive", "improved", "direct"]
+SAMPLERS: tuple[str, ...] = ("naive", "improved", "direct")
+Callback = Callable[[dict[str, Any]], None]
+
+
+def timesteps(start: int, steps: int | Sequence[int] | Tensor | None = None) -> list[int]:
+    """The decreasing levels a sampler visits, from ``start`` down to 0.
+
+    Args:
+        start: the level of the input.
+        steps: ``None`` for every level; an int ``n`` for ``n`` steps evenly spaced (rounded, ``1 <= n <= start``);
+            or an explicit strictly decreasing sequence that begins at ``start`` and ends at 0.
+
+    Returns:
+        The levels, e.g. ``timesteps(300, 3) == [300, 200, 100, 0]``.
+    """
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+        raise ValueError(f"start level must be an int >= 0, got {start!r}")
+    start = int(start)
+    if steps is None:
+        return list(range(start, -1, -1))
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        if start == 0:
+            raise ValueError("nothing to sample: the input is already at level 0")
+        if not 1 <= steps <= start:
+            raise ValueError(f"steps must lie in [1, {start}] (the start level), got {steps}")
+        grid = torch.linspace(start, 0, int(steps) + 1, dtype=torch.float64).round().long().tolist()
+        return sorted(set(grid), reverse=True)
+    levels = steps.tolist() if isinstance(steps, Tensor) else list(steps)
+    if not levels or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in levels):
+        raise TypeError(f"steps must be None, an int, or a sequence of ints, got {steps!r}")
+    levels = [int(v) for v in levels]
+    if levels[0] != start or levels[-1] != 0 or any(a <= b for a, b in zip(levels, levels[1:])):
+        raise ValueError(
+            f"explicit steps must decrease strictly from the start level {start} to 0, got {levels}"
+        )
+    return levels
+
+
+def _prepare(
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None,
+    params: Mapping[str, Tensor] | None,
+    generator: torch.Generator | None,
+    need_params: bool = True,
+) -> tuple[Tensor, int, Params]:
+    if not isinstance(degradation, Degradation):
+        raise TypeError(f"degradation must be a colddiff Degradation, got {type(degradation).__name__}")
+    x_t = degradation.check_input(x_t, "x_t")
+    start = degradation.num_steps if t is None else t
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 <= start <= degradation.num_steps:
+        raise ValueError(f"t (the level of x_t) must be an int in [0, {degradation.num_steps}], got {t!r}")
+    if params is not None:
+        params = degradation.check_params(params, x_t)
+    elif need_params:
+        params = degradation.make_params(x_t, generator)
+    return x_t, int(start), params or {}
+
+
+def _check_restore(restore: Any) -> None:
+    if not callable(restore):
+        raise TypeError(f"restore must be a callable restore(x_t, t) -> x0_hat, got {type(restore).__name__}")
+
+
+def _run(
+    rule: Literal["naive", "improved"],
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None,
+    params: Mapping[str, Tensor] | None,
+    steps: int | Sequence[int] | Tensor | None,
+    callback: Callback | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    _check_restore(restore)
+    x, start, params = _prepare(degradation, x_t, t, params, generator)
+    levels = timesteps(start, steps)
+    batch = x.shape[0]
+    for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
+        level = torch.full((batch,), s, dtype=torch.long, device=x.device)
+        level_next = torch.full((batch,), s_next, dtype=torch.long, device=x.device)
+        x0_hat = restore(x, level)
+        params = degradation.update_params(x, x0_hat, level, params)
+        if rule == "naive":
+            x_next = degradation.degrade(x0_hat, level_next, params)
+        else:
+            x_next = x - degradation.degrade(x0_hat, level, params) + degradation.degrade(x0_hat, level_next, params)
+        if callback is not None:
+            callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def sample_naive(
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    steps: int | Sequence[int] | Tensor | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Algorithm 1: ``x0_hat = R(x_s, s)``, ``x_{s'} = D(x0_hat, s')``.
+
+    Args:
+        restore: ``restore(x_t, t) -> x0_hat``.
+        degradation: the operator ``D``.
+        x_t: the degraded batch, at level ``t``.
+        t: level of ``x_t`` (default ``T``).
+        params: the degradation's params (drawn with ``generator`` if ``None``).
+        steps: levels to visit (see :func:`timesteps`).
+        callback: called after each step with a dict ``i, t, t_next, x, x0_hat, x_next``.
+        generator: random generator for params that are not given.
+
+    Shape:
+        ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
+    """
+    return _run("naive", restore, degradation, x_t, t, params, steps, callback, generator)
+
+
+@torch.no_grad()
+def sample_improved(
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    steps: int | Sequence[int] | Tensor | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Algorithm 2: ``x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')`` (same params for both terms).
+
+    Arguments as :func:`sample_naive`.
+
+    Shape:
+        ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
+    """
+    return _run("improved", restore, degradation, x_t, t, params, steps, callback, generator)
+
+
+@torch.no_grad()
+def sample_direct(
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    steps: int | Sequence[int] | Tensor | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One-shot reconstruction ``R(x_t, t)`` (``params``, ``steps`` and ``generator`` are accepted for a uniform
+    signature; ``steps`` must be ``None`` or 1).
+
+    Shape:
+        ``x_t``: ``(B, C, H, W)``; output: ``(B, C, H, W)``.
+    """
+    _check_restore(restore)
+    if steps not in (None, 1):
+        raise ValueError(f"the direct sampler makes exactly one step; steps must be None or 1, got {steps!r}")
+    x, start, _ = _prepare(degradation, x_t, t, params, generator, need_params=False)
+    level = torch.full((x.shape[0],), start, dtype=torch.long, device=x.device)
+    x0_hat = restore(x, level) if start > 0 else x
+    if callback is not None:
+        callback({"i": 0, "t": start, "t_next": 0, "x": x, "x0_hat": x0_hat, "x_next": x0_hat})
+    return x0_hat
+
+
+_SAMPLER_FUNCTIONS = {"naive": sample_naive, "improved": sample_improved, "direct": sample_direct}
+
+
+def sample(
+    sampler: SamplerName,
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    steps: int | Sequence[int] | Tensor | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Run the sampler named ``sampler`` (``"naive"``, ``"improved"`` or ``"direct"``)."""
+    if sampler not in _SAMPLER_FUNCTIONS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    return _SAMPLER_FUNCTIONS[sampler](restore, degradation, x_t, t, params, steps, callback, generator)

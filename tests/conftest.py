@@ -1,0 +1,65 @@
+"""Shared fixtures: one factory per degradation operator, built from ``num_steps`` alone where the API allows."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import colddiff.degradations as cd
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+T = 5  # levels used by the generic suite (small, so per-level loops stay fast; 2**5 divides 32)
+
+
+def _operators() -> dict[str, callable]:
+    return {
+        "GaussianBlur": lambda T: cd.GaussianBlur(T),
+        "GaussianBlur-reflect-mean": lambda T: cd.GaussianBlur(T, kernel_size=5, schedule="linear", sigma=0.5,
+                                                               border="reflect", final_mean=True),
+        "GaussianMask": lambda T: cd.GaussianMask(T),
+        "GaussianMask-random": lambda T: cd.GaussianMask(T, center="random", fill="random"),
+        "GaussianMask-reverse": lambda T: cd.GaussianMask(T, sigma=0.5, sigma_step=0.5, fill="random",
+                                                          reverse=True),
+        "Pixelate": lambda T: cd.Pixelate(T),
+        "Pixelate-linear": lambda T: cd.Pixelate(T, schedule="linear"),
+        "Snow": lambda T: cd.Snow(T),
+        "Snow-shared-bright": lambda T: cd.Snow(T, level=4, shared=True, fix_brightness=False),
+        "Desaturate": lambda T: cd.Desaturate(T),
+        "Mix": lambda T: cd.Mix(T),
+        "GaussianNoise": lambda T: cd.GaussianNoise(T),
+        "Compose": lambda T: cd.Compose([cd.GaussianBlur(T), cd.GaussianNoise(T)]),
+    }
+
+
+OPERATORS = _operators()
+
+
+def context_for(op: cd.Degradation, x0: torch.Tensor, seed: int = 123) -> dict:
+    """Context an operator needs beyond the images (the mixing partner)."""
+    if "z" in op.context_keys:
+        g = torch.Generator().manual_seed(seed)
+        return {"z": torch.rand(x0.shape, generator=g).to(x0)}
+    return {}
+
+
+def smooth_images(batch: int = 4, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Natural-ish test images in [0, 1]: smooth random fields plus edges (not white noise)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(batch, channels, size // 4, size // 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    edges = (torch.rand(batch, 1, size // 8, size // 8, generator=g) > 0.5).float()
+    x = 0.7 * x + 0.3 * torch.nn.functional.interpolate(edges, size=(size, size), mode="nearest")
+    return x.clamp(0, 1)
+
+
+@pytest.fixture(params=sorted(OPERATORS), ids=sorted(OPERATORS))
+def op_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def op(op_name) -> cd.Degradation:
+    return OPERATORS[op_name](T)

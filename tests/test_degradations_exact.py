@@ -1,0 +1,324 @@
+"""Operator-specific exactness: each closed form against the iterated / reference definition written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+
+import colddiff.degradations as cd
+from colddiff.schedules import cosine_alpha_bar, exponential, linear
+from tests.conftest import smooth_images
+
+
+# ------------------------------------------------------------------------------------------------------ blur
+def _gauss1d(sigma: float, k: int) -> torch.Tensor:
+    x = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _iterated_blurs(x, sigmas, k, border):
+    """Yield D(x, t) for t = 0..T by applying the per-step padded convolutions one after another (float32)."""
+    c, p = x.shape[1], (k - 1) // 2
+    out = x
+    yield out
+    for sigma in sigmas.tolist():
+        g = _gauss1d(sigma, k)
+        weight = (g[:, None] * g[None, :]).float()[None, None].expand(c, 1, k, k)
+        out = F.conv2d(F.pad(out, (p, p, p, p), mode=border), weight, groups=c)
+        yield out
+
+
+BLUR_CASES = [
+    # size (h, w), kernel, T, border, per-step sigmas
+    ((28, 28), 27, 300, "circular", exponential(300, 1.0, 0.01)),
+    ((28, 28), 27, 300, "reflect", exponential(300, 1.0, 0.01)),
+    ((32, 32), 11, 50, "reflect", linear(50, 0.35, 0.01)),
+    ((32, 32), 11, 20, "circular", torch.full((20,), 7.0, dtype=torch.float64)),
+    ((64, 48), 5, 40, "reflect", linear(40, 0.1, 0.1)),
+    ((128, 128), 27, 300, "circular", exponential(300, 1.0, 0.01)),
+    ((128, 128), 15, 200, "reflect", exponential(200, 1.0, 0.01)),
+]
+
+
+@pytest.mark.parametrize("size,k,T,border,sigmas", BLUR_CASES,
+                         ids=[f"{c[0][0]}x{c[0][1]}-k{c[1]}-T{c[2]}-{c[3]}" for c in BLUR_CASES])
+def test_blur_matches_iterated_convolutions(size, k, T, border, sigmas):
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    blur = cd.GaussianBlur(T, kernel_size=k, sigmas=sigmas.tolist(), border=border)
+    worst = 0.0
+    for t, reference in enumerate(_iterated_blurs(x, blur.sigmas.double(), k, border)):
+        worst = max(worst, (blur(x, t) - reference).abs().max().item())
+    assert worst <= 1e-4
+
+
+def test_blur_kernel_longer_than_the_image_wraps_like_circular_padding():
+    x = torch.rand(1, 1, 9, 9)
+    blur = cd.GaussianBlur(3, kernel_size=15, sigma=3.0)
+    # 15 taps on a circle of 9: fold the taps modulo 9 and convolve circularly by hand
+    g = _gauss1d(3.0, 15)
+    folded = torch.zeros(9, dtype=torch.float64)
+    for j, w in enumerate(g):
+        folded[(j - 7) % 9] += w
+    kernel = (folded[:, None] * folded[None, :]).float()
+    expected = x
+    for _ in range(3):
+        spectrum = torch.fft.fft2(expected) * torch.fft.fft2(kernel)
+        expected = torch.fft.ifft2(spectrum).real
+    torch.testing.assert_close(blur(x, 3), expected, atol=1e-5, rtol=0)
+
+
+def test_blur_final_mean_and_quantize():
+    x = torch.rand(3, 3, 16, 16)
+    blur = cd.GaussianBlur(10, kernel_size=5, sigma=1.0, final_mean=True, quantize=True)
+    mean = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    torch.testing.assert_close(blur(x, 10), torch.round(mean * 255) / 255)
+    plain = cd.GaussianBlur(10, kernel_size=5, sigma=1.0)
+    torch.testing.assert_close(blur(x, 4), torch.round(plain(x, 4) * 255) / 255)
+    assert torch.equal(blur(x, 0), x)
+    levels = torch.unique(blur(x, 4) * 255)
+    torch.testing.assert_close(levels, torch.round(levels))
+
+
+def test_blur_zero_sigma_step_is_identity():
+    x = torch.rand(2, 3, 16, 16)
+    blur = cd.GaussianBlur(3, kernel_size=5, sigmas=[0.0, 0.0, 1.0])
+    torch.testing.assert_close(blur(x, 2), x, atol=1e-6, rtol=0)
+
+
+def test_blur_in_half_precision_stays_close():
+    x = torch.rand(2, 3, 32, 32)
+    blur = cd.GaussianBlur(50, kernel_size=11, schedule="linear", sigma=0.35, sigma_step=0.01, border="reflect")
+    torch.testing.assert_close(blur(x.bfloat16(), 50).float(), blur(x, 50), atol=1e-2, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------------ mask
+def _paper_fade_kernel(size: int, sigma: float, cy: int, cx: int) -> torch.Tensor:
+    """The original code's step mask: 1 - G / max G of a sampled Gaussian bump at an integer centre."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                            indexing="ij")
+    g = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    return 1 - g / g.max()
+
+
+def test_mask_matches_product_of_step_masks_at_random_centres():
+    T, size = 12, 24
+    mask = cd.GaussianMask(T, sigma=1.1, sigma_step=0.3, center="random", fill=0.5)
+    x = torch.rand(3, 3, size, size)
+    params = mask.make_params(x, torch.Generator().manual_seed(3))
+    for t in (1, 5, T):
+        for b in range(3):
+            cy, cx = params["center"][b].tolist()
+            keep = torch.ones(size, size, dtype=torch.float64)
+            for i in range(t):
+                keep = keep * _paper_fade_kernel(size, mask.sigmas[i].item(), cy, cx)
+            expected = keep.float() * x[b] + (1 - keep.float()) * 0.5
+            torch.testing.assert_close(mask(x, t, params)[b], expected, atol=1e-6, rtol=0)
+
+
+def test_centred_mask_is_symmetric_and_centred_between_pixels():
+    mask = cd.GaussianMask(5, sigma=2.0, sigma_step=1.0, fill=0.0)
+    ones = torch.ones(1, 1, 16, 16)
+    keep = mask(ones, 5)[0, 0]
+    torch.testing.assert_close(keep, keep.flip(0))
+    torch.testing.assert_close(keep, keep.flip(1))
+    torch.testing.assert_close(keep, keep.T)
+    # centre (7.5, 7.5): the four central pixels are at r^2 = 0.5, not 0
+    r2 = 0.5
+    expected = math.prod(1 - math.exp(-r2 / (2 * s * s)) for s in mask.sigmas.tolist())
+    assert keep[7, 7].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_reverse_mask_shrinks_a_central_disc_to_the_fill_colour():
+    T = 40
+    gen = cd.GaussianMask(T, sigma=0.2, sigma_step=0.2, fill="random", reverse=True)
+    x = torch.rand(2, 3, 32, 32)
+    params = gen.make_params(x, torch.Generator().manual_seed(0))
+    fill = params["fill"]
+    assert ((fill >= 0.25) & (fill <= 0.75)).all()
+    torch.testing.assert_close(gen(x, T, params), fill.expand_as(x))
+    assert torch.equal(gen(x, 0, params), x)
+    ones = torch.ones(1, 1, 32, 32)
+    zero_fill = {"fill": torch.zeros(1, 1, 1, 1)}
+    keeps = [gen(ones, t, zero_fill)[0, 0] for t in range(T + 1)]
+    for before, after in zip(keeps, keeps[1:]):
+        assert (after <= before + 1e-6).all()
+    middle = keeps[T // 2]
+    assert middle[15:17, 15:17].min() > middle[0, 0]  # the image survives in the centre, not at the corners
+
+
+# -------------------------------------------------------------------------------------------------- pixelate
+def test_pixelate_halving_matches_iterated_area_nearest():
+    x = torch.rand(2, 3, 32, 32)
+    pix = cd.Pixelate(3)
+    reference = x
+    for t in range(4):
+        torch.testing.assert_close(pix(x, t), reference, atol=1e-6, rtol=0)
+        size = 32 // 2 ** (t + 1)
+        reference = F.interpolate(F.interpolate(reference, size=size, mode="area"), size=32, mode="nearest")
+    blocks = pix(x, 3)  # exact 8x8 blocks, each the mean of its block
+    block_mean = x[..., :8, :8].mean(dim=(-2, -1), keepdim=True).expand(-1, -1, 8, 8)
+    torch.testing.assert_close(blocks[..., :8, :8], block_mean)
+
+
+def test_pixelate_linear_matches_area_then_nearest_exact():
+    x = torch.rand(2, 3, 30, 26)
+    pix = cd.Pixelate(12, schedule="linear")
+    for t in (1, 5, 12):
+        expected = F.interpolate(F.interpolate(x, size=(30 - t, 26 - t), mode="area"), size=(30, 26),
+                                 mode="nearest-exact")
+        torch.testing.assert_close(pix(x, t), expected, atol=1e-6, rtol=0)
+
+
+def test_pixelate_stays_in_range():
+    x = torch.rand(4, 3, 64, 64)
+    y = cd.Pixelate(4)(x, 4)
+    assert y.min() >= x.min() - 1e-6 and y.max() <= x.max() + 1e-6  # area averaging never overshoots (bicubic did)
+
+
+# ------------------------------------------------------------------------------------------------------ snow
+def _reference_snow(x, field, vertical, threshold, blur_sigma, k):
+    """The original code's per-level snow: threshold, clip, k x k motion kernel, 'same' conv, add rot180."""
+    layer = field.clone()
+    layer[layer < threshold] = 0
+    layer = layer.clamp(0, 1)
+    offsets = torch.arange(k, dtype=torch.float32) - k // 2
+    g = torch.exp(-(offsets**2) / (2 * blur_sigma**2))
+    g = g / g.sum()
+    kernel = torch.zeros(k, k)
+    kernel[k // 2] = g
+    if vertical:
+        kernel = torch.rot90(kernel, 1, (0, 1))
+    out = F.conv2d(layer[None], kernel[None, None], padding="same")[0]
+    return (x + out + torch.rot90(out, 2, (1, 2))).clamp(0, 1)
+
+
+def test_snow_matches_reference_construction():
+    T = 200
+    snow = cd.Snow(T, level=3)
+    x = smooth_images(batch=4, size=32)
+    params = snow.make_params(x, torch.Generator().manual_seed(0))
+    assert params["vertical"].any() and not params["vertical"].all()  # both motion directions exercised
+    for t in (1, 70, T):
+        y = snow(x, t, params)
+        threshold = 1.15 + (0.7 - 1.15) * (t - 1) / (T - 1)
+        blur_sigma = 0.05 + (16 - 0.05) * (t - 1) / (T - 1)
+        for b in range(4):
+            expected = _reference_snow(x[b], params["field"][b], bool(params["vertical"][b]), threshold, blur_sigma,
+                                       11)
+            torch.testing.assert_close(y[b], expected, atol=1e-5, rtol=0)
+
+
+def test_snow_field_follows_imagenet_c_statistics():
+    snow = cd.Snow(10, level=4)
+    x = torch.zeros(64, 3, 64, 64)
+    field = snow.make_params(x, torch.Generator().manual_seed(0))["field"]
+    assert field.mean().item() == pytest.approx(0.55, abs=0.02)
+    # the zoom (2.5x, bilinear) correlates neighbours strongly
+    neighbour = torch.corrcoef(torch.stack([field[..., :, :-1].flatten(), field[..., :, 1:].flatten()]))[0, 1]
+    assert neighbour > 0.8
+
+
+def test_snow_shared_and_brightness():
+    snow = cd.Snow(10, shared=True, fix_brightness=False)
+    x = torch.full((3, 3, 16, 16), 0.2)
+    params = snow.make_params(x)
+    assert torch.equal(params["field"][0], params["field"][2])
+    dark = snow(x, 10, {"field": torch.zeros_like(params["field"]), "vertical": params["vertical"]})
+    # no snow: ImageNet-C brightening b x + (1 - b) max(x, 1.5 gray + 0.5), b = 0.4 at level T (preset 3)
+    torch.testing.assert_close(dark, torch.full_like(x, 0.4 * 0.2 + 0.6 * (1.5 * 0.2 * (0.2989 + 0.587 + 0.114) + 0.5)))
+
+
+# ------------------------------------------------------------------------------------------------ desaturate
+def test_desaturate_luma_agrees_with_torchvision():
+    x = torch.rand(4, 3, 16, 16)
+    T = 20
+    op = cd.Desaturate(T, grayscale="luma")
+    for t in range(T + 1):
+        torch.testing.assert_close(op(x, t), TF.adjust_saturation(x, 1 - t / T), atol=1e-6, rtol=0)
+
+
+def test_desaturate_mean_matches_iterated_channel_mean_blends():
+    """The original's per-step 1x1 convolution: blend factor 1 - diff / remaining, diff = 1 / T."""
+    x = torch.rand(2, 3, 8, 8)
+    T = 20
+    op = cd.Desaturate(T)
+    out, remaining = x, 1.0
+    for t in range(1, T + 1):
+        factor = 1 - (1 / T) / remaining
+        remaining *= factor
+        out = factor * out + (1 - factor) * out.mean(dim=1, keepdim=True)
+        torch.testing.assert_close(op(x, t), out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(op(x, T), x.mean(dim=1, keepdim=True).expand_as(x))
+
+
+# ---------------------------------------------------------------------------------------------- mix / noise
+def test_mix_is_the_paper_formula_in_minus_one_one_units():
+    T = 200
+    op = cd.Mix(T)
+    x, z = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    a = cosine_alpha_bar(T)
+    for t in (1, 50, 199, 200):
+        paper = math.sqrt(a[t]) * (2 * x - 1) + math.sqrt(1 - a[t]) * (2 * z - 1)  # in [-1, 1]
+        torch.testing.assert_close(op(x, t, {"z": z}), (paper + 1) / 2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(op(x, T, {"z": z}), z)
+
+
+def test_noise_final_state_is_standard_normal_in_paper_units():
+    op = cd.GaussianNoise(100)
+    x = torch.rand(16, 3, 32, 32)
+    x_T = op.final_state(x, generator=torch.Generator().manual_seed(0))
+    paper = 2 * x_T - 1
+    assert paper.mean().abs() < 0.01 and (paper.std() - 1).abs() < 0.01
+
+
+def test_noise_reestimation_is_ddim():
+    """Algorithm 2 with re-estimated noise equals deterministic DDIM (eta = 0), written here in [-1, 1] units."""
+    from colddiff.sampling import sample_improved
+
+    T = 30
+    op = cd.GaussianNoise(T)
+    a = op.alpha_bar.double()
+    x0 = smooth_images(batch=2, size=16).double()
+    op = op.double()
+
+    def restore(x_t, t):  # an imperfect x0-predictor (a fixed, deterministic function of x_t and t)
+        return (0.7 * x_t + 0.3 * x0 + 0.01 * t[:, None, None, None] / T).clamp(0, 1)
+
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x_T = op.final_state(x0, {"noise": noise})
+    ours = sample_improved(restore, op, x_T, params={"noise": noise})
+    y = 2 * x_T - 1  # DDIM in the paper's units
+    for s in range(T, 0, -1):
+        x0_hat = 2 * restore((y + 1) / 2, torch.full((2,), s)) - 1
+        eps = (y - a[s].sqrt() * x0_hat) / (1 - a[s]).sqrt()
+        y = a[s - 1].sqrt() * x0_hat + (1 - a[s - 1]).sqrt() * eps
+    torch.testing.assert_close(ours, (y + 1) / 2, atol=1e-10, rtol=0)
+
+
+def test_fixed_noise_variant_keeps_the_noise():
+    op = cd.GaussianNoise(10, reestimate=False)
+    params = {"noise": torch.randn(1, 1, 4, 4)}
+    x = torch.rand(1, 1, 4, 4)
+    assert op.update_params(x, x, torch.tensor([5]), params) is params
+
+
+# --------------------------------------------------------------------------------------------------- compose
+def test_compose_applies_parts_in_order_with_shared_t():
+    blur, noise = cd.GaussianBlur(8, sigma=1.5), cd.GaussianNoise(8)
+    comp = cd.Compose([blur, noise])
+    x = torch.rand(3, 3, 16, 16)
+    params = comp.make_params(x, torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 4, 8])
+    expected = noise(blur(x, t), t, {"noise": params["1.noise"]})
+    torch.testing.assert_close(comp(x, t, params), expected)
+
+
+def test_compose_routes_the_mixing_partner():
+    comp = cd.Compose([cd.Desaturate(5), cd.Mix(5)])
+    x, z = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(comp(x, 5, z=z), z)
