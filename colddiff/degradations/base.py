@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from colddiff._checks import check_num_steps
+from colddiff._config import RecordsInit
 
 Params = dict[str, Tensor]
 
@@ -71,7 +72,7 @@ def check_levels(t: Any, x: Tensor, num_steps: int, who: str) -> Tensor:
     return t
 
 
-class Degradation(nn.Module):
+class Degradation(RecordsInit, nn.Module):
     """Base class of all degradation operators ``D(x0, t)``.
 
     Subclasses implement :meth:`degrade` (deterministic, closed form, vectorised over a per-sample ``t``) and, when

@@ -1,0 +1,130 @@
+"""Components that remember how they were built, so a model can be described as a config (class_path/init_args).
+
+Checkpoints and exported models store this description instead of pickled objects: they reload with
+``weights_only=True`` and rebuild through jsonargparse, the same way LightningCLI configs do.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from typing import Any
+
+import torch
+
+__all__ = ["RecordsInit", "describe", "describe_or_mark", "build", "instantiate", "class_path"]
+
+
+class RecordsInit:
+    """Mixin: the outermost ``__init__`` call of an instance records its bound arguments in ``_init_config``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_records_init", False):
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def wrapped(self, *args: Any, **kw: Any) -> None:
+            if "_init_config" not in self.__dict__:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                config = dict(bound.arguments)
+                config.pop("self", None)
+                for name, param in signature.parameters.items():
+                    if param.kind is inspect.Parameter.VAR_KEYWORD:
+                        config.update(config.pop(name, {}))
+                    elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+                        config.pop(name, None)
+                object.__setattr__(self, "_init_config", config)
+            init(self, *args, **kw)
+
+        wrapped._records_init = True  # type: ignore[attr-defined]
+        cls.__init__ = wrapped  # type: ignore[method-assign]
+
+
+def class_path(obj_or_cls: Any) -> str:
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, RecordsInit):
+        return describe(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot describe a value of type {type(value).__name__} in a config: {value!r}")
+
+
+def describe(obj: Any) -> dict[str, Any]:
+    """``{"class_path": ..., "init_args": {...}}`` for a component built by colddiff (recursively)."""
+    config = obj.__dict__.get("_init_config") if hasattr(obj, "__dict__") else None
+    if config is None:
+        raise TypeError(
+            f"cannot describe {type(obj).__name__} as a config: it does not record its init arguments. Build the "
+            "model from a YAML config (train.py / LightningCLI), or use colddiff's components"
+        )
+    return {"class_path": class_path(obj), "init_args": {k: _plain(v) for k, v in config.items()}}
+
+
+NOT_RECORDED = "_not_recorded"
+
+
+def describe_or_mark(obj: Any) -> dict[str, Any]:
+    """:func:`describe`, or a marker naming the class when the object does not record its init arguments."""
+    try:
+        return describe(obj)
+    except TypeError:
+        return {"class_path": class_path(obj), NOT_RECORDED: True}
+
+
+def resolve_component(path: Any, name: str = "config") -> type:
+    """The class at ``path``, which must be a colddiff component (a :class:`RecordsInit` subclass).
+
+    Configs inside checkpoints and exports are data from files: only classes that opted in as components may be
+    built from them, never arbitrary callables.
+    """
+    if not isinstance(path, str) or "." not in path:
+        raise ValueError(f"{name}: class_path must be a dotted import path, got {path!r}")
+    module_name, _, attr = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{name}: cannot import {path!r} ({err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, RecordsInit)):
+        raise ValueError(
+            f"{name}: refusing to build {path!r} from a config: only colddiff components (degradations, networks, "
+            "priors and their subclasses) can be built from a checkpoint or export"
+        )
+    return cls
+
+
+def build(value: Any, name: str = "config") -> Any:
+    """Instantiate ``{"class_path", "init_args"}`` dicts recursively; other values (and objects) pass through."""
+    if isinstance(value, dict) and "class_path" in value:
+        if value.get(NOT_RECORDED):
+            raise ValueError(
+                f"{name} ({value['class_path']}) was not recorded in this checkpoint because it was built in Python "
+                f"from a class that does not record its init arguments; pass it explicitly, e.g. "
+                f"ColdDiffusion.load_from_checkpoint(path, {name}=...)"
+            )
+        cls = resolve_component(value["class_path"], name)
+        init_args = {k: build(v, f"{name}.{k}") for k, v in (value.get("init_args") or {}).items()}
+        return cls(**init_args)
+    if isinstance(value, list):
+        return [build(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def instantiate(cls: type, config: dict[str, Any]) -> Any:
+    """Lightning ``_instantiator`` for checkpoints of models built in Python (see ``ColdDiffusion``)."""
+    kwargs = {k: build(v, k) for k, v in config.items() if not k.startswith("_")}
+    return cls(**kwargs)

@@ -1,0 +1,147 @@
+"""Training-time pictures: a PNG grid of restorations (or generated images) written into the run folder."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from colddiff.module import ColdDiffusion, unpack_batch
+from colddiff.sampling import SamplerName
+
+__all__ = ["SampleGrid", "save_png_atomic", "restoration_grid"]
+
+
+def save_png_atomic(images: Tensor, path: str | os.PathLike, nrow: int, padding: int = 2, scale: int = 1) -> Path:
+    """Save a grid of ``[0, 1]`` images as a PNG via a temporary file and a rename (never half-written).
+
+    ``scale`` enlarges every image by nearest-neighbour upsampling first (small images are easier to see).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    images = images.detach().float().clamp(0, 1).cpu()
+    if scale != 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
+    save_image(grid, tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def restoration_grid(columns: list[Tensor]) -> Tensor:
+    """Interleave equally sized batches into rows: row ``i`` shows image ``i`` of every column.
+
+    Shape:
+        ``columns``: ``k`` tensors ``(N, C, H, W)``; output: ``(N * k, C, H, W)`` (for ``make_grid(nrow=k)``).
+    """
+    return torch.stack(columns, dim=1).flatten(0, 1)
+
+
+class SampleGrid(L.Callback):
+    """Write a PNG grid every ``every_n_steps`` optimiser steps and/or ``every_n_epochs`` epochs, and at the end.
+
+    Restoration models: one row per image, columns ``x_T | direct | sampled | x0`` (fixed validation images and a
+    fixed degradation draw, so grids are comparable across training).  Models with a generation prior: a grid of
+    images generated from fixed prior draws.  Files go to ``<run folder>/grids/step_XXXXXXX.png`` (rank 0 only).
+
+    Args:
+        every_n_steps: optimiser-step interval (``None`` or 0: off).
+        every_n_epochs: epoch interval (``None`` or 0: off).
+        num_images: images (rows, or generated images).
+        sampler: sampler for the grid (default: the model's).
+        steps: sampling steps (default: the model's ``sample_steps``).
+        seed: seed of the fixed degradation / prior draws.
+        dirname: sub-folder of the run folder.
+        scale: integer nearest-neighbour enlargement of every image in the PNG.
+    """
+
+    def __init__(self, every_n_steps: int | None = 1000, every_n_epochs: int | None = None, num_images: int = 8,
+                 sampler: SamplerName | None = None, steps: int | None = None, seed: int = 0,
+                 dirname: str = "grids", scale: int = 1) -> None:
+        super().__init__()
+        if num_images < 1:
+            raise ValueError(f"SampleGrid: num_images must be >= 1, got {num_images}")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"SampleGrid: scale must be a positive int, got {scale!r}")
+        self.scale = scale
+        self.every_n_steps, self.every_n_epochs = every_n_steps or 0, every_n_epochs or 0
+        self.num_images, self.sampler, self.steps, self.seed, self.dirname = num_images, sampler, steps, seed, dirname
+        self._images: Any = None
+        self._last_step = -1
+        self.last_path: Path | None = None
+
+    def _folder(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
+
+    def _reference_batch(self, trainer: L.Trainer) -> Any:
+        if self._images is None:
+            datamodule = trainer.datamodule
+            dataset = None
+            if datamodule is not None and hasattr(datamodule, "dataset"):
+                for split in ("val", "test", "train"):
+                    try:
+                        dataset = datamodule.dataset(split)
+                        break
+                    except ValueError:
+                        continue
+            if dataset is None:
+                batch = next(iter(trainer.train_dataloader))
+                self._images = batch
+            else:
+                items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+                if isinstance(items[0], dict):
+                    self._images = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+                else:
+                    self._images = torch.stack(items)
+        return self._images
+
+    @torch.no_grad()
+    def render(self, trainer: L.Trainer, module: ColdDiffusion) -> Tensor:
+        """The grid images (before tiling) and the number of columns."""
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        if module.prior is not None:
+            images, _ = module.generate(self.num_images, generator, sampler=self.sampler, steps=self.steps)
+            return images
+        x0, context = unpack_batch(self._reference_batch(trainer))
+        x0 = x0[: self.num_images].to(module.device)
+        context = {k: v[: self.num_images].to(module.device) for k, v in context.items()}
+        params = module.degradation.make_params(x0, generator, **context)
+        params = {k: v.to(module.device) for k, v in params.items()}
+        x_T = module.degradation.final_state(x0, params)
+        direct = module.sample(x_T, params=params, sampler="direct")
+        sampled = module.sample(x_T, params=params, sampler=self.sampler, steps=self.steps)
+        return restoration_grid([x_T, direct, sampled, x0])
+
+    @rank_zero_only
+    def write(self, trainer: L.Trainer, module: ColdDiffusion) -> Path:
+        images = self.render(trainer, module)
+        ncol = 4 if module.prior is None else max(1, math.ceil(math.sqrt(len(images))))
+        path = self._folder(trainer) / f"step_{trainer.global_step:07d}.png"
+        self.last_path = save_png_atomic(images, path, ncol, scale=self.scale)
+        return self.last_path
+
+    def _maybe_write(self, trainer: L.Trainer, module: ColdDiffusion) -> None:
+        if trainer.global_step != self._last_step:
+            self._last_step = trainer.global_step
+            self.write(trainer, module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: ColdDiffusion, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._maybe_write(trainer, module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: ColdDiffusion) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._maybe_write(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: ColdDiffusion) -> None:
+        self._maybe_write(trainer, module)

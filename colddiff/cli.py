@@ -1,0 +1,74 @@
+"""Lightning CLI for training: ``python train.py fit --config configs/X.yaml`` (or ``colddiff-train``).
+
+The data module's ``image_size`` and ``channels`` are given once and linked into the model (and its network).
+Components (degradation, network, prior, optimiser) are chosen by ``class_path`` in the YAML; ``--help`` lists
+them, ``--print_config`` shows the resolved config, and every run saves it as ``config.yaml`` in its log folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+
+from colddiff.data import ImageDataModule
+from colddiff.module import ColdDiffusion
+
+__all__ = ["ColdDiffusionCLI", "cli_main"]
+
+
+class ColdDiffusionCLI(LightningCLI):
+    """LightningCLI with the model fixed to :class:`~colddiff.module.ColdDiffusion` and any data module."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.init_args.image_size", "model.image_size")
+        parser.link_arguments("data.init_args.channels", "model.channels")
+        parser.link_arguments("data.init_args.image_size", "model.network.init_args.image_size")
+        parser.link_arguments("data.init_args.channels", "model.network.init_args.in_channels")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is not None:
+            align_logger_versions(config.get("trainer"))
+
+
+def _next_version(folder: Path) -> int:
+    versions = [int(m.group(1)) for p in folder.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return max(versions, default=-1) + 1
+
+
+def align_logger_versions(trainer_config: Any) -> None:
+    """Give loggers that share a ``save_dir`` and ``name`` (and leave ``version`` unset) one common version, so a run
+    keeps its TensorBoard events, ``metrics.csv``, ``config.yaml`` and grids in one folder."""
+    if trainer_config is None:
+        return
+    loggers = trainer_config.get("logger")
+    if not isinstance(loggers, list):
+        return
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for logger in loggers:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None or "version" not in init_args or init_args.get("version") is not None:
+            continue
+        key = (str(init_args.get("save_dir")), str(init_args.get("name") or ""))
+        groups.setdefault(key, []).append(init_args)
+    for (save_dir, name), members in groups.items():
+        if len(members) > 1:
+            version = f"version_{_next_version(Path(save_dir) / name)}"
+            for init_args in members:
+                init_args["version"] = version
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> ColdDiffusionCLI:
+    """Entry point of ``train.py`` and ``colddiff-train``; ``args`` replaces ``sys.argv[1:]`` (for tests)."""
+    return ColdDiffusionCLI(
+        ColdDiffusion,
+        ImageDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"plugins": [{"class_path": "colddiff.checkpoint.AtomicCheckpointIO"}]},
+    )

@@ -1,0 +1,464 @@
+"""LightningDataModules yielding images as float tensors ``(C, H, W)`` in ``[0, 1]``.
+
+* :class:`EmbeddedMNISTDataModule`: 6,000 training and 1,000 test MNIST digits shipped inside the package (the
+  default data; works offline anywhere).
+* :class:`TorchvisionDataModule`: MNIST, FashionMNIST, CIFAR10, CelebA, Flowers102 by name (``download`` switch).
+* :class:`ImageFolderDataModule`: any folder of images, searched recursively, with an optional train/val split.
+* :class:`PairedFolderDataModule`: a target folder and a partner folder, for :class:`~colddiff.degradations.Mix`;
+  batches are dicts ``{"image": x0, "partner": z}``.
+
+All share the paper's training augmentation (resize to ``crop_scale * image_size``, random crop, optional
+horizontal flip); evaluation splits are resized and centre-cropped.  Grayscale or RGB is chosen by ``channels``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageTransform",
+    "ImageFolder",
+    "EmbeddedMNIST",
+    "ImageDataModule",
+    "EmbeddedMNISTDataModule",
+    "TorchvisionDataModule",
+    "ImageFolderDataModule",
+    "PairedFolderDataModule",
+    "find_images",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+TorchvisionName = Literal["MNIST", "FashionMNIST", "CIFAR10", "CelebA", "Flowers102"]
+Split = Literal["train", "val", "test"]
+EMBEDDED_MNIST = Path(__file__).resolve().parent / "assets" / "mnist_subset.npz"
+
+
+class ImageTransform:
+    """PIL image or ``uint8``/float tensor -> float tensor ``(channels, size, size)`` in ``[0, 1]``.
+
+    Training: optional centre pre-crop, resize of the shorter side to ``round(crop_scale * size)``, random crop to
+    ``size``, optional horizontal flip.  Evaluation: pre-crop, resize to ``size``, centre crop.
+    """
+
+    def __init__(self, image_size: int, channels: int, train: bool, hflip: bool = True, crop_scale: float = 1.12,
+                 pre_crop: int | None = None) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        if crop_scale < 1:
+            raise ValueError(f"crop_scale must be >= 1, got {crop_scale}")
+        self.channels = channels
+        steps: list[Any] = [v2.ToImage()]
+        if pre_crop:
+            steps.append(v2.CenterCrop(pre_crop))
+        if train:
+            steps += [v2.Resize(round(image_size * crop_scale), antialias=True), v2.RandomCrop(image_size)]
+            if hflip:
+                steps.append(v2.RandomHorizontalFlip())
+        else:
+            steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        steps.append(v2.ToDtype(torch.float32, scale=True))
+        self.transform = v2.Compose(steps)
+
+    def __call__(self, image: Image.Image | Tensor) -> Tensor:
+        if isinstance(image, Image.Image):
+            image = image.convert("L" if self.channels == 1 else "RGB")
+        elif isinstance(image, Tensor):
+            if image.ndim == 2:
+                image = image[None]
+            if image.shape[0] != self.channels:
+                image = image.expand(3, -1, -1) if self.channels == 3 else image.float().mean(0, keepdim=True)
+        return self.transform(image).clamp(0.0, 1.0)
+
+
+def find_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files below ``root`` (recursive, sorted); clear errors for a missing or empty root."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"image folder {str(root)!r} is not a directory")
+    suffixes = {e.lower() for e in extensions}
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise ValueError(f"image folder {str(root)!r} contains no images (looked for {', '.join(sorted(suffixes))})")
+    return files
+
+
+def _check_image_file(path: Path) -> str | None:
+    """``None`` if the file decodes, else the reason."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        return str(err) or type(err).__name__
+    return None
+
+
+class ImageFolder(Dataset):
+    """Images from a list of files; a file that cannot be read raises an error naming it.
+
+    Args:
+        files: image paths.
+        transform: applied to each PIL image.
+        skip_bad: check every file up front and drop those that do not decode, logging how many (off: the first
+            unreadable file raises when it is read).
+    """
+
+    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Tensor], skip_bad: bool = False):
+        files = list(files)
+        self.skipped: list[tuple[Path, str]] = []
+        if skip_bad:
+            kept = []
+            for path in files:
+                reason = _check_image_file(path)
+                if reason is None:
+                    kept.append(path)
+                else:
+                    self.skipped.append((path, reason))
+            if self.skipped:
+                log.warning("skipped %d unreadable image file(s) of %d, e.g. %s (%s)", len(self.skipped), len(files),
+                            self.skipped[0][0], self.skipped[0][1])
+            files = kept
+            if not files:
+                raise ValueError("no readable images left after skipping unreadable files")
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Tensor:
+        path = self.files[index]
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return self.transform(img)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            raise ValueError(
+                f"cannot read image file {str(path)!r}: {err or type(err).__name__} "
+                "(remove it, or set skip_bad: true to skip unreadable files)"
+            ) from err
+
+
+class EmbeddedMNIST(Dataset):
+    """The MNIST digits shipped with colddiff (6,000 train / 1,000 test)."""
+
+    def __init__(self, split: Literal["train", "test"], transform: Callable[[Tensor], Tensor]) -> None:
+        with np.load(EMBEDDED_MNIST) as data:
+            self.images = torch.from_numpy(data[f"{split}_images"].copy())
+            self.labels = torch.from_numpy(data[f"{split}_labels"].astype(np.int64))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.transform(self.images[index][None])
+
+
+class _ImagesOnly(Dataset):
+    """Drop the labels of an ``(image, target)`` dataset and apply a transform."""
+
+    def __init__(self, dataset: Dataset, transform: Callable) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Tensor:
+        item = self.dataset[index]
+        return self.transform(item[0] if isinstance(item, (tuple, list)) else item)
+
+
+class _Paired(Dataset):
+    """``{"image": target[i], "partner": partner[j]}``: random ``j`` for training, a fixed ``j`` for evaluation."""
+
+    def __init__(self, target: Dataset, partner: Dataset, random_pairs: bool, seed: int = 0) -> None:
+        if len(partner) == 0:
+            raise ValueError("the partner dataset is empty")
+        self.target, self.partner, self.random_pairs = target, partner, random_pairs
+        self.fixed = torch.randint(len(partner), (len(target),), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        j = int(torch.randint(len(self.partner), ())) if self.random_pairs else int(self.fixed[index])
+        return {"image": self.target[index], "partner": self.partner[j]}
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base of colddiff's data modules: splits, augmentation and loaders.
+
+    Args:
+        image_size: side of the (square) training images.
+        channels: 1 (grayscale) or 3 (RGB).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default ``batch_size``).
+        num_workers: loader worker processes.
+        hflip: random horizontal flips when training.
+        crop_scale: resize to ``crop_scale * image_size`` before the random training crop (the paper: 1.12).
+        pre_crop: centre crop applied first (e.g. 178 to square CelebA's 178x218 faces).
+        val_size: use at most this many validation images (the first ones; ``None`` for all).
+        pin_memory: pin host memory for faster copies to a GPU (default: when CUDA is available).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: int = 3,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        hflip: bool = True,
+        crop_scale: float = 1.12,
+        pre_crop: int | None = None,
+        val_size: int | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__()
+        # the data config goes into checkpoints, with its class, so sample.py can rebuild the data from it
+        self.save_hyperparameters()
+        self.hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
+        for name, value in (("image_size", image_size), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"{type(self).__name__}: channels must be 1 or 3, got {channels!r}")
+        if num_workers < 0:
+            raise ValueError(f"{type(self).__name__}: num_workers must be >= 0, got {num_workers}")
+        self.image_size, self.channels = image_size, channels
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.hflip, self.crop_scale, self.pre_crop = hflip, crop_scale, pre_crop
+        self.val_size = val_size
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.datasets: dict[str, Dataset] = {}
+
+    # subclasses build one dataset per split
+    def make_dataset(self, split: Split, transform: ImageTransform) -> Dataset | None:
+        raise NotImplementedError
+
+    def transform(self, train: bool) -> ImageTransform:
+        return ImageTransform(self.image_size, self.channels, train, self.hflip, self.crop_scale, self.pre_crop)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
+            if split in self.datasets:
+                continue
+            dataset = self.make_dataset(split, self.transform(train=split == "train"))
+            if dataset is None:
+                continue
+            if len(dataset) == 0:
+                raise ValueError(f"{type(self).__name__}: the {split} split is empty")
+            if split == "val" and self.val_size is not None and len(dataset) > self.val_size:
+                dataset = Subset(dataset, range(self.val_size))
+            self.datasets[split] = dataset
+        if stage == "fit" and len(self.datasets["train"]) < self.batch_size:
+            raise ValueError(
+                f"{type(self).__name__}: the training split has {len(self.datasets['train'])} images, fewer than one "
+                f"batch of {self.batch_size} (batches are full-size; lower batch_size)"
+            )
+
+    def dataset(self, split: Split) -> Dataset:
+        """The dataset of a split (set up on demand)."""
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        if split not in self.datasets:
+            raise ValueError(f"{type(self).__name__} has no {split} split")
+        return self.datasets[split]
+
+    def prior_images(self, limit: int, seed: int = 0) -> Tensor:
+        """Up to ``limit`` training images without augmentation (a seeded random subset), to fit a prior."""
+        dataset = self.make_dataset("train", self.transform(train=False))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
+        images = [dataset[i] for i in order]
+        return torch.stack([img["image"] if isinstance(img, dict) else img for img in images])
+
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=split == "train",
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if self._has("val") else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def _has(self, split: Split) -> bool:
+        try:
+            self.dataset(split)
+        except ValueError as err:
+            if "has no" in str(err):
+                return False
+            raise
+        return True
+
+
+class EmbeddedMNISTDataModule(ImageDataModule):
+    """The MNIST digits shipped with colddiff: 6,000 for training, 1,000 (from the test set) for validation/test.
+
+    Source: MNIST (LeCun, Cortes and Burges), CC BY-SA 3.0; see README.
+    """
+
+    def __init__(self, image_size: int = 28, channels: int = 1, batch_size: int = 64, num_workers: int = 0,
+                 hflip: bool = False, crop_scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(image_size, channels, batch_size, num_workers=num_workers, hflip=hflip,
+                         crop_scale=crop_scale, **kwargs)
+
+    def make_dataset(self, split: Split, transform: ImageTransform) -> Dataset:
+        return EmbeddedMNIST("train" if split == "train" else "test", transform)
+
+
+_TORCHVISION_SPLITS: dict[str, dict[str, dict[str, Any]]] = {
+    # how each dataset names its splits; validation uses the official held-out split
+    "MNIST": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
+    "FashionMNIST": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
+    "CIFAR10": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
+    "CelebA": {"train": {"split": "train"}, "val": {"split": "valid"}, "test": {"split": "test"}},
+    "Flowers102": {"train": {"split": "train"}, "val": {"split": "val"}, "test": {"split": "test"}},
+}
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """A torchvision dataset by name: MNIST, FashionMNIST, CIFAR10, CelebA or Flowers102.
+
+    Validation uses the official held-out split (the test split where there is no validation split).
+
+    Args:
+        name: the dataset.
+        root: where torchvision finds (or downloads) it.
+        download: let torchvision download it (needs internet).
+        (others as :class:`ImageDataModule`)
+    """
+
+    def __init__(self, name: TorchvisionName, root: str = "data", download: bool = False, image_size: int = 32,
+                 channels: int = 3, **kwargs: Any) -> None:
+        if name not in _TORCHVISION_SPLITS:
+            raise ValueError(f"TorchvisionDataModule: name must be one of {sorted(_TORCHVISION_SPLITS)}, got {name!r}")
+        super().__init__(image_size, channels, **kwargs)
+        self.name, self.root, self.download = name, root, download
+
+    def make_dataset(self, split: Split, transform: ImageTransform) -> Dataset:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, self.name)
+        kwargs = dict(_TORCHVISION_SPLITS[self.name][split])
+        if self.name == "CelebA":
+            kwargs["target_type"] = []
+        try:
+            dataset = cls(root=self.root, download=self.download, **kwargs)
+        except RuntimeError as err:
+            if "download" in str(err).lower() or "not found" in str(err).lower():
+                raise FileNotFoundError(
+                    f"{self.name} was not found under root {self.root!r} ({err}). Set download: true on a machine "
+                    "with internet, or place the files where torchvision expects them under that root."
+                ) from err
+            raise
+        return _ImagesOnly(dataset, transform)
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """A folder of images (searched recursively, any common format).
+
+    Args:
+        root: the training images (and the validation images too, unless ``val_root`` is given).
+        val_root: a separate validation folder.
+        test_root: a separate test folder (default: the validation images).
+        val_fraction: fraction of ``root`` held out for validation when there is no ``val_root`` (0: none).
+        split_seed: seed of that split (deterministic).
+        extensions: file suffixes to read.
+        skip_bad: drop unreadable files (logged) instead of failing on the first one.
+        (others as :class:`ImageDataModule`)
+    """
+
+    def __init__(self, root: str, val_root: str | None = None, test_root: str | None = None,
+                 val_fraction: float = 0.05, split_seed: int = 0, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                 skip_bad: bool = False, image_size: int = 32, channels: int = 3, **kwargs: Any) -> None:
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"ImageFolderDataModule: val_fraction must lie in [0, 1), got {val_fraction}")
+        super().__init__(image_size, channels, **kwargs)
+        self.root, self.val_root, self.test_root = root, val_root, test_root
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.extensions, self.skip_bad = tuple(extensions), skip_bad
+
+    def _split_files(self) -> dict[str, list[Path]]:
+        files = find_images(self.root, self.extensions)
+        if self.val_root is not None or self.val_fraction == 0:
+            return {"train": files, "val": find_images(self.val_root, self.extensions) if self.val_root else []}
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        n_val = max(1, round(self.val_fraction * len(files)))
+        val = sorted(files[i] for i in order[:n_val])
+        train = sorted(files[i] for i in order[n_val:])
+        return {"train": train, "val": val}
+
+    def make_dataset(self, split: Split, transform: ImageTransform) -> Dataset | None:
+        if split == "test":
+            if self.test_root is not None:
+                return ImageFolder(find_images(self.test_root, self.extensions), transform, self.skip_bad)
+            split = "val"
+        files = self._split_files()[split]
+        if not files:
+            return None
+        return ImageFolder(files, transform, self.skip_bad)
+
+
+class PairedFolderDataModule(ImageFolderDataModule):
+    """Target images paired with partner images from a second folder, for :class:`~colddiff.degradations.Mix`.
+
+    Batches are dicts ``{"image": x0, "partner": z}``.  Training pairs each target image with a random partner at
+    every visit; validation and test pairs are fixed (seeded).
+
+    Args:
+        root: target images (e.g. CelebA).
+        partner_root: partner images (e.g. AFHQ).
+        partner_val_root: partner images for validation/test (default: ``partner_root``).
+        (others as :class:`ImageFolderDataModule`)
+    """
+
+    def __init__(self, root: str, partner_root: str, partner_val_root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.partner_root, self.partner_val_root = partner_root, partner_val_root
+
+    def partner_dataset(self, split: Split = "train") -> ImageFolder:
+        """The partner images of a split, without augmentation (for :class:`~colddiff.priors.SourceImagePrior`)."""
+        root = self.partner_root if split == "train" else (self.partner_val_root or self.partner_root)
+        return ImageFolder(find_images(root, self.extensions), self.transform(train=False), self.skip_bad)
+
+    def make_dataset(self, split: Split, transform: ImageTransform) -> Dataset | None:
+        target = super().make_dataset(split, transform)
+        if target is None:
+            return None
+        partner_root = self.partner_root if split == "train" else (self.partner_val_root or self.partner_root)
+        partner = ImageFolder(find_images(partner_root, self.extensions), transform, self.skip_bad)
+        return _Paired(target, partner, random_pairs=split == "train", seed=self.split_seed)

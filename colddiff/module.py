@@ -1,0 +1,425 @@
+"""The Lightning module: trains ``R(x_t, t) ≈ x0`` and samples with the paper's algorithms.
+
+Training step: ``t ~ U{1..T}`` per sample, ``params = D.make_params(x0)``, ``x_t = D(x0, t, params)``,
+loss ``|R(x_t, t) - x0|`` (L1, or L2).  An exponential moving average (EMA) of the network's weights (the paper:
+decay 0.995 every 10 optimiser steps from step 2000, a plain copy before) is used for validation, sampling and
+export.  Validation logs the loss and the PSNR/SSIM of direct (``R(x_T, T)``) and sampled reconstructions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.core.saving import _ALLOWED_INSTANTIATORS
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from colddiff._config import describe_or_mark
+from colddiff.degradations.base import Degradation
+from colddiff.priors import Prior, PriorSample, SourceImagePrior
+from colddiff.sampling import SAMPLERS, SamplerName, sample
+
+__all__ = ["ColdDiffusion", "paper_adam", "NonFiniteLossError"]
+
+# colddiff's instantiator builds only colddiff components from checkpoint configs (see colddiff._config.build)
+_ALLOWED_INSTANTIATORS.add("colddiff._config.instantiate")
+
+# the EMA copy of the network is in eval mode on purpose; Lightning warns about eval-mode modules at fit start
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], Any]
+
+
+def paper_adam(params: Iterable[nn.Parameter]) -> Optimizer:
+    """The paper's optimiser: Adam, learning rate 2e-5, no weight decay (fused on CUDA)."""
+    params = list(params)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.Adam(params, lr=2e-5, fused=fused or None)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+def unpack_batch(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    """``x0`` and degradation context from a batch: a tensor, ``(image, label)``, or ``{"image", "partner"}``."""
+    if isinstance(batch, Tensor):
+        return batch, {}
+    if isinstance(batch, Mapping):
+        if "image" not in batch:
+            raise ValueError(f"a dict batch needs an 'image' entry, got keys {sorted(batch)}")
+        return batch["image"], ({"z": batch["partner"]} if "partner" in batch else {})
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0], {}
+    raise TypeError(f"cannot read images from a batch of type {type(batch).__name__}")
+
+
+class ColdDiffusion(L.LightningModule):
+    """Cold Diffusion: a restoration network trained to invert a degradation, and its samplers.
+
+    Args:
+        degradation: the operator ``D`` (any :class:`~colddiff.degradations.Degradation`).
+        network: ``R(x_t, t) -> x0_hat`` (e.g. :class:`~colddiff.nets.UNet`).
+        prior: start-state distribution for unconditional generation (optional).
+        image_size, channels: the training images (checked against every batch and the components).
+        loss: ``"l1"`` (the paper) or ``"l2"``.
+        optimizer: a callable ``params -> Optimizer`` (default :func:`paper_adam`).
+        lr_scheduler: optional callable ``optimizer -> scheduler`` (stepped every optimiser step).
+        ema_decay, ema_every, ema_start: EMA of the weights, updated every ``ema_every`` optimiser steps from step
+            ``ema_start`` (a plain copy before).
+        sampler: default sampler, ``"naive"``, ``"improved"`` or ``"direct"``.
+        sample_steps: default number of sampling steps (``None``: every level).
+        val_sample_batches: validation batches whose reconstructions are sampled (sampling costs ``T`` network
+            calls; 0 disables).
+        val_sample_steps: sampling steps during validation (``None``: every level).
+        prior_fit_images: images used to fit the prior at the start of training when it is not fitted yet.
+        channels_last: run the network in channels-last memory format.
+        compile: ``torch.compile`` the network for training (falls back to eager where unavailable).
+        nonfinite_loss: ``"raise"`` stops training at a NaN/inf loss with a message naming the step; ``"skip"``
+            skips such batches (the update is dropped) and counts them in ``train/skipped_batches``.
+        seed: seed of the validation degradations (levels, random params), so validation is comparable across
+            epochs.
+    """
+
+    def __init__(
+        self,
+        degradation: Degradation,
+        network: nn.Module,
+        prior: Prior | None = None,
+        image_size: int = 32,
+        channels: int = 3,
+        loss: Literal["l1", "l2"] = "l1",
+        optimizer: OptimizerFactory = paper_adam,
+        lr_scheduler: SchedulerFactory | None = None,
+        ema_decay: float = 0.995,
+        ema_every: int = 10,
+        ema_start: int = 2000,
+        sampler: SamplerName = "improved",
+        sample_steps: int | None = None,
+        val_sample_batches: int = 1,
+        val_sample_steps: int | None = None,
+        prior_fit_images: int = 10_000,
+        channels_last: bool = False,
+        compile: bool = False,
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(degradation, Degradation):
+            raise TypeError(f"degradation must be a colddiff Degradation, got {type(degradation).__name__}")
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
+        if prior is not None and not isinstance(prior, Prior):
+            raise TypeError(f"prior must be a colddiff Prior or None, got {type(prior).__name__}")
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+        if ema_every < 1 or ema_start < 0:
+            raise ValueError(f"ema_every must be >= 1 and ema_start >= 0, got {ema_every}, {ema_start}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        if channels not in (1, 3) and (isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0):
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        self._check_components(degradation, network, image_size, channels)
+
+        self.degradation = degradation
+        self.network = network
+        self.ema_network = copy.deepcopy(network).requires_grad_(False).eval()
+        self.prior = prior
+        self.image_size, self.channels = image_size, channels
+        self.loss_name = loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.ema_decay, self.ema_every, self.ema_start = ema_decay, ema_every, ema_start
+        self.sampler, self.sample_steps = sampler, sample_steps
+        self.val_sample_batches, self.val_sample_steps = val_sample_batches, val_sample_steps
+        self.prior_fit_images = prior_fit_images
+        self.channels_last, self.compile_network = channels_last, compile
+        self.nonfinite_loss, self.seed = nonfinite_loss, seed
+        self._compiled: list[Callable] = []  # kept out of the module tree (and the state dict)
+        self._last_ema_step = -1
+        self.register_buffer("_nonfinite_at", torch.tensor(-1, dtype=torch.long), persistent=False)
+        self.register_buffer("skipped_batches", torch.tensor(0, dtype=torch.long))
+        self.val_metrics = nn.ModuleDict({
+            "psnr_direct": PeakSignalNoiseRatio(data_range=1.0),
+            "ssim_direct": StructuralSimilarityIndexMeasure(data_range=1.0),
+            "psnr_sampled": PeakSignalNoiseRatio(data_range=1.0),
+            "ssim_sampled": StructuralSimilarityIndexMeasure(data_range=1.0),
+        })
+        self._save_config(locals())
+
+    # ---------------------------------------------------------------------------------------------- set-up
+    @staticmethod
+    def _check_components(degradation: Degradation, network: nn.Module, image_size: int, channels: int) -> None:
+        if degradation.channels is not None and degradation.channels != channels:
+            raise ValueError(f"the degradation expects {degradation.channels} channels but channels={channels}")
+        degradation.check_image_size(image_size, image_size)
+        check = getattr(network, "check_input_size", None)
+        if check is not None:
+            check(image_size, image_size)
+        for name in ("in_channels", "out_channels"):
+            value = getattr(network, name, None)
+            if value is not None and value != channels:
+                raise ValueError(f"the network's {name} is {value} but the images have channels={channels}")
+
+    def _save_config(self, arguments: dict[str, Any]) -> None:
+        """Hyper-parameters as a config (class paths, plain values): LightningCLI's when built by it, else ours."""
+        if _given_hyperparameters.get() is not None:
+            self.save_hyperparameters()
+            return
+        config: dict[str, Any] = {"_instantiator": "colddiff._config.instantiate"}
+        for key, value in arguments.items():
+            if key in ("self", "__class__", "optimizer", "lr_scheduler"):
+                continue
+            config[key] = describe_or_mark(value) if isinstance(value, nn.Module) else value
+        self.save_hyperparameters(config)
+
+    def train(self, mode: bool = True) -> ColdDiffusion:
+        """Lightning toggles train/eval mode on the whole module; the EMA copy always stays in eval mode."""
+        super().train(mode)
+        self.ema_network.eval()
+        return self
+
+    def configure_model(self) -> None:
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+            self.ema_network.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.compile_network and not self._compiled:
+            self._compiled.append(_compile(self.network))
+
+    def on_fit_start(self) -> None:
+        self._fit_prior_if_needed()
+
+    def _fit_prior_if_needed(self) -> None:
+        prior = self.prior
+        if prior is None or prior.is_fitted:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(prior, SourceImagePrior):
+            if datamodule is None or not hasattr(datamodule, "partner_dataset"):
+                raise RuntimeError("SourceImagePrior needs a data module with partner images "
+                                   "(PairedFolderDataModule)")
+            prior.attach(datamodule.partner_dataset("train"))
+            return
+        if datamodule is not None and hasattr(datamodule, "prior_images"):
+            images = datamodule.prior_images(self.prior_fit_images)
+        else:
+            images = (unpack_batch(b)[0] for b in self.trainer.fit_loop._data_source.dataloader())
+        prior.to(self.device).fit(images, limit=self.prior_fit_images)
+
+    # --------------------------------------------------------------------------------------------- network
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """``R(x_t, t)`` with the training weights."""
+        return self.network(x_t, t)
+
+    def restore(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """``R(x_t, t)`` with the EMA weights (used by validation, sampling and export)."""
+        if self.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        return self.ema_network(x_t, t)
+
+    def _check_batch(self, x0: Tensor) -> None:
+        expected = (self.channels, self.image_size, self.image_size)
+        if x0.ndim != 4 or tuple(x0.shape[1:]) != expected:
+            raise ValueError(
+                f"batch images have shape {tuple(x0.shape)}, but the model is configured for (B, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}) (image_size={self.image_size}, channels={self.channels}); check the "
+                "data module's image_size and channels"
+            )
+
+    # -------------------------------------------------------------------------------------------- training
+    def degrade_batch(self, x0: Tensor, context: Mapping[str, Tensor],
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``t ~ U{1..T}`` per sample, fresh params, and ``x_t = D(x0, t, params)``."""
+        t = torch.randint(1, self.degradation.num_steps + 1, (x0.shape[0],), device=x0.device, generator=generator)
+        params = self.degradation.make_params(x0, generator, **context)
+        return self.degradation.degrade(x0, t, params), t, params
+
+    def loss(self, batch: Any, generator: torch.Generator | None = None, ema: bool = False) -> Tensor:
+        """The training objective on a batch: ``|R(D(x0, t), t) - x0|`` (L1 or L2), with the training network or
+        (``ema=True``) the EMA copy."""
+        x0, context = unpack_batch(batch)
+        self._check_batch(x0)
+        x_t, t, _ = self.degrade_batch(x0, context, generator)
+        if ema:
+            x0_hat = self.restore(x_t, t)
+        else:
+            if self.channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            x0_hat = (self._compiled[0] if self._compiled else self.network)(x_t, t)
+        x0_hat = x0_hat.float()
+        return F.l1_loss(x0_hat, x0) if self.loss_name == "l1" else F.mse_loss(x0_hat, x0)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        loss = self.loss(batch)
+        batch_size = unpack_batch(batch)[0].shape[0]
+        if self.nonfinite_loss == "skip":
+            # opt-in: one host synchronisation per step; returning None makes Lightning skip backward and the update
+            if not bool(torch.isfinite(loss)):
+                self.skipped_batches += 1
+                self.log("train/skipped_batches", self.skipped_batches.float(), batch_size=batch_size)
+                return None
+        else:
+            # record the first non-finite step on the device; checked at log intervals and before checkpoints
+            bad = (self._nonfinite_at < 0) & ~torch.isfinite(loss)
+            self._nonfinite_at.copy_(torch.where(bad, torch.full_like(self._nonfinite_at, self.global_step),
+                                                 self._nonfinite_at))
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.global_step
+        if step != self._last_ema_step:  # once per optimiser step (gradient accumulation calls this more often)
+            self._last_ema_step = step
+            if step % self.ema_every == 0:
+                self.update_ema(copy_only=step < self.ema_start)
+        if self.nonfinite_loss == "raise" and step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a non-finite loss was seen (one host synchronisation)."""
+        at = int(self._nonfinite_at)
+        if at >= 0 and self.nonfinite_loss == "raise":
+            raise NonFiniteLossError(
+                f"training loss became NaN or infinite at global step {at}; lower the learning rate, check the data, "
+                "use precision 32-true, or set model.nonfinite_loss: skip to skip such batches"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite()  # never write weights that a NaN step has corrupted
+
+    @torch.no_grad()
+    def update_ema(self, copy_only: bool = False) -> None:
+        """``ema = decay * ema + (1 - decay) * weights`` (or a plain copy), for parameters and buffers."""
+        ema = list(self.ema_network.parameters())
+        live = list(self.network.parameters())
+        if copy_only:
+            torch._foreach_copy_(ema, live)
+        else:
+            torch._foreach_lerp_(ema, live, 1.0 - self.ema_decay)
+        for ema_buffer, buffer in zip(self.ema_network.buffers(), self.network.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.network.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------ validation
+    def _validation_generator(self, batch_idx: int, device: torch.device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x0, context = unpack_batch(batch)
+        batch_size, T = x0.shape[0], self.degradation.num_steps
+        generator = self._validation_generator(batch_idx, x0.device)
+        loss = self.loss(batch, generator, ema=True)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        if batch_idx < self.val_sample_batches:
+            params = self.degradation.make_params(x0, generator, **context)
+            x_T = self.degradation.degrade(x0, torch.full((batch_size,), T, device=x0.device), params)
+            direct = self.sample(x_T, params=params, sampler="direct").clamp(0, 1)
+            sampled = self.sample(x_T, params=params, steps=self.val_sample_steps).clamp(0, 1)
+            for kind, images in (("direct", direct), ("sampled", sampled)):
+                for metric in ("psnr", "ssim"):
+                    name = f"{metric}_{kind}"
+                    self.val_metrics[name](images, x0)
+                    self.log(f"val/{name}", self.val_metrics[name], batch_size=batch_size)
+
+    # ------------------------------------------------------------------------------------------- sampling
+    def _precision_context(self) -> contextlib.AbstractContextManager:
+        trainer = self._trainer
+        if trainer is not None:
+            return trainer.precision_plugin.forward_context()
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        x_t: Tensor,
+        t: int | None = None,
+        params: Mapping[str, Tensor] | None = None,
+        sampler: SamplerName | None = None,
+        steps: int | Sequence[int] | None = None,
+        callback: Callable[[dict], None] | None = None,
+        generator: torch.Generator | None = None,
+        **context: Tensor,
+    ) -> Tensor:
+        """Restore ``x_t`` (at level ``t``, default ``T``) with the chosen sampler and the EMA weights.
+
+        Args:
+            x_t: degraded images in ``[0, 1]``.
+            t: their level.
+            params: the degradation's params (drawn with ``generator`` and ``context`` if ``None``).
+            sampler: ``"naive"``, ``"improved"`` or ``"direct"`` (default: the module's ``sampler``).
+            steps: levels to visit (an int for evenly spaced skipping; default: the module's ``sample_steps``).
+            callback: per-step callback (see :mod:`colddiff.sampling`).
+            generator: random generator for params.
+            context: degradation context, e.g. ``z=`` for :class:`~colddiff.degradations.Mix`.
+        """
+        sampler = sampler or self.sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if params is None and context:
+            params = self.degradation.make_params(x_t, generator, **context)
+        steps = (self.sample_steps if steps is None else steps) if sampler != "direct" else None
+        with self._precision_context():
+            return sample(sampler, self.restore, self.degradation, x_t, t, params, steps, callback, generator)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        sampler: SamplerName | None = None,
+        steps: int | Sequence[int] | None = None,
+        callback: Callable[[dict], None] | None = None,
+    ) -> tuple[Tensor, PriorSample]:
+        """Unconditional generation: draw ``n`` start states from the prior and sample.
+
+        Returns:
+            The generated images (clamped to ``[0, 1]``) and the prior draw (start states, params, provenance).
+        """
+        if self.prior is None:
+            raise RuntimeError(
+                f"this model has no generation prior (its degradation is {type(self.degradation).__name__}); "
+                "generation needs one, e.g. ChannelMeanPrior for GaussianBlur(final_mean=True)"
+            )
+        start = self.prior.sample(n, (self.channels, self.image_size, self.image_size), generator)
+        x_T = start.x_T.to(self.device)
+        params = {k: v.to(self.device) for k, v in start.params.items()} or None
+        if params is None and self.degradation.param_keys:
+            params = self.degradation.make_params(x_T, generator)
+        images = self.sample(x_T, params=params, sampler=sampler, steps=steps, callback=callback,
+                             generator=generator)
+        return images.clamp(0, 1), start
+
+
+def _compile(network: nn.Module) -> Callable:
+    """``torch.compile`` with a fallback to eager execution where it is unavailable."""
+    try:
+        return torch.compile(network)
+    except Exception as err:  # noqa: BLE001 - platform-dependent failures (no compiler, unsupported Python)
+        import warnings
+
+        warnings.warn(f"torch.compile is unavailable ({err}); training the network eagerly", stacklevel=2)
+        return network
+

@@ -1,0 +1,365 @@
+"""Start-state distributions for unconditional generation.
+
+A prior draws ``x_T`` (and the degradation params that go with it) for :func:`colddiff.sampling.sample_improved`.
+Priors that are fitted from data keep their fitted state in buffers, so it is saved in checkpoints and exported
+weights; every draw records its provenance (prior component, or which source image) for later audits.
+
+=====================  ==========================================================  ===============================
+prior                  start state                                                 degradation
+=====================  ==========================================================  ===============================
+``ChannelMeanPrior``   constant image of a colour from a Gaussian / GMM fitted to   ``GaussianBlur(final_mean=True)``
+                       per-channel means, plus symmetry-breaking noise (0.002)
+``LowResPrior``        nearest-upsampled low-resolution image from a GMM fitted    ``Pixelate``
+                       to the training images at level ``T``
+``GaussianNoisePrior`` ``0.5 + 0.5 * N(0, I)`` (standard normal in [-1, 1] units)   ``GaussianNoise``
+``ConstantColourPrior`` a random constant colour, each channel uniform              ``GaussianMask(reverse=True,
+                                                                                    fill="random")``
+``SourceImagePrior``   an image of the partner dataset                             ``Mix``
+=====================  ==========================================================  ===============================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from colddiff._checks import rand, randint, randn
+from colddiff._config import RecordsInit
+
+__all__ = [
+    "GaussianMixture",
+    "Prior",
+    "PriorSample",
+    "ChannelMeanPrior",
+    "LowResPrior",
+    "GaussianNoisePrior",
+    "ConstantColourPrior",
+    "SourceImagePrior",
+]
+
+
+# ------------------------------------------------------------------------------------------ Gaussian mixture
+class GaussianMixture(RecordsInit, nn.Module):
+    """Gaussian mixture with full covariances, fitted by EM in torch (k-means++ initialisation).
+
+    Args:
+        num_components: ``k``.
+        dim: dimension of the data.
+        reg_covar: added to covariance diagonals (keeps them positive definite).
+        max_iter, tol: EM stopping rule (change of mean log-likelihood).
+
+    Buffers ``weights (k,)``, ``means (k, d)``, ``covariances (k, d, d)`` hold the fit.
+    """
+
+    def __init__(self, num_components: int = 1, dim: int = 3, reg_covar: float = 1e-6, max_iter: int = 200,
+                 tol: float = 1e-6) -> None:
+        super().__init__()
+        if num_components < 1 or dim < 1:
+            raise ValueError(f"GaussianMixture needs num_components >= 1 and dim >= 1, got {num_components}, {dim}")
+        self.num_components, self.dim = int(num_components), int(dim)
+        self.reg_covar, self.max_iter, self.tol = reg_covar, max_iter, tol
+        self.register_buffer("weights", torch.full((num_components,), 1.0 / num_components))
+        self.register_buffer("means", torch.zeros(num_components, dim))
+        self.register_buffer("covariances", torch.eye(dim).expand(num_components, dim, dim).clone())
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def _log_prob_components(self, x: Tensor, weights: Tensor, means: Tensor, covs: Tensor) -> Tensor:
+        """``log w_j + log N(x | mu_j, S_j)`` for every sample and component: ``(n, k)``."""
+        chol = torch.linalg.cholesky(covs)
+        diff = x[None, :, :] - means[:, None, :]  # (k, n, d)
+        solved = torch.linalg.solve_triangular(chol, diff.transpose(1, 2), upper=False)  # (k, d, n)
+        maha = solved.pow(2).sum(dim=1)  # (k, n)
+        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (k,)
+        log_norm = -0.5 * (self.dim * math.log(2 * math.pi) + log_det)
+        return (torch.log(weights)[:, None] + log_norm[:, None] - 0.5 * maha).T
+
+    def _init_means(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """k-means++ seeding."""
+        first = int(torch.randint(len(x), (1,), generator=generator))
+        centres = [x[first]]
+        for _ in range(1, self.num_components):
+            d2 = torch.cdist(x, torch.stack(centres)).min(dim=1).values.pow(2)
+            probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(d2))
+            centres.append(x[int(torch.multinomial(probs, 1, generator=generator))])
+        return torch.stack(centres)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, seed: int = 0) -> GaussianMixture:
+        """Fit to samples ``x`` of shape ``(n, d)`` (computed in float64 on ``x``'s device)."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"GaussianMixture.fit expects data of shape (n, {self.dim}), got {tuple(x.shape)}")
+        if len(x) < self.num_components:
+            raise ValueError(f"GaussianMixture.fit needs at least {self.num_components} samples, got {len(x)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("GaussianMixture.fit got non-finite data")
+        x = x.to(torch.float64)
+        n, d, k = len(x), self.dim, self.num_components
+        generator = torch.Generator().manual_seed(seed)
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        means = self._init_means(x.cpu(), generator).to(x)
+        # hard assignment to the nearest seed for the first covariances
+        resp = F.one_hot(torch.cdist(x, means).argmin(dim=1), k).to(x.dtype)
+        previous = -math.inf
+        for _ in range(self.max_iter):
+            nk = resp.sum(dim=0) + 10 * torch.finfo(x.dtype).eps
+            weights = nk / n
+            means = resp.T @ x / nk[:, None]
+            diff = x[None] - means[:, None]  # (k, n, d)
+            covs = torch.einsum("kn,knd,kne->kde", resp.T, diff, diff) / nk[:, None, None] + self.reg_covar * eye
+            log_prob = self._log_prob_components(x, weights, means, covs)  # (n, k)
+            log_norm = torch.logsumexp(log_prob, dim=1, keepdim=True)
+            resp = torch.exp(log_prob - log_norm)
+            current = log_norm.mean().item()
+            if abs(current - previous) < self.tol:
+                break
+            previous = current
+        self.weights.copy_(weights.to(self.weights))
+        self.means.copy_(means.to(self.means))
+        self.covariances.copy_(covs.to(self.covariances))
+        self.fitted.fill_(True)
+        return self
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log density of ``(n, d)`` samples: ``(n,)``."""
+        x = x.to(torch.float64)
+        log_prob = self._log_prob_components(x, self.weights.double(), self.means.double(),
+                                             self.covariances.double())
+        return torch.logsumexp(log_prob, dim=1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` draws and the component each came from: ``(n, d)`` float32, ``(n,)`` long."""
+        if not bool(self.fitted):
+            raise RuntimeError("GaussianMixture.sample: the mixture is not fitted (call fit first)")
+        device = generator.device if generator is not None else self.means.device
+        components = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=torch.float64)
+        chol = torch.linalg.cholesky(self.covariances.to(device, torch.float64))
+        draws = self.means.to(device, torch.float64)[components] + (chol[components] @ z[:, :, None])[..., 0]
+        return draws.float().to(self.means.device), components.to(self.means.device)
+
+
+# --------------------------------------------------------------------------------------------------- priors
+@dataclass
+class PriorSample:
+    """A batch of start states: ``x_T`` ``(n, C, H, W)``, the degradation ``params`` that go with it, and one
+    provenance record per image."""
+
+    x_T: Tensor
+    params: dict[str, Tensor] = field(default_factory=dict)
+    provenance: list[dict] = field(default_factory=list)
+
+
+class Prior(RecordsInit, nn.Module):
+    """Base class: a distribution over start states ``x_T``.
+
+    ``needs_fit`` priors are fitted from clean training images with :meth:`fit` (the Lightning module does this at the
+    start of training if the checkpoint has no fit yet, and ``sample.py --fit-prior`` can refit).
+    """
+
+    needs_fit: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("fitted", torch.tensor(not self.needs_fit))
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    def fit(self, images: Tensor | Iterable[Tensor]) -> Prior:
+        """Fit to clean images in ``[0, 1]`` (a tensor ``(N, C, H, W)`` or an iterable of batches)."""
+        self.fitted.fill_(True)
+        return self
+
+    def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
+        """Draw ``n`` start states of image shape ``(C, H, W)``."""
+        raise NotImplementedError
+
+    def _check_sample(self, n: int, shape: Sequence[int]) -> tuple[int, int, int]:
+        if not self.is_fitted:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: fit it on training images first "
+                               "(training does this automatically; sample.py has --fit-prior)")
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"{type(self).__name__}.sample: n must be a positive int, got {n!r}")
+        if len(shape) != 3:
+            raise ValueError(f"{type(self).__name__}.sample: shape must be (C, H, W), got {tuple(shape)}")
+        c, h, w = (int(s) for s in shape)
+        return c, h, w
+
+    @staticmethod
+    def _collect(images: Tensor | Iterable[Tensor], limit: int | None = None) -> Tensor:
+        if isinstance(images, Tensor):
+            batches = [images]
+        else:
+            batches, count = [], 0
+            for batch in images:
+                if isinstance(batch, dict):
+                    batch = batch["image"]
+                elif isinstance(batch, (tuple, list)):
+                    batch = batch[0]
+                batches.append(batch if batch.ndim == 4 else batch[None])
+                count += len(batches[-1])
+                if limit is not None and count >= limit:
+                    break
+        if not batches:
+            raise ValueError("cannot fit a prior on no images")
+        data = torch.cat([b.float() for b in batches])
+        if data.ndim != 4:
+            raise ValueError(f"prior fit expects images (N, C, H, W), got {tuple(data.shape)}")
+        return data[:limit] if limit is not None else data
+
+
+class _GMMStatePrior(Prior):
+    """A GMM over a low-dimensional summary of images, decoded back to a start state."""
+
+    needs_fit = True
+
+    def __init__(self, channels: int, num_components: int, noise_std: float, summary_dim: int) -> None:
+        super().__init__()
+        if noise_std < 0:
+            raise ValueError(f"{type(self).__name__}: noise_std must be >= 0, got {noise_std}")
+        self.channels, self.noise_std = channels, float(noise_std)
+        self.gmm = GaussianMixture(num_components, summary_dim)
+
+    def summary(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, summary: Tensor, shape: tuple[int, int, int]) -> Tensor:
+        raise NotImplementedError
+
+    def fit(self, images: Tensor | Iterable[Tensor], limit: int | None = 50_000, seed: int = 0) -> Prior:
+        data = self._collect(images, limit)
+        if data.shape[1] != self.channels:
+            raise ValueError(f"{type(self).__name__}: expected {self.channels}-channel images, got {data.shape[1]}")
+        self.gmm.fit(self.summary(data).to(self.gmm.means.device), seed=seed)
+        self.fitted.fill_(True)
+        return self
+
+    def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
+        c, h, w = self._check_sample(n, shape)
+        if c != self.channels:
+            raise ValueError(f"{type(self).__name__}: fitted for {self.channels} channels, asked for {c}")
+        summary, components = self.gmm.sample(n, generator)
+        x_T = self.decode(summary, (c, h, w))
+        if self.noise_std > 0:
+            x_T = x_T + self.noise_std * randn(tuple(x_T.shape), generator, x_T)
+        provenance = [{"source": "prior", "prior": type(self).__name__, "component": int(k)} for k in components]
+        return PriorSample(x_T, {}, provenance)
+
+
+class ChannelMeanPrior(_GMMStatePrior):
+    """Blur generation: a Gaussian (``num_components=1``, the paper) or GMM over per-channel spatial means.
+
+    Args:
+        channels: image channels.
+        num_components: mixture components.
+        noise_std: symmetry-breaking Gaussian noise added to the constant start image (the paper: 0.002).
+    """
+
+    def __init__(self, channels: int = 3, num_components: int = 1, noise_std: float = 0.002) -> None:
+        super().__init__(channels, num_components, noise_std, channels)
+
+    def summary(self, images: Tensor) -> Tensor:
+        return images.mean(dim=(-2, -1))
+
+    def decode(self, summary: Tensor, shape: tuple[int, int, int]) -> Tensor:
+        c, h, w = shape
+        return summary[:, :, None, None].expand(-1, c, h, w).clone()
+
+
+class LowResPrior(_GMMStatePrior):
+    """Pixelation generation: a GMM over the training images at the final low resolution.
+
+    Args:
+        channels: image channels.
+        low_size: side of the low-resolution images (``image_size / 2**T`` for halving pixelation).
+        num_components: mixture components.
+        noise_std: Gaussian noise added to the start state.
+    """
+
+    def __init__(self, channels: int = 3, low_size: int = 4, num_components: int = 1, noise_std: float = 0.0) -> None:
+        super().__init__(channels, num_components, noise_std, channels * low_size * low_size)
+        self.low_size = int(low_size)
+
+    def summary(self, images: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(images, self.low_size).flatten(1)
+
+    def decode(self, summary: Tensor, shape: tuple[int, int, int]) -> Tensor:
+        c, h, w = shape
+        if h % self.low_size or w % self.low_size:
+            raise ValueError(f"LowResPrior: {h}x{w} images are not a multiple of the low size {self.low_size}")
+        low = summary.reshape(-1, c, self.low_size, self.low_size)
+        return F.interpolate(low, size=(h, w), mode="nearest")
+
+
+class GaussianNoisePrior(Prior):
+    """Hot diffusion: ``x_T = 0.5 + 0.5 * noise``, ``noise ~ N(0, I)`` (params ``{"noise": noise}``)."""
+
+    def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
+        c, h, w = self._check_sample(n, shape)
+        noise = randn((n, c, h, w), generator, self.fitted.new_empty(0, dtype=torch.float32))
+        return PriorSample(0.5 + 0.5 * noise, {"noise": noise}, [{"source": "prior", "prior": "GaussianNoise"}] * n)
+
+
+class ConstantColourPrior(Prior):
+    """Mask-based generation: a random constant colour, each channel uniform in ``[low, high]``
+    (params ``{"fill": colour}`` for ``GaussianMask(reverse=True, fill="random")``)."""
+
+    def __init__(self, low: float = 0.25, high: float = 0.75) -> None:
+        super().__init__()
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"ConstantColourPrior needs 0 <= low <= high <= 1, got {low}, {high}")
+        self.low, self.high = float(low), float(high)
+
+    def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
+        c, h, w = self._check_sample(n, shape)
+        colour = self.low + (self.high - self.low) * rand((n, c, 1, 1), generator,
+                                                          self.fitted.new_empty(0, dtype=torch.float32))
+        provenance = [{"source": "prior", "prior": "ConstantColour", "colour": col.flatten().tolist()}
+                      for col in colour]
+        return PriorSample(colour.expand(n, c, h, w).clone(), {"fill": colour}, provenance)
+
+
+class SourceImagePrior(Prior):
+    """Mixing ("animorphosis"): the start state is an image of the partner dataset (params ``{"z": image}``).
+
+    The images themselves are not stored in checkpoints; :meth:`attach` gives the prior a dataset (the partner split
+    of a :class:`~colddiff.data.PairedFolderDataModule`, or any dataset of ``(C, H, W)`` tensors in ``[0, 1]``).
+    Provenance records the dataset index (and file path where the dataset has ``files``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dataset = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.dataset is not None
+
+    def attach(self, dataset) -> SourceImagePrior:
+        if len(dataset) == 0:
+            raise ValueError("SourceImagePrior: the partner dataset is empty")
+        self.dataset = dataset
+        return self
+
+    def fit(self, images, limit: int | None = None) -> Prior:
+        return self.attach(images)
+
+    def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
+        if self.dataset is None:
+            raise RuntimeError("SourceImagePrior has no partner images: call attach(dataset) (sample.py: "
+                               "--partner-root)")
+        c, h, w = self._check_sample(n, shape)
+        indices = randint(len(self.dataset), (n,), generator, self.fitted.new_empty(0, dtype=torch.float32))
+        images = torch.stack([self.dataset[int(i)] for i in indices])
+        if images.shape[1:] != (c, h, w):
+            raise ValueError(f"SourceImagePrior: partner images have shape {tuple(images.shape[1:])}, need {(c, h, w)}")
+        files = getattr(self.dataset, "files", None)
+        provenance = [{"source": "partner", "index": int(i), **({"path": str(files[int(i)])} if files else {})}
+                      for i in indices]
+        return PriorSample(images.to(self.fitted.device), {"z": images.to(self.fitted.device)}, provenance)

@@ -1,0 +1,163 @@
+"""Lightning CLI: every config parses; fast_dev_run fits of the quickstart and of one config per operator
+(shrunk by overrides, on data made here); resume continues the global step; the grid callback writes its PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from colddiff.checkpoint import load_checkpoint
+from colddiff.cli import cli_main
+from tests.helpers import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+TINY_NET = ["--model.network.init_args.dim", "8", "--model.network.init_args.dim_mults", "[1, 2]",
+            "--model.network.init_args.num_blocks", "1", "--model.network.init_args.heads", "2",
+            "--model.network.init_args.dim_head", "4", "--model.network.init_args.dropout", "0.0"]
+
+
+def quiet(tmp_path: Path) -> list[str]:
+    return ["--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false"]
+
+
+def test_every_paper_experiment_has_a_config():
+    names = {p.stem for p in CONFIGS}
+    expected = {"quickstart", "deblur_mnist", "deblur_cifar10", "deblur_celeba128", "inpaint_mnist", "inpaint_cifar10",
+                "inpaint_celeba128", "superres_mnist", "superres_cifar10", "superres_celeba128", "snow_cifar10",
+                "snow_celeba128", "desaturate_cifar10", "generate_blur_celeba128", "generate_blur_afhq128",
+                "mix_afhq_celeba128", "noise_celeba128"}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_prints(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (None, 0)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    # image size and channels are given once, in data, and linked into the model and its network
+    assert "image_size" in printed["data"]["init_args"] and "channels" in printed["data"]["init_args"]
+    assert "image_size" not in printed["model"] and "channels" not in printed["model"]
+    assert not {"image_size", "in_channels"} & set(printed["model"]["network"]["init_args"])
+    assert printed["model"]["degradation"]["class_path"].startswith("colddiff.degradations")
+
+
+def test_paper_hyperparameters_in_configs():
+    for config in CONFIGS:
+        if config.stem == "quickstart":
+            continue
+        cfg = yaml.safe_load(config.read_text())
+        assert cfg["model"]["optimizer"]["init_args"]["lr"] == 2e-5, config.stem
+        assert cfg["trainer"]["accumulate_grad_batches"] == 2, config.stem
+        assert cfg["model"]["ema_decay"] == 0.995 and cfg["model"]["ema_start"] == 2000, config.stem
+        batch = cfg["data"]["init_args"]["batch_size"]
+        assert batch == (100 if config.stem == "inpaint_celeba128" else 32), config.stem
+
+
+def test_help_lists_components(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "--model.degradation" in out and "--model.sampler" in out and "--data" in out
+
+
+def test_quickstart_fast_dev_run(tmp_path):
+    cli = cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.fast_dev_run", "2",
+                    *quiet(tmp_path)])
+    assert cli.trainer.global_step == 2
+
+
+def _folder_data(root: Path, size: int, paired: bool = False) -> list[str]:
+    make_image_folder(root / "a", n=10, size=size + 4, seed=1)
+    args = ["--data", "colddiff.data.PairedFolderDataModule" if paired else "colddiff.data.ImageFolderDataModule",
+            "--data.root", str(root / "a"), "--data.image_size", str(size), "--data.channels", "3",
+            "--data.batch_size", "4", "--data.num_workers", "0", "--data.val_fraction", "0.2", "--data.pre_crop",
+            "null"]
+    if paired:
+        make_image_folder(root / "b", n=6, size=size + 4, seed=2)
+        args += ["--data.partner_root", str(root / "b"), "--data.partner_val_root", "null"]
+    return args
+
+
+def _shrink(config: Path, tmp_path: Path, size: int = 16, paired: bool = False) -> list[str]:
+    cfg = yaml.safe_load(config.read_text())
+    data_class = cfg["data"]["class_path"]
+    args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "1", *quiet(tmp_path), *TINY_NET,
+            "--model.val_sample_steps", "3", "--model.sample_steps", "3", "--model.prior_fit_images", "8"]
+    if data_class.endswith("EmbeddedMNISTDataModule") or cfg["data"]["init_args"].get("channels") == 1:
+        args += ["--data", "colddiff.data.EmbeddedMNISTDataModule", "--data.image_size", str(size),
+                 "--data.batch_size", "4", "--data.val_size", "8"]
+    else:
+        args += _folder_data(tmp_path / "data", size, paired)
+    return args
+
+
+OPERATOR_CONFIGS = ["deblur_cifar10", "inpaint_mnist", "superres_mnist", "snow_cifar10", "desaturate_cifar10",
+                    "mix_afhq_celeba128", "noise_celeba128", "generate_blur_celeba128", "generate_mask_celeba128"]
+
+
+@pytest.mark.parametrize("name", OPERATOR_CONFIGS)
+def test_fast_dev_run_per_operator(name, tmp_path):
+    args = _shrink(ROOT / "configs" / f"{name}.yaml", tmp_path, paired=name.startswith("mix"))
+    cli = cli_main(args)
+    assert cli.trainer.global_step == 1
+    model = cli.model
+    if model.prior is not None:
+        assert model.prior.is_fitted
+        images, start = model.generate(2, torch.Generator().manual_seed(0), steps=3)
+        assert images.shape == (2, 3, 16, 16) and len(start.provenance) == 2
+
+
+def _run(tmp_path: Path, max_steps: int, extra: list[str] = ()) -> object:
+    """The quickstart config with every output under ``tmp_path`` and intervals of 4 steps."""
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"trainer": {
+        "logger": [{"class_path": f"lightning.pytorch.loggers.{name}",
+                    "init_args": {"save_dir": str(tmp_path), "name": "", "version": None}}
+                   for name in ("TensorBoardLogger", "CSVLogger")],
+        "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"dirpath": str(tmp_path / "checkpoints"), "every_n_train_steps": 4, "save_last": True,
+                           "save_top_k": -1}},
+            {"class_path": "colddiff.callbacks.SampleGrid", "init_args": {"every_n_steps": 4, "scale": 1}},
+        ],
+    }}))
+    return cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(override),
+                     *quiet(tmp_path), "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "4",
+                     "--trainer.limit_val_batches", "1", "--data.val_size", "8", "--model.val_sample_steps", "2",
+                     *extra])
+
+
+def test_resume_continues_the_global_step_and_writes_run_files(tmp_path):
+    first = _run(tmp_path, 4)
+    assert first.trainer.global_step == 4
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 4
+    assert {"state_dict", "optimizer_states", "hyper_parameters"} <= set(saved)
+    assert any(k.startswith("ema_network.") for k in saved["state_dict"])
+    run = tmp_path / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    grid = Image.open(run / "grids" / "step_0000004.png")
+    assert grid.size == (4 * (28 + 2) + 2, 8 * (28 + 2) + 2)  # 4 columns x_T|direct|sampled|x0, 8 rows
+
+    resumed = _run(tmp_path, 8, ["--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 8
+    assert resumed.trainer.fit_loop.epoch_loop._batches_that_stepped == 8
+    assert (tmp_path / "version_1" / "grids" / "step_0000008.png").is_file()
+    final = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == 8
+
+
+def test_grid_scale_enlarges_images(tmp_path):
+    from colddiff.callbacks import save_png_atomic
+
+    path = save_png_atomic(torch.rand(6, 1, 10, 10), tmp_path / "g.png", nrow=3, scale=3)
+    assert Image.open(path).size == (3 * (30 + 2) + 2, 2 * (30 + 2) + 2)
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,0 +1,246 @@
+"""The Lightning module: loss, EMA, validation metrics, sampling, generation, config round trip, bad input."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+import colddiff.degradations as cd
+from colddiff.checkpoint import AtomicCheckpointIO
+from colddiff.data import EmbeddedMNISTDataModule
+from colddiff.module import ColdDiffusion, NonFiniteLossError
+from colddiff.nets import UNet
+from colddiff.priors import ChannelMeanPrior
+
+
+def tiny_model(**kwargs) -> ColdDiffusion:
+    defaults = dict(
+        degradation=cd.GaussianBlur(4, kernel_size=5, sigma=1.0),
+        network=UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16),
+        image_size=16, channels=1, val_sample_steps=2,
+    )
+    defaults.update(kwargs)
+    return ColdDiffusion(**defaults)
+
+
+def tiny_data(**kwargs) -> EmbeddedMNISTDataModule:
+    return EmbeddedMNISTDataModule(image_size=16, batch_size=8, val_size=16, **kwargs)
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=tmp_path, plugins=[AtomicCheckpointIO()])
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def test_training_reduces_the_loss(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model(optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+    data = tiny_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    before = model.loss(batch).item()
+    trainer(tmp_path, max_steps=40, limit_val_batches=0).fit(model, data)
+    model.eval()
+    with torch.no_grad():
+        after = torch.stack([model.loss(batch) for _ in range(5)]).mean().item()
+    assert after < 0.7 * before
+
+
+def test_default_optimiser_is_the_papers():
+    model = tiny_model()
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 2e-5
+    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert params == {id(p) for p in model.network.parameters()}  # never the EMA copy
+
+
+def test_ema_schedule_copy_then_decay():
+    model = tiny_model(ema_decay=0.9, ema_every=2, ema_start=4)
+    ema, live = list(model.ema_network.parameters())[0], list(model.network.parameters())[0]
+    with torch.no_grad():
+        live.add_(1.0)
+    model.update_ema(copy_only=True)
+    torch.testing.assert_close(ema, live)
+    old = ema.clone()
+    with torch.no_grad():
+        live.add_(1.0)
+    model.update_ema()
+    torch.testing.assert_close(ema, 0.9 * old + 0.1 * live)
+    assert not ema.requires_grad
+
+
+def test_ema_follows_the_paper_schedule_during_training(tmp_path):
+    model = tiny_model(ema_decay=0.5, ema_every=3, ema_start=6, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    calls = []
+    original = model.update_ema
+    model.update_ema = lambda copy_only=False: (calls.append((model.global_step, copy_only)), original(copy_only))
+    trainer(tmp_path, max_steps=10, limit_val_batches=0, accumulate_grad_batches=2).fit(model, tiny_data())
+    assert calls == [(0, True), (3, True), (6, False), (9, False)]
+
+
+def test_ema_network_stays_in_eval_mode():
+    model = tiny_model(network=UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, block="resnet",
+                                    dropout=0.5))
+    model.train()
+    assert model.network.training and not model.ema_network.training
+
+
+def test_validation_logs_loss_and_restoration_metrics(tmp_path):
+    model = tiny_model()
+    result = trainer(tmp_path).validate(model, tiny_data(), verbose=False)[0]
+    assert {"val/loss", "val/psnr_direct", "val/ssim_direct", "val/psnr_sampled", "val/ssim_sampled"} <= set(result)
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.values())
+
+
+def test_validation_is_reproducible(tmp_path):
+    model, data = tiny_model(), tiny_data()
+    a = trainer(tmp_path).validate(model, data, verbose=False)[0]
+    b = trainer(tmp_path).validate(model, data, verbose=False)[0]
+    assert a == b
+
+
+def test_sample_with_a_perfect_restorer_and_samplers():
+    model = tiny_model()
+    x0 = torch.rand(2, 1, 16, 16)
+    model.restore = lambda x_t, t: x0  # type: ignore[method-assign]
+    x_T = model.degradation(x0, 4)
+    for sampler in ("naive", "improved"):
+        torch.testing.assert_close(model.sample(x_T, sampler=sampler), x0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.sample(x_T, sampler="direct"), x0)
+    torch.testing.assert_close(model.sample(x_T, steps=2), x0, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        model.sample(x_T, sampler="ddim")
+
+
+def test_generate_with_a_fitted_prior():
+    model = tiny_model(degradation=cd.GaussianBlur(4, kernel_size=5, final_mean=True), prior=ChannelMeanPrior(1))
+    model.prior.fit(torch.rand(32, 1, 16, 16))
+    images, start = model.generate(3, torch.Generator().manual_seed(0))
+    assert images.shape == (3, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+    assert len(start.provenance) == 3 and start.provenance[0]["source"] == "prior"
+    again, _ = model.generate(3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(images, again)
+    with pytest.raises(RuntimeError, match="no generation prior"):
+        tiny_model().generate(2)
+
+
+def test_prior_is_fitted_at_the_start_of_training(tmp_path):
+    model = tiny_model(degradation=cd.GaussianBlur(4, kernel_size=5, final_mean=True), prior=ChannelMeanPrior(1),
+                       prior_fit_images=200)
+    assert not model.prior.is_fitted
+    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, tiny_data())
+    assert model.prior.is_fitted
+    mean = model.prior.gmm.means[0, 0].item()
+    assert 0.05 < mean < 0.3  # MNIST digits: mostly black
+
+
+def test_hyperparameters_are_a_config_and_reload(tmp_path):
+    model = tiny_model(prior=ChannelMeanPrior(1), degradation=cd.GaussianBlur(4, kernel_size=5, final_mean=True))
+    model.prior.fit(torch.rand(16, 1, 16, 16))
+    hp = dict(model.hparams)
+    assert hp["degradation"]["class_path"] == "colddiff.degradations.blur.GaussianBlur"
+    assert hp["network"]["init_args"]["dim"] == 8
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t.fit(model, tiny_data())
+    path = tmp_path / "model.ckpt"
+    t.save_checkpoint(path)
+    reloaded = ColdDiffusion.load_from_checkpoint(path, weights_only=True)
+    assert isinstance(reloaded.degradation, cd.GaussianBlur) and reloaded.degradation.final_mean
+    x, level = torch.rand(2, 1, 16, 16), torch.tensor([1, 3])
+    torch.testing.assert_close(reloaded.restore(x, level), model.restore(x, level))
+    torch.testing.assert_close(reloaded.prior.gmm.means, model.prior.gmm.means)
+
+
+def test_networks_that_do_not_record_their_arguments_must_be_passed_on_reload(tmp_path):
+    class Plain(torch.nn.Module):
+        in_channels = out_channels = 1
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x, t):
+            return self.conv(x)
+
+    model = tiny_model(network=Plain())
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t.fit(model, tiny_data())
+    t.save_checkpoint(tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match=r"network .*Plain.* pass it explicitly"):
+        ColdDiffusion.load_from_checkpoint(tmp_path / "plain.ckpt", weights_only=True)
+    reloaded = ColdDiffusion.load_from_checkpoint(tmp_path / "plain.ckpt", weights_only=True, network=Plain())
+    torch.testing.assert_close(reloaded.network.conv.weight, model.network.conv.weight)
+
+
+def test_batches_that_do_not_match_the_model_are_rejected():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"configured for \(B, 1, 16, 16\).*check the data module"):
+        model.loss(torch.rand(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(image_size=15), r"divisible by 2\*\*1 = 2.*got 15x15"),
+    (dict(channels=3), "in_channels is 1 but the images have channels=3"),
+    (dict(degradation=cd.Pixelate(3)), r"divisible by 2\*\*3 = 8, got 12x12"),
+    (dict(loss="huber"), "loss must be"),
+    (dict(sampler="ddpm"), "sampler must be one of"),
+    (dict(ema_decay=1.5), "ema_decay"),
+    (dict(degradation=torch.nn.Identity()), "degradation must be a colddiff Degradation"),
+])
+def test_bad_configuration_fails_at_construction(kwargs, match):
+    if kwargs.get("degradation") is not None and isinstance(kwargs["degradation"], cd.Pixelate):
+        kwargs = dict(kwargs, image_size=12, network=UNet(in_channels=1, dim=8, dim_mults=(1, 2), image_size=12))
+    with pytest.raises((ValueError, TypeError), match=match):
+        tiny_model(**kwargs)
+
+
+class _NaNAfter(torch.nn.Module):
+    """Wraps a network and returns NaN from a given call on."""
+
+    def __init__(self, net, after):
+        super().__init__()
+        self.net, self.after, self.calls = net, after, 0
+        self.in_channels = self.out_channels = net.in_channels
+
+    def forward(self, x, t):
+        self.calls += 1
+        out = self.net(x, t)
+        return out * float("nan") if self.training and self.calls > self.after else out
+
+
+def test_nonfinite_loss_stops_training_naming_the_step(tmp_path):
+    net = UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16)
+    model = tiny_model(network=_NaNAfter(net, after=3))
+    with pytest.raises(NonFiniteLossError, match="at global step 3"):
+        trainer(tmp_path, max_steps=20, limit_val_batches=0, log_every_n_steps=5).fit(model, tiny_data())
+
+
+def test_nonfinite_batches_skipped_and_counted_on_request(tmp_path):
+    net = UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16)
+    model = tiny_model(network=_NaNAfter(net, after=3), nonfinite_loss="skip")
+    snapshots = {}
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            snapshots[batch_idx] = [p.detach().clone() for p in module.network.parameters()]
+
+    trainer(tmp_path, max_steps=6, limit_val_batches=0, callbacks=[Snapshot()]).fit(model, tiny_data())
+    assert int(model.skipped_batches) == 3  # batches 3, 4, 5 gave NaN
+    assert all(torch.isfinite(p).all() for p in model.network.parameters())
+    for before, after in zip(snapshots[2], snapshots[5]):
+        assert torch.equal(before, after)  # skipped batches changed nothing
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[0], snapshots[2]))
+
+
+def test_checkpoint_configs_cannot_build_arbitrary_callables():
+    from colddiff._config import build, instantiate
+
+    with pytest.raises(ValueError, match="refusing to build 'os.system'"):
+        build({"class_path": "os.system", "init_args": {"command": "echo pwned"}}, "network")
+    with pytest.raises(ValueError, match="refusing to build 'collections.OrderedDict'"):
+        instantiate(ColdDiffusion, {"degradation": {"class_path": "collections.OrderedDict"}})
+    with pytest.raises(ValueError, match="cannot import"):
+        build({"class_path": "colddiff.nets.NoSuchNet"}, "network")
