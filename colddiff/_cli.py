@@ -1,0 +1,132 @@
+"""Helpers shared by the command-line tools (sample.py, evaluate.py): devices, precision, image sources."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from colddiff.checkpoint import load_checkpoint
+from colddiff.data import (
+    EmbeddedMNIST,
+    ImageDataModule,
+    ImageFolder,
+    ImageTransform,
+    TorchvisionDataModule,
+    find_images,
+)
+
+__all__ = ["UsageError", "device_from", "autocast", "add_data_arguments", "dataset_from_args", "dataset_id",
+           "datamodule_from_checkpoint", "image_shape_of"]
+
+DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CelebA", "Flowers102", "embedded-mnist")
+
+
+class UsageError(ValueError):
+    """A bad command line, or a request the model cannot serve (reported without a traceback)."""
+
+
+def device_from(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` …"""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``bf16``/``16``; nothing for ``32``."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, split: str = "test", prefix: str = "") -> None:
+    """``--folder``, ``--dataset``, ``--root``, ``--download``, ``--split`` (with an optional prefix)."""
+    parser.add_argument(f"--{prefix}folder", default=None, help="a folder of images (recursive)")
+    parser.add_argument(f"--{prefix}dataset", choices=DATASETS, default=None,
+                        help="a torchvision dataset, or embedded-mnist (the digits shipped with colddiff)")
+    parser.add_argument(f"--{prefix}root", default="data", help="torchvision dataset root")
+    parser.add_argument(f"--{prefix}download", action="store_true", help="let torchvision download the dataset")
+    parser.add_argument(f"--{prefix}split", choices=("train", "val", "test"), default=split)
+
+
+def _get(args: argparse.Namespace, name: str, prefix: str) -> Any:
+    return getattr(args, f"{prefix}{name}".replace("-", "_"))
+
+
+def dataset_from_args(args: argparse.Namespace, image_size: int, channels: int, checkpoint: str | None = None,
+                      split: str | None = None, prefix: str = "") -> Dataset:
+    """Images at ``image_size``/``channels`` from ``--folder``, ``--dataset``, or a checkpoint's data config."""
+    split = split or _get(args, "split", prefix)
+    transform = ImageTransform(image_size, channels, train=False)
+    folder, dataset = _get(args, "folder", prefix), _get(args, "dataset", prefix)
+    if folder:
+        return ImageFolder(find_images(folder), transform)
+    if dataset == "embedded-mnist":
+        return EmbeddedMNIST("train" if split == "train" else "test", transform)
+    if dataset:
+        module = TorchvisionDataModule(dataset, root=_get(args, "root", prefix),
+                                       download=_get(args, "download", prefix), image_size=image_size,
+                                       channels=channels)
+        return module.make_dataset(split, transform)
+    datamodule = datamodule_from_checkpoint(checkpoint, image_size, channels) if checkpoint else None
+    if datamodule is None:
+        dash = prefix.replace("_", "-")
+        flag = f"--{dash}folder PATH or --{dash}dataset NAME"
+        raise UsageError(f"no images given: pass {flag} (the model file does not record its training data)")
+    result = datamodule.make_dataset(split, transform)
+    if result is None:
+        raise UsageError(f"the checkpoint's data module has no {split} split; choose another --split or --folder")
+    return result
+
+
+def dataset_id(args: argparse.Namespace, checkpoint: str | None = None, prefix: str = "") -> str:
+    """A description of the image source for cache keys and reports."""
+    folder, dataset = _get(args, "folder", prefix), _get(args, "dataset", prefix)
+    if folder:
+        files = find_images(folder)
+        return f"folder:{Path(folder).resolve()}:{len(files)}"
+    if dataset:
+        return f"dataset:{dataset}:{Path(_get(args, 'root', prefix)).resolve()}"
+    hparams = load_checkpoint(checkpoint).get("datamodule_hyper_parameters", {}) if checkpoint else {}
+    return "checkpoint-data:" + ",".join(f"{k}={hparams[k]}" for k in sorted(hparams) if k in
+                                         ("_class_path", "name", "root", "val_root", "test_root"))
+
+
+def datamodule_from_checkpoint(path: str | None, image_size: int, channels: int) -> ImageDataModule | None:
+    """Rebuild the data module recorded in a training checkpoint (only colddiff data modules)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir() or path.suffix != ".ckpt":
+        return None
+    hparams = load_checkpoint(path).get("datamodule_hyper_parameters")
+    if not hparams or "_class_path" not in hparams:
+        return None
+    module_name, _, name = hparams["_class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ImageDataModule)):
+        raise UsageError(f"the checkpoint's data module {hparams['_class_path']!r} is not a colddiff data module")
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    kwargs.update(image_size=image_size, channels=channels, num_workers=0)
+    return cls(**kwargs)
+
+
+def image_shape_of(path: Path) -> tuple[int, int]:
+    """``(size, channels)`` of a square image file (channels 1 for grayscale, else 3)."""
+    with Image.open(path) as img:
+        if img.size[0] != img.size[1]:
+            raise UsageError(f"{str(path)!r} is {img.size[0]}x{img.size[1]}; colddiff evaluates square images")
+        return img.size[0], 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3

@@ -1,0 +1,124 @@
+"""Export a trained model (EMA weights to safetensors, plus its config) and load models for inference.
+
+An export is a folder with ``model.safetensors`` (the EMA network's weights, the degradation's buffers and the
+prior's fitted state) and ``config.json`` (the components as ``class_path``/``init_args``, the same description a
+checkpoint carries).  Loading an export needs neither the training checkpoint nor pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from colddiff._config import build
+from colddiff.checkpoint import atomic_write_bytes, load_checkpoint
+from colddiff.module import ColdDiffusion
+
+__all__ = ["export_model", "load_model", "load_export", "model_config"]
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+_TRAINING_ONLY = ("optimizer", "lr_scheduler")
+
+
+def model_config(model: ColdDiffusion) -> dict[str, Any]:
+    """The model's config (components as ``class_path``/``init_args``) without training-only entries."""
+    config = {k: v for k, v in dict(model.hparams).items() if not k.startswith("_") and k not in _TRAINING_ONLY}
+    config["image_size"], config["channels"] = model.image_size, model.channels
+    return json.loads(json.dumps(config, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "as_dict"):  # jsonargparse Namespace
+        return value.as_dict()
+    if isinstance(value, dict):
+        return dict(value)
+    raise TypeError(f"cannot write {type(value).__name__} to a JSON config")
+
+
+def _inference_state(model: ColdDiffusion) -> dict[str, torch.Tensor]:
+    state = {}
+    for prefix, module in (("network", model.ema_network), ("degradation", model.degradation),
+                           ("prior", model.prior)):
+        if module is None:
+            continue
+        for key, tensor in module.state_dict().items():
+            state[f"{prefix}.{key}"] = tensor.detach().cpu().contiguous().clone()
+    return state
+
+
+def export_model(model: ColdDiffusion, out_dir: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` (EMA weights, buffers, fitted prior) and ``config.json`` into ``out_dir``.
+
+    Both files are written atomically.  Returns the folder.
+    """
+    out_dir = Path(out_dir)
+    config = model_config(model)
+    payload = {"format": "colddiff-export", "version": 1, "model": config}
+    state = _inference_state(model)
+    tmp = out_dir / f".{WEIGHTS}.tmp"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(tmp), metadata={"format": "colddiff-export"})
+    os.replace(tmp, out_dir / WEIGHTS)
+    atomic_write_bytes(json.dumps(payload, indent=2).encode(), out_dir / CONFIG)
+    return out_dir
+
+
+def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ColdDiffusion:
+    """Load an export folder (or its ``model.safetensors``) into an inference-ready model (eval mode)."""
+    path = Path(path)
+    folder = path.parent if path.name == WEIGHTS else path
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a colddiff export: it needs {WEIGHTS} and {CONFIG}")
+    try:
+        payload = json.loads((folder / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(folder / CONFIG)!r} is not valid JSON: {err}") from err
+    if payload.get("format") != "colddiff-export" or "model" not in payload:
+        raise ValueError(f"{str(folder / CONFIG)!r} is not a colddiff export config")
+    config = payload["model"]
+    kwargs = {k: build(v, k) for k, v in config.items()}
+    model = ColdDiffusion(**kwargs)
+    try:
+        state = load_file(str(folder / WEIGHTS), device=str(map_location))
+    except SafetensorError as err:
+        raise ValueError(f"cannot read {str(folder / WEIGHTS)!r}: {err}") from err
+    groups: dict[str, dict[str, torch.Tensor]] = {"network": {}, "degradation": {}, "prior": {}}
+    for key, tensor in state.items():
+        prefix, _, name = key.partition(".")
+        if prefix not in groups:
+            raise ValueError(f"unexpected tensor {key!r} in {str(folder / WEIGHTS)!r}")
+        groups[prefix][name] = tensor
+    model.network.load_state_dict(groups["network"])
+    model.ema_network.load_state_dict(groups["network"])
+    model.degradation.load_state_dict(groups["degradation"])
+    if model.prior is not None:
+        model.prior.load_state_dict(groups["prior"])
+    elif groups["prior"]:
+        raise ValueError("the export has prior tensors but its config has no prior")
+    return model.to(map_location).eval()
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> ColdDiffusion:
+    """Load a model for inference from a Lightning checkpoint (``.ckpt``) or an export folder.
+
+    Checkpoints are read with ``weights_only=True``; ``overrides`` replace components that the checkpoint could not
+    record (see :class:`~colddiff.module.ColdDiffusion`).  The model is returned in eval mode.
+    """
+    path = Path(path)
+    if path.is_dir() or path.name == WEIGHTS:
+        return load_export(path, map_location)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    checkpoint = load_checkpoint(path, map_location="cpu")  # safe load first: clear errors, nothing unpickled
+    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{str(path)!r} is not a colddiff training checkpoint (no state_dict/hyper_parameters)")
+    model = ColdDiffusion.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)
+    return model.eval()

@@ -1,0 +1,378 @@
+"""Turn a checkpoint into pictures: ``python sample.py MODE --ckpt PATH [options]`` (or ``colddiff-sample``).
+
+Modes:
+
+* ``reconstruct``: degrade images of a dataset split or folder to level ``--level`` (default ``T``) and restore them;
+  grid columns ``x_t | direct | sampled | x0``.
+* ``restore``: restore your own degraded images (``--input`` file or folder) that are at level ``--level``; writes
+  the restored images and a before/after grid.
+* ``generate``: ``--num`` new images from the model's start-state prior; a grid, optionally one PNG per image
+  (``--save-images``, for metric tools), and ``provenance.json`` recording where each start state came from.
+* ``trajectory``: for a few images, the forward strip ``x0 -> x_T`` and the reverse strip ``x_T -> x0_hat`` at
+  ``--columns`` levels (the paper's Figure 1); ``--from-prior`` starts reverse strips from prior draws instead.
+
+Every run also writes ``<mode>.json`` with its settings.  The same ``--seed`` gives identical images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import pickle
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from colddiff._cli import UsageError, add_data_arguments, autocast, dataset_from_args, device_from
+from colddiff.callbacks import restoration_grid, save_png_atomic
+from colddiff.checkpoint import atomic_write_bytes, load_checkpoint
+from colddiff.data import ImageFolder, ImageTransform, find_images
+from colddiff.degradations import Mix
+from colddiff.export import export_model, load_model
+from colddiff.module import ColdDiffusion, unpack_batch
+from colddiff.priors import SourceImagePrior
+from colddiff.sampling import SAMPLERS, timesteps
+
+__all__ = ["main", "build_parser"]
+
+# ----------------------------------------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--ckpt", required=True, help="training checkpoint (.ckpt) or export folder")
+    common.add_argument("--out", default="samples", help="output folder (default: samples)")
+    common.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's (improved)")
+    common.add_argument("--steps", type=int, default=None,
+                        help="sampling steps, evenly spaced levels (step skipping); default: every level")
+    common.add_argument("--batch-size", type=int, default=16)
+    common.add_argument("--seed", type=int, default=0, help="seed of degradation params and prior draws")
+    common.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1 ...")
+    common.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
+                        help="network precision (autocast); the sampler's state stays in float32")
+    common.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement in the grid PNGs")
+    common.add_argument("--partner-root", default=None,
+                        help="folder of partner images for mixing models (start states / degradation partners)")
+
+    data = argparse.ArgumentParser(add_help=False)
+    add_data_arguments(data)
+
+    parser = argparse.ArgumentParser(
+        prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+    rec = modes.add_parser("reconstruct", parents=[common, data], help="degrade dataset images and restore them")
+    rec.add_argument("--num", type=int, default=16, help="number of images")
+    rec.add_argument("--level", type=int, default=None, help="degradation level t (default T)")
+    rec.add_argument("--save-images", action="store_true", help="also write every sampled image as a PNG")
+    res = modes.add_parser("restore", parents=[common], help="restore your own degraded images")
+    res.add_argument("--input", required=True, help="a degraded image file or a folder of them")
+    res.add_argument("--level", type=int, required=True, help="the level t your images are at")
+    res.add_argument("--resize", action="store_true",
+                     help="resize and centre-crop inputs to the model's size (default: sizes must match)")
+    gen = modes.add_parser("generate", parents=[common, data], help="generate new images from the prior")
+    gen.add_argument("--num", type=int, default=64, help="number of images")
+    gen.add_argument("--nrow", type=int, default=None, help="images per grid row (default: square)")
+    gen.add_argument("--save-images", action="store_true", help="also write every image as a PNG (metric tools)")
+    gen.add_argument("--fit-prior", action="store_true",
+                     help="fit the prior on --folder/--dataset (or the checkpoint's data) and store it in the model")
+    gen.add_argument("--fit-images", type=int, default=10_000, help="images used by --fit-prior")
+    traj = modes.add_parser("trajectory", parents=[common, data], help="forward and reverse strips")
+    traj.add_argument("--num", type=int, default=4, help="number of images (two strips each)")
+    traj.add_argument("--columns", type=int, default=8, help="levels shown per strip")
+    traj.add_argument("--from-prior", action="store_true", help="reverse strips from prior draws (generation)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _check_level(model: ColdDiffusion, level: int | None) -> int:
+    T = model.degradation.num_steps
+    if level is None:
+        return T
+    if not 0 <= level <= T:
+        raise UsageError(f"--level must lie in [0, {T}] (the model's num_steps), got {level}")
+    return level
+
+
+def _dataset(args: argparse.Namespace, model: ColdDiffusion, split: str | None = None) -> Dataset:
+    """Images at the model's size and channels from --folder, --dataset, or the checkpoint's own data config."""
+    return dataset_from_args(args, model.image_size, model.channels, args.ckpt, split)
+
+
+def _take(dataset: Dataset, num: int) -> tuple[Tensor, dict[str, Tensor]]:
+    if num < 1:
+        raise UsageError(f"--num must be >= 1, got {num}")
+    items = [dataset[i] for i in range(min(num, len(dataset)))]
+    if not items:
+        raise UsageError("the dataset is empty")
+    if isinstance(items[0], dict):
+        return unpack_batch({k: torch.stack([it[k] for it in items]) for k in items[0]})
+    return torch.stack(items), {}
+
+
+def _as_batch(item: Any) -> Any:
+    """One dataset item as a batch of one."""
+    return {k: v[None] for k, v in item.items()} if isinstance(item, dict) else item[None]
+
+
+def _partner_images(args: argparse.Namespace, model: ColdDiffusion, n: int, generator: torch.Generator) -> Tensor:
+    if not args.partner_root:
+        raise UsageError("this mixing model needs partner images: pass --partner-root PATH")
+    partners = ImageFolder(find_images(args.partner_root), ImageTransform(model.image_size, model.channels, False))
+    index = torch.randint(len(partners), (n,), generator=generator)
+    return torch.stack([partners[int(i)] for i in index])
+
+
+def _batches(total: int, size: int) -> list[tuple[int, int]]:
+    if size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {size}")
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _write_settings(out: Path, mode: str, args: argparse.Namespace, model: ColdDiffusion, **extra: Any) -> None:
+    settings = {"mode": mode, **{k: v for k, v in vars(args).items() if k != "mode"},
+                "degradation": type(model.degradation).__name__, "num_steps": model.degradation.num_steps,
+                "image_size": model.image_size, "channels": model.channels, **extra}
+    atomic_write_bytes(json.dumps(settings, indent=2, default=str).encode(), out / f"{mode}.json")
+
+
+class _StepBar:
+    """A per-step progress callback for the samplers."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+
+    def __call__(self, info: dict) -> None:
+        self.bar.update(1)
+
+
+def _sample(model: ColdDiffusion, args: argparse.Namespace, device: torch.device, x_t: Tensor, level: int,
+            params: dict[str, Tensor] | None, generator: torch.Generator, sampler: str | None = None,
+            callback: Callable | None = None) -> Tensor:
+    sampler = sampler or args.sampler or model.sampler
+    n_steps = 1 if sampler == "direct" else len(timesteps(level, args.steps)) - 1 if level > 0 else 0
+    with tqdm(total=n_steps, desc=f"  {sampler}", leave=False, disable=n_steps < 2) as bar:
+        step_bar = _StepBar(bar)
+
+        def both(info: dict) -> None:
+            step_bar(info)
+            if callback is not None:
+                callback(info)
+
+        with autocast(device, args.precision):
+            out = model.sample(x_t.to(device), t=level, params=params, sampler=sampler,
+                               steps=None if sampler == "direct" else args.steps, callback=both, generator=generator)
+    return out.float().clamp(0, 1)
+
+
+def _degrade(model: ColdDiffusion, args: argparse.Namespace, x0: Tensor, context: dict[str, Tensor],
+             generator: torch.Generator) -> dict[str, Tensor]:
+    if isinstance(model.degradation, Mix) and "z" not in context:
+        context = {"z": _partner_images(args, model, len(x0), generator)}
+    params = model.degradation.make_params(x0, generator, **context)
+    return {k: v.to(x0.device) for k, v in params.items()}
+
+
+# --------------------------------------------------------------------------------------------------- modes
+def run_reconstruct(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+    level = _check_level(model, args.level)
+    x0_all, context_all = _take(_dataset(args, model), args.num)
+    generator = torch.Generator().manual_seed(args.seed)
+    columns: list[list[Tensor]] = [[], [], [], []]
+    for start, stop in tqdm(_batches(len(x0_all), args.batch_size), desc="reconstruct"):
+        x0 = x0_all[start:stop].to(device)
+        params = _degrade(model, args, x0, {k: v[start:stop].to(device) for k, v in context_all.items()},
+                          generator)
+        x_t = model.degradation(x0, level, params)
+        direct = _sample(model, args, device, x_t, level, params, generator, sampler="direct")
+        sampled = _sample(model, args, device, x_t, level, params, generator)
+        for column, images in zip(columns, (x_t, direct, sampled, x0)):
+            column.append(images.float().clamp(0, 1).cpu())
+    grid = [torch.cat(c) for c in columns]
+    path = save_png_atomic(restoration_grid(grid), out / "reconstruct_grid.png", nrow=4, scale=args.scale)
+    if args.save_images:
+        _save_each(grid[2], out / "images")
+    _write_settings(out, "reconstruct", args, model, level=level, grid=str(path))
+    return path
+
+
+def _save_each(images: Tensor, folder: Path, names: Sequence[str] | None = None) -> list[Path]:
+    paths = []
+    for i, image in enumerate(images):
+        name = names[i] if names is not None else f"{i:06d}.png"
+        paths.append(save_png_atomic(image[None], folder / name, nrow=1, padding=0))
+    return paths
+
+
+def run_restore(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+    level = _check_level(model, args.level)
+    if isinstance(model.degradation, Mix):
+        raise UsageError("restore cannot serve a mixing model: undoing a mix needs the partner image that was mixed "
+                         "in; use reconstruct (with --partner-root) instead")
+    source = Path(args.input)
+    if not source.exists():
+        raise UsageError(f"--input {str(source)!r} does not exist")
+    files = [source] if source.is_file() else find_images(source)
+    from PIL import Image
+
+    transform = ImageTransform(model.image_size, model.channels, train=False)
+    tensors = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                if not args.resize and img.size != (model.image_size, model.image_size):
+                    raise UsageError(
+                        f"{str(path)!r} is {img.size[0]}x{img.size[1]} but the model works at "
+                        f"{model.image_size}x{model.image_size}; pass --resize to resize and centre-crop")
+                tensors.append(transform(img))
+        except (OSError, SyntaxError) as err:
+            raise UsageError(f"cannot read image file {str(path)!r}: {err}") from err
+    x_all = torch.stack(tensors)
+    generator = torch.Generator().manual_seed(args.seed)
+    restored = []
+    for start, stop in tqdm(_batches(len(x_all), args.batch_size), desc="restore"):
+        x_t = x_all[start:stop].to(device)
+        restored.append(_sample(model, args, device, x_t, level, None, generator).cpu())
+    restored_all = torch.cat(restored)
+    names = [str(p.relative_to(source).with_suffix(".png")) if source.is_dir() else p.with_suffix(".png").name
+             for p in files]
+    _save_each(restored_all, out / "restored", names)
+    path = save_png_atomic(restoration_grid([x_all, restored_all]), out / "restore_grid.png", nrow=2,
+                           scale=args.scale)
+    _write_settings(out, "restore", args, model, level=level, files=[str(f) for f in files])
+    return path
+
+
+def _ensure_prior(args: argparse.Namespace, model: ColdDiffusion) -> None:
+    prior = model.prior
+    if prior is None:
+        raise UsageError(
+            f"this model cannot generate: it has no start-state prior (degradation {type(model.degradation).__name__})."
+            " Generation needs e.g. GaussianBlur(final_mean=True) with ChannelMeanPrior, or GaussianNoise with "
+            "GaussianNoisePrior; use reconstruct or restore instead")
+    if isinstance(prior, SourceImagePrior):
+        if not args.partner_root:
+            raise UsageError("a mixing model generates from partner images: pass --partner-root PATH")
+        prior.attach(ImageFolder(find_images(args.partner_root),
+                                 ImageTransform(model.image_size, model.channels, train=False)))
+        return
+    if getattr(args, "fit_prior", False):
+        dataset = _dataset(args, model, split="train")
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[: args.fit_images].tolist()
+        images = torch.stack([unpack_batch(_as_batch(dataset[i]))[0][0] for i in order])
+        prior.fit(images.to(prior.fitted.device))
+        _store_prior(args.ckpt, model)
+    elif not prior.is_fitted:
+        raise UsageError(f"the model's {type(prior).__name__} is not fitted: pass --fit-prior with --folder or "
+                         "--dataset (it is then stored in the model file)")
+
+
+def _store_prior(path: str, model: ColdDiffusion) -> None:
+    """Write the fitted prior back into the checkpoint (atomically) or the export."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        export_model(model, path if path.is_dir() else path.parent)
+    else:
+        checkpoint = load_checkpoint(path)
+        for key, value in model.prior.state_dict().items():
+            checkpoint["state_dict"][f"prior.{key}"] = value.cpu()
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(buffer.getvalue(), path)
+    print(f"stored the fitted {type(model.prior).__name__} in {path}", file=sys.stderr)
+
+
+def run_generate(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+    _ensure_prior(args, model)
+    if args.num < 1:
+        raise UsageError(f"--num must be >= 1, got {args.num}")
+    generator = torch.Generator().manual_seed(args.seed)
+    images, records = [], []
+    for start, stop in tqdm(_batches(args.num, args.batch_size), desc="generate"):
+        with autocast(device, args.precision):
+            batch, prior_draw = model.generate(stop - start, generator, sampler=args.sampler, steps=args.steps)
+        images.append(batch.float().cpu())
+        for offset, record in enumerate(prior_draw.provenance):
+            records.append({"index": start + offset, "seed": args.seed, "start_state": record})
+    images_all = torch.cat(images)
+    nrow = args.nrow or max(1, round(len(images_all) ** 0.5))
+    path = save_png_atomic(images_all, out / "generate_grid.png", nrow=nrow, scale=args.scale)
+    if args.save_images:
+        files = _save_each(images_all, out / "images")
+        for record, file in zip(records, files):
+            record["file"] = str(file.relative_to(out))
+    atomic_write_bytes(json.dumps({"images": records}, indent=2).encode(), out / "provenance.json")
+    _write_settings(out, "generate", args, model, grid=str(path), prior=type(model.prior).__name__)
+    return path
+
+
+def run_trajectory(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+    T = model.degradation.num_steps
+    if args.columns < 2:
+        raise UsageError(f"--columns must be >= 2, got {args.columns}")
+    levels = sorted({round(i * T / (args.columns - 1)) for i in range(args.columns)})
+    generator = torch.Generator().manual_seed(args.seed)
+    rows: list[Tensor] = []
+    if args.from_prior:
+        _ensure_prior(args, model)
+        start = model.prior.sample(args.num, (model.channels, model.image_size, model.image_size), generator)
+        x_T, params = start.x_T.to(device), {k: v.to(device) for k, v in start.params.items()} or None
+        forward = None
+    else:
+        x0, context = _take(_dataset(args, model), args.num)
+        x0 = x0.to(device)
+        params = _degrade(model, args, x0, {k: v.to(device) for k, v in context.items()}, generator)
+        forward = [model.degradation(x0, level, params).float().clamp(0, 1).cpu() for level in levels]
+        x_T = model.degradation(x0, T, params)
+    visited: dict[int, Tensor] = {}
+    wanted = set(levels)
+
+    def record(info: dict) -> None:
+        if info["t"] in wanted:
+            visited[info["t"]] = info["x"].float().clamp(0, 1).cpu()
+
+    final = _sample(model, args, device, x_T, T, params, generator, callback=record)
+    visited[0] = final.cpu()
+    shown = sorted(visited, reverse=True)  # with step skipping, the visited levels nearest to the chosen ones
+    reverse = [visited[level] for level in shown]
+    for i in range(len(x_T)):
+        if forward is not None:
+            rows.append(torch.stack([f[i] for f in forward]))
+            pad = len(forward) - len(reverse)
+            rows.append(torch.stack([r[i] for r in reverse] + [torch.ones_like(reverse[0][i])] * max(pad, 0)))
+        else:
+            rows.append(torch.stack([r[i] for r in reverse]))
+    ncol = max(len(levels), len(reverse))
+    rows = [torch.cat([r, torch.ones(ncol - len(r), *r.shape[1:])]) if len(r) < ncol else r for r in rows]
+    path = save_png_atomic(torch.cat(rows), out / "trajectory.png", nrow=ncol, scale=args.scale)
+    _write_settings(out, "trajectory", args, model, forward_levels=levels, reverse_levels=shown)
+    return path
+
+
+MODES = {"reconstruct": run_reconstruct, "restore": run_restore, "generate": run_generate,
+         "trajectory": run_trajectory}
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run ``sample.py``; returns the main output file.  Errors exit with a one-line message (status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        device = device_from(args.device)
+        model = load_model(args.ckpt, map_location="cpu").to(device)
+        out = Path(args.out)
+        with torch.no_grad():
+            path = MODES[args.mode](args, model, device, out)
+    except (UsageError, FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
+        parser.exit(2, f"sample.py {args.mode}: error: {err}\n")
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

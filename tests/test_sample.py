@@ -1,0 +1,208 @@
+"""sample.py modes, determinism, generation priors, export/load, and clear errors (tiny checkpoints made here)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import colddiff.degradations as cd
+from colddiff.checkpoint import AtomicCheckpointIO
+from colddiff.data import EmbeddedMNISTDataModule
+from colddiff.export import export_model, load_model
+from colddiff.module import ColdDiffusion
+from colddiff.nets import UNet
+from colddiff.priors import ChannelMeanPrior, GaussianMixture, GaussianNoisePrior, LowResPrior
+from colddiff.sample_cli import main
+
+SIZE = 16
+
+
+def _train(tmp: Path, name: str, **kwargs) -> Path:
+    torch.manual_seed(0)
+    defaults = dict(degradation=cd.GaussianBlur(6, kernel_size=5, sigma=1.0, final_mean=True),
+                    network=UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none",
+                                 image_size=SIZE),
+                    prior=ChannelMeanPrior(channels=1), image_size=SIZE, channels=1, val_sample_batches=0,
+                    prior_fit_images=64)
+    defaults.update(kwargs)
+    model = ColdDiffusion(**defaults)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp, plugins=[AtomicCheckpointIO()])
+    trainer.fit(model, EmbeddedMNISTDataModule(image_size=SIZE, batch_size=8))
+    path = tmp / f"{name}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("gen"), "blur_gen")
+
+
+@pytest.fixture(scope="module")
+def restoration_ckpt(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("rest"), "mask", degradation=cd.GaussianMask(6, center="random"),
+                  prior=None)
+
+
+def run(*args: str) -> Path:
+    return main([*args])
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return img.size
+
+
+def grid_size(cols: int, rows: int, side: int = SIZE, pad: int = 2) -> tuple[int, int]:
+    return cols * (side + pad) + pad, rows * (side + pad) + pad
+
+
+def test_reconstruct(ckpt, tmp_path):
+    path = run("reconstruct", "--ckpt", str(ckpt), "--out", str(tmp_path), "--dataset", "embedded-mnist", "--num", "5",
+               "--batch-size", "2", "--steps", "3", "--save-images")
+    assert path == tmp_path / "reconstruct_grid.png" and size_of(path) == grid_size(4, 5)
+    images = sorted((tmp_path / "images").glob("*.png"))
+    assert len(images) == 5 and all(size_of(p) == (SIZE, SIZE) for p in images)
+    settings = json.loads((tmp_path / "reconstruct.json").read_text())
+    assert settings["level"] == 6 and settings["seed"] == 0
+
+
+def test_reconstruct_uses_the_checkpoint_data_by_default(restoration_ckpt, tmp_path):
+    path = run("reconstruct", "--ckpt", str(restoration_ckpt), "--out", str(tmp_path), "--num", "3", "--level", "2")
+    assert size_of(path) == grid_size(4, 3)
+
+
+def test_restore_own_images(restoration_ckpt, tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "sub/b.jpg", "c.png"]):
+        Image.fromarray(np.full((SIZE, SIZE), 40 * i, np.uint8), "L").save(inputs / name)
+    path = run("restore", "--ckpt", str(restoration_ckpt), "--out", str(tmp_path / "out"), "--input", str(inputs),
+               "--level", "4", "--steps", "2")
+    folder = tmp_path / "out" / "restored"
+    restored = sorted(p.relative_to(folder) for p in folder.rglob("*.png"))
+    assert [str(p) for p in restored] == ["a.png", "c.png", "sub/b.png"]
+    assert size_of(path) == grid_size(2, 3)
+
+
+def test_generate_with_provenance(ckpt, tmp_path):
+    path = run("generate", "--ckpt", str(ckpt), "--out", str(tmp_path), "--num", "6", "--batch-size", "4",
+               "--save-images", "--steps", "3")
+    assert size_of(path) == grid_size(2, 3)  # round(sqrt(6)) = 2 per row
+    files = sorted((tmp_path / "images").glob("*.png"))
+    assert len(files) == 6
+    records = json.loads((tmp_path / "provenance.json").read_text())["images"]
+    assert [r["index"] for r in records] == list(range(6))
+    assert all(r["start_state"]["source"] == "prior" and r["file"].startswith("images/") for r in records)
+
+
+def test_trajectory(ckpt, tmp_path):
+    path = run("trajectory", "--ckpt", str(ckpt), "--out", str(tmp_path), "--dataset", "embedded-mnist", "--num", "2",
+               "--columns", "4")
+    assert size_of(path) == grid_size(4, 4)  # forward and reverse strip per image, 4 levels
+    settings = json.loads((tmp_path / "trajectory.json").read_text())
+    assert settings["forward_levels"] == [0, 2, 4, 6] and settings["reverse_levels"] == [6, 4, 2, 0]
+    path = run("trajectory", "--ckpt", str(ckpt), "--out", str(tmp_path / "prior"), "--from-prior", "--num", "3",
+               "--columns", "3")
+    assert size_of(path) == grid_size(3, 3)
+
+
+def test_same_seed_same_images(ckpt, tmp_path):
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        run("generate", "--ckpt", str(ckpt), "--out", str(tmp_path / name), "--num", "4", "--seed", seed,
+            "--steps", "2")
+    read = lambda name: np.asarray(Image.open(tmp_path / name / "generate_grid.png"))  # noqa: E731
+    assert np.array_equal(read("a"), read("b"))
+    assert not np.array_equal(read("a"), read("c"))
+
+
+def test_export_then_load_gives_identical_outputs(ckpt, tmp_path):
+    model = load_model(ckpt)
+    folder = export_model(model, tmp_path / "export")
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json"}
+    loaded = load_model(folder)
+    x, t = torch.rand(3, 1, SIZE, SIZE), torch.tensor([1, 3, 6])
+    torch.testing.assert_close(loaded.restore(x, t), model.restore(x, t), rtol=0, atol=0)
+    a, _ = model.generate(3, torch.Generator().manual_seed(0), steps=2)
+    b, _ = loaded.generate(3, torch.Generator().manual_seed(0), steps=2)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    run("generate", "--ckpt", str(folder), "--out", str(tmp_path / "g"), "--num", "2", "--steps", "2")
+
+
+def test_gmm_recovers_two_clusters():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(600, 3, generator=g) * 0.05 + torch.tensor([0.2, 0.3, 0.4])
+    b = torch.randn(400, 3, generator=g) * 0.08 + torch.tensor([0.7, 0.6, 0.5])
+    gmm = GaussianMixture(2, 3).fit(torch.cat([a, b]))
+    order = gmm.means[:, 0].argsort()
+    torch.testing.assert_close(gmm.means[order], torch.tensor([[0.2, 0.3, 0.4], [0.7, 0.6, 0.5]]), atol=0.02, rtol=0)
+    torch.testing.assert_close(gmm.weights[order], torch.tensor([0.6, 0.4]), atol=0.02, rtol=0)
+    draws, components = gmm.sample(4000, torch.Generator().manual_seed(1))
+    assert abs((components == order[0]).float().mean().item() - 0.6) < 0.03
+    assert gmm.log_prob(torch.tensor([[0.2, 0.3, 0.4]])) > gmm.log_prob(torch.tensor([[0.45, 0.45, 0.45]]))
+
+
+def test_priors_draw_sensible_start_states():
+    images = torch.rand(64, 3, 16, 16) * 0.5
+    mean = ChannelMeanPrior(3).fit(images).sample(5, (3, 16, 16), torch.Generator().manual_seed(0))
+    assert mean.x_T.shape == (5, 3, 16, 16) and mean.x_T.std(dim=(2, 3)).max() < 0.005  # constant + 0.002 noise
+    low = LowResPrior(3, low_size=4, num_components=2).fit(images).sample(2, (3, 16, 16))
+    assert torch.equal(low.x_T[..., :4, :4], low.x_T[..., :1, :1].expand(-1, -1, 4, 4))
+    noise = GaussianNoisePrior().sample(2, (3, 8, 8), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noise.x_T, 0.5 + 0.5 * noise.params["noise"])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ChannelMeanPrior(3).sample(2, (3, 8, 8))
+
+
+def _error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_clear_errors(ckpt, restoration_ckpt, tmp_path, capsys):
+    out = ["--out", str(tmp_path)]
+    assert "does not exist" in _error(capsys, "generate", "--ckpt", str(tmp_path / "missing.ckpt"), *out)
+    assert "cannot generate: it has no start-state prior" in _error(capsys, "generate", "--ckpt",
+                                                                    str(restoration_ckpt), *out)
+    assert "--level must lie in [0, 6]" in _error(capsys, "reconstruct", "--ckpt", str(ckpt), "--level", "7",
+                                                   "--dataset", "embedded-mnist", *out)
+    bad = tmp_path / "wrong_size.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8), "L").save(bad)
+    assert "is 20x20 but the model works at 16x16" in _error(capsys, "restore", "--ckpt", str(ckpt), "--input",
+                                                             str(bad), "--level", "3", *out)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    assert "refusing to load" in _error(capsys, "generate", "--ckpt", str(garbage), *out)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[:5000])
+    assert "truncated or not a checkpoint" in _error(capsys, "generate", "--ckpt", str(truncated), *out)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/colddiff_pwned_by_pickle"),))
+
+
+def test_crafted_pickle_is_refused_and_never_runs(tmp_path, capsys):
+    marker = Path("/tmp/colddiff_pwned_by_pickle")
+    marker.unlink(missing_ok=True)
+    evil = tmp_path / "evil.ckpt"  # a real torch.save zip checkpoint whose pickle calls a function when loaded
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _Payload()}, evil)
+    err = _error(capsys, "generate", "--ckpt", str(evil), "--out", str(tmp_path))
+    assert "refusing to load" in err and "Unsupported global" in err
+    raw = tmp_path / "raw.pkl"  # a plain pickle (protocol 2) with the same payload
+    with open(raw, "wb") as handle:
+        pickle.dump({"payload": _Payload()}, handle, protocol=2)
+    assert "refusing to load" in _error(capsys, "generate", "--ckpt", str(raw), "--out", str(tmp_path))
+    assert not marker.exists()
