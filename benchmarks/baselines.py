@@ -21,17 +21,39 @@ from colddiff.degradations.blur import gaussian_kernel1d
 from colddiff.degradations.mask import mask_keep_table
 
 
-def iterated_blur(op: cd.GaussianBlur, x: Tensor, t: int) -> Tensor:
-    """``t`` padded ``k x k`` depthwise convolutions, as the original ``nn.Conv2d`` per step."""
-    kernels = gaussian_kernel1d(op.sigmas.double(), op.kernel_size).to(x)
+def blur_step(op: cd.GaussianBlur, x: Tensor, i: int) -> Tensor:
+    """Step ``i`` of the blur: one padded ``k x k`` depthwise convolution, as the original's ``nn.Conv2d``."""
+    kernel = gaussian_kernel1d(op.sigmas[i : i + 1].double(), op.kernel_size)[0].to(x)
     c, k = x.shape[1], op.kernel_size
     p = (k - 1) // 2
+    weight = (kernel[:, None] * kernel[None, :])[None, None].expand(c, 1, k, k)
+    return F.conv2d(F.pad(x, (p, p, p, p), mode=op.border), weight, groups=c)
+
+
+def iterated_blur(op: cd.GaussianBlur, x: Tensor, t: int) -> Tensor:
+    """``t`` blur steps one after another."""
     out = x
     for i in range(t):
-        weight = (kernels[i][:, None] * kernels[i][None, :])[None, None].expand(c, 1, k, k)
-        out = F.conv2d(F.pad(out, (p, p, p, p), mode=op.border), weight, groups=c)
+        out = blur_step(op, out, i)
     if op.final_mean and t == op.num_steps:
         out = x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
+    if op.quantize and t > 0:
+        out = torch.round(out * 255) / 255
+    return out
+
+
+def naive_q_sample(op: cd.GaussianBlur, x: Tensor, t: Tensor) -> Tensor:
+    """The original training-time ``q_sample``: run the per-step blurs over the whole batch up to ``max(t)`` and
+    keep each sample at its own level (``O(max t)`` convolutions per batch)."""
+    out, current = x.clone(), x
+    for level in range(1, int(t.max()) + 1):
+        current = blur_step(op, current, level - 1)
+        selected = current
+        if op.final_mean and level == op.num_steps:
+            selected = x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
+        if op.quantize:
+            selected = torch.round(selected * 255) / 255
+        out = torch.where((t == level)[:, None, None, None], selected, out)
     return out
 
 

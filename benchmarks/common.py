@@ -80,6 +80,34 @@ def write_json(path: str | Path, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def add_speed_arguments(parser) -> None:
+    """``--device``, ``--compile-mode``, ``--precision``, ``--tiny`` and ``--json``, shared by the benchmarks."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--compile-mode", default="auto",
+                        help="torch.compile mode for ours (auto: reduce-overhead on CUDA, off on CPU; none: off)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
+                        help="ours: bf16 autocast (auto: on CUDA; CPUs without bf16 units are faster in fp32)")
+    parser.add_argument("--tiny", action="store_true", help="small networks (for CPU runs)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+
+
+def resolve_speed(args) -> tuple[torch.device, str | None, bool]:
+    """The device, the compile mode (``None``: eager) and whether ours runs in bf16 autocast."""
+    device = pick_device(args.device)
+    compile_mode = {"auto": "reduce-overhead" if device.type == "cuda" else None, "none": None}.get(
+        args.compile_mode, args.compile_mode)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+    return device, compile_mode, bf16
+
+
+def speed_description(compile_mode: str | None, bf16: bool) -> str:
+    precision = "bf16 autocast" if bf16 else "fp32"
+    compiled = f"compile {compile_mode}" if compile_mode else "eager"
+    return f"ours: {precision}, {compiled}, channels-last; naive: fp32 eager"
+
+
 def pick_device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)

@@ -23,7 +23,7 @@ from colddiff.data import (
 )
 
 __all__ = ["UsageError", "device_from", "autocast", "add_data_arguments", "dataset_from_args", "dataset_id",
-           "datamodule_from_checkpoint", "image_shape_of"]
+           "datamodule_from_checkpoint", "image_shape_of", "partner_folder", "partner_images"]
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CelebA", "Flowers102", "embedded-mnist")
 
@@ -122,6 +122,20 @@ def datamodule_from_checkpoint(path: str | None, image_size: int, channels: int)
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
     kwargs.update(image_size=image_size, channels=channels, num_workers=0)
     return cls(**kwargs)
+
+
+def partner_folder(root: str, image_size: int, channels: int) -> ImageFolder:
+    """The partner images of a mixing model (``--partner-root``), at the model's size and channels."""
+    if not root:
+        raise UsageError("this mixing model needs partner images: pass --partner-root PATH")
+    return ImageFolder(find_images(root), ImageTransform(image_size, channels, train=False))
+
+
+def partner_images(root: str, image_size: int, channels: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` random partner images (seeded by ``generator``)."""
+    partners = partner_folder(root, image_size, channels)
+    index = torch.randint(len(partners), (n,), generator=generator)
+    return torch.stack([partners[int(i)] for i in index])
 
 
 def image_shape_of(path: Path) -> tuple[int, int]:

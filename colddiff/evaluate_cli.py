@@ -36,6 +36,8 @@ from colddiff._cli import (
     dataset_id,
     device_from,
     image_shape_of,
+    partner_folder,
+    partner_images,
 )
 from colddiff.checkpoint import atomic_write_bytes
 from colddiff.data import ImageFolder, ImageTransform, find_images
@@ -51,7 +53,7 @@ from colddiff.evaluation.metrics import (
 )
 from colddiff.evaluation.replication import AuditConfig, nearest_training_images, write_audit
 from colddiff.export import load_model
-from colddiff.module import ColdDiffusion, unpack_batch
+from colddiff.module import unpack_batch
 from colddiff.sampling import SAMPLERS
 
 __all__ = ["main", "build_parser", "markdown_table"]
@@ -147,14 +149,6 @@ def _write(out: Path, name: str, markdown: str, payload: dict[str, Any]) -> Path
     return out / f"{name}.md"
 
 
-def _partners(args: argparse.Namespace, model: ColdDiffusion, n: int, generator: torch.Generator) -> Tensor:
-    if not args.partner_root:
-        raise UsageError("this mixing model needs partner images: pass --partner-root PATH")
-    partners = ImageFolder(find_images(args.partner_root), ImageTransform(model.image_size, model.channels, False))
-    index = torch.randint(len(partners), (n,), generator=generator)
-    return torch.stack([partners[int(i)] for i in index])
-
-
 # --------------------------------------------------------------------------------------------- restoration
 def run_restoration(args: argparse.Namespace, device: torch.device) -> Path:
     model = load_model(args.ckpt).to(device)
@@ -176,7 +170,7 @@ def run_restoration(args: argparse.Namespace, device: torch.device) -> Path:
         x0, context = unpack_batch(batch)
         x0 = quantize(x0.to(device))
         if isinstance(model.degradation, Mix) and "z" not in context:
-            context = {"z": _partners(args, model, len(x0), generator)}
+            context = {"z": partner_images(args.partner_root, model.image_size, model.channels, len(x0), generator)}
         params = {k: v.to(device) for k, v in
                   model.degradation.make_params(x0, generator, **{k: v.to(device) for k, v in context.items()}).items()}
         x_t = model.degradation(x0, level, params)
@@ -225,8 +219,7 @@ def _generated_images(args: argparse.Namespace, device: torch.device) -> tuple[T
                          "'evaluate.py restoration'")
     if not model.prior.is_fitted:
         if getattr(model.prior, "attach", None) is not None and args.partner_root:
-            model.prior.attach(ImageFolder(find_images(args.partner_root),
-                                           ImageTransform(model.image_size, model.channels, False)))
+            model.prior.attach(partner_folder(args.partner_root, model.image_size, model.channels))
         else:
             raise UsageError(f"the model's {type(model.prior).__name__} is not ready: fit it with 'sample.py "
                              "generate --fit-prior' (or pass --partner-root for mixing models)")

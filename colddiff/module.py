@@ -37,6 +37,7 @@ _ALLOWED_INSTANTIATORS.add("colddiff._config.instantiate")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 SchedulerFactory = Callable[[Optimizer], Any]
 
 
@@ -84,7 +85,8 @@ class ColdDiffusion(L.LightningModule):
         val_sample_steps: sampling steps during validation (``None``: every level).
         prior_fit_images: images used to fit the prior at the start of training when it is not fitted yet.
         channels_last: run the network in channels-last memory format.
-        compile: ``torch.compile`` the network for training (falls back to eager where unavailable).
+        compile: ``torch.compile`` the network for training: ``True`` (default mode) or a mode such as
+            ``"reduce-overhead"`` (CUDA graphs); falls back to eager execution where compilation is unavailable.
         nonfinite_loss: ``"raise"`` stops training at a NaN/inf loss with a message naming the step; ``"skip"``
             skips such batches (the update is dropped) and counts them in ``train/skipped_batches``.
         seed: seed of the validation degradations (levels, random params), so validation is comparable across
@@ -110,7 +112,7 @@ class ColdDiffusion(L.LightningModule):
         val_sample_steps: int | None = None,
         prior_fit_images: int = 10_000,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | CompileMode = False,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
         seed: int = 0,
     ) -> None:
@@ -150,7 +152,8 @@ class ColdDiffusion(L.LightningModule):
         self.prior_fit_images = prior_fit_images
         self.channels_last, self.compile_network = channels_last, compile
         self.nonfinite_loss, self.seed = nonfinite_loss, seed
-        self._compiled: list[Callable] = []  # kept out of the module tree (and the state dict)
+        self._compiled: list[Callable] = []  # compiled networks are kept out of the module tree and the state dict
+        self._compiled_ema: list[Callable] = []
         self._last_ema_step = -1
         self.register_buffer("_nonfinite_at", torch.tensor(-1, dtype=torch.long), persistent=False)
         self.register_buffer("skipped_batches", torch.tensor(0, dtype=torch.long))
@@ -201,7 +204,8 @@ class ColdDiffusion(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.compile_network and not self._compiled:
-            self._compiled.append(_compile(self.network))
+            mode = None if self.compile_network is True else self.compile_network
+            self._compiled.append(_compile(self.network, mode))
 
     def on_fit_start(self) -> None:
         self._fit_prior_if_needed()
@@ -232,7 +236,13 @@ class ColdDiffusion(L.LightningModule):
         """``R(x_t, t)`` with the EMA weights (used by validation, sampling and export)."""
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        return self.ema_network(x_t, t)
+        network = self._compiled_ema[0] if self._compiled_ema else self.ema_network
+        return network(x_t, t)
+
+    def compile_for_sampling(self, mode: CompileMode | None = "reduce-overhead") -> None:
+        """``torch.compile`` the EMA network used by :meth:`restore` (sampling has fixed shapes: with
+        ``reduce-overhead`` the T network calls replay CUDA graphs).  Falls back to eager where unavailable."""
+        self._compiled_ema[:] = [_compile(self.ema_network, mode)]
 
     def _check_batch(self, x0: Tensor) -> None:
         expected = (self.channels, self.image_size, self.image_size)
@@ -413,10 +423,10 @@ class ColdDiffusion(L.LightningModule):
         return images.clamp(0, 1), start
 
 
-def _compile(network: nn.Module) -> Callable:
+def _compile(network: nn.Module, mode: str | None = None) -> Callable:
     """``torch.compile`` with a fallback to eager execution where it is unavailable."""
     try:
-        return torch.compile(network)
+        return torch.compile(network, mode=mode)
     except Exception as err:  # noqa: BLE001 - platform-dependent failures (no compiler, unsupported Python)
         import warnings
 

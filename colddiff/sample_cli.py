@@ -30,10 +30,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from colddiff._cli import UsageError, add_data_arguments, autocast, dataset_from_args, device_from
+from colddiff._cli import (
+    UsageError,
+    add_data_arguments,
+    autocast,
+    dataset_from_args,
+    device_from,
+    partner_folder,
+    partner_images,
+)
 from colddiff.callbacks import restoration_grid, save_png_atomic
 from colddiff.checkpoint import atomic_write_bytes, load_checkpoint
-from colddiff.data import ImageFolder, ImageTransform, find_images
+from colddiff.data import ImageTransform, find_images
 from colddiff.degradations import Mix
 from colddiff.export import export_model, load_model
 from colddiff.module import ColdDiffusion, unpack_batch
@@ -56,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
                         help="network precision (autocast); the sampler's state stays in float32")
     common.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement in the grid PNGs")
+    common.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (CUDA graphs on GPU): faster for many images")
     common.add_argument("--partner-root", default=None,
                         help="folder of partner images for mixing models (start states / degradation partners)")
 
@@ -119,14 +129,6 @@ def _as_batch(item: Any) -> Any:
     return {k: v[None] for k, v in item.items()} if isinstance(item, dict) else item[None]
 
 
-def _partner_images(args: argparse.Namespace, model: ColdDiffusion, n: int, generator: torch.Generator) -> Tensor:
-    if not args.partner_root:
-        raise UsageError("this mixing model needs partner images: pass --partner-root PATH")
-    partners = ImageFolder(find_images(args.partner_root), ImageTransform(model.image_size, model.channels, False))
-    index = torch.randint(len(partners), (n,), generator=generator)
-    return torch.stack([partners[int(i)] for i in index])
-
-
 def _batches(total: int, size: int) -> list[tuple[int, int]]:
     if size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {size}")
@@ -172,7 +174,7 @@ def _sample(model: ColdDiffusion, args: argparse.Namespace, device: torch.device
 def _degrade(model: ColdDiffusion, args: argparse.Namespace, x0: Tensor, context: dict[str, Tensor],
              generator: torch.Generator) -> dict[str, Tensor]:
     if isinstance(model.degradation, Mix) and "z" not in context:
-        context = {"z": _partner_images(args, model, len(x0), generator)}
+        context = {"z": partner_images(args.partner_root, model.image_size, model.channels, len(x0), generator)}
     params = model.degradation.make_params(x0, generator, **context)
     return {k: v.to(x0.device) for k, v in params.items()}
 
@@ -256,10 +258,7 @@ def _ensure_prior(args: argparse.Namespace, model: ColdDiffusion) -> None:
             " Generation needs e.g. GaussianBlur(final_mean=True) with ChannelMeanPrior, or GaussianNoise with "
             "GaussianNoisePrior; use reconstruct or restore instead")
     if isinstance(prior, SourceImagePrior):
-        if not args.partner_root:
-            raise UsageError("a mixing model generates from partner images: pass --partner-root PATH")
-        prior.attach(ImageFolder(find_images(args.partner_root),
-                                 ImageTransform(model.image_size, model.channels, train=False)))
+        prior.attach(partner_folder(args.partner_root, model.image_size, model.channels))
         return
     if getattr(args, "fit_prior", False):
         dataset = _dataset(args, model, split="train")
@@ -365,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     try:
         device = device_from(args.device)
         model = load_model(args.ckpt, map_location="cpu").to(device)
+        if args.compile:
+            model.compile_for_sampling("reduce-overhead" if device.type == "cuda" else None)
         out = Path(args.out)
         with torch.no_grad():
             path = MODES[args.mode](args, model, device, out)

@@ -111,12 +111,14 @@ def _run(
     for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
         level = torch.full((batch,), s, dtype=torch.long, device=x.device)
         level_next = torch.full((batch,), s_next, dtype=torch.long, device=x.device)
-        x0_hat = restore(x, level)
+        # the state stays in its own precision (float32 under autocast): D of a half-precision x0_hat, and the
+        # difference of two such terms, would lose digits at every one of T steps
+        x0_hat = restore(x, level).to(x.dtype)
         params = degradation.update_params(x, x0_hat, level, params)
         if rule == "naive":
             x_next = degradation.degrade(x0_hat, level_next, params)
         else:
-            x_next = x - degradation.degrade(x0_hat, level, params) + degradation.degrade(x0_hat, level_next, params)
+            x_next = x + degradation.step_difference(x0_hat, level, level_next, params)
         if callback is not None:
             callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
         x = x_next

@@ -308,3 +308,12 @@ def test_compose_rejects_mismatched_parts():
         cd.Compose([])
     with pytest.raises(TypeError, match="part 1 must be a Degradation"):
         cd.Compose([cd.GaussianBlur(3), torch.nn.Identity()])
+
+
+def test_step_difference_equals_two_calls(op):
+    """The fast Algorithm-2 update (one FFT for blur) agrees with the reference D(x, t') - D(x, t)."""
+    x0 = smooth_images()
+    params = _draw(op, x0)
+    t, t_next = torch.tensor([1, 3, T, 2]), torch.tensor([0, 2, 2, 0])
+    reference = op.degrade(x0, t_next, params) - op.degrade(x0, t, params)
+    torch.testing.assert_close(op.step_difference(x0, t, t_next, params), reference, atol=2e-6, rtol=0)

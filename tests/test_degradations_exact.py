@@ -322,3 +322,28 @@ def test_compose_routes_the_mixing_partner():
     comp = cd.Compose([cd.Desaturate(5), cd.Mix(5)])
     x, z = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(comp(x, 5, z=z), z)
+
+
+@pytest.mark.parametrize("border", ["circular", "reflect"])
+def test_blur_step_difference_fast_path_at_paper_scale(border):
+    blur = cd.GaussianBlur(300, kernel_size=27, schedule="exponential", sigma=1.0, rate=0.01, border=border)
+    x = torch.rand(3, 3, 64, 64)
+    t, t_next = torch.tensor([300, 150, 1]), torch.tensor([299, 140, 0])
+    fast = blur.step_difference(x, t, t_next, {})
+    torch.testing.assert_close(fast, blur(x, t_next) - blur(x, t), atol=1e-5, rtol=0)
+
+
+def test_sampler_state_stays_float32_under_half_precision_restorer():
+    from colddiff.sampling import sample_improved
+
+    blur = cd.GaussianBlur(50, kernel_size=11, schedule="linear", sigma=0.35, sigma_step=0.01, border="reflect")
+    x0 = smooth_images(batch=2, size=32)
+    x_T = blur(x0, 50)
+    exact = sample_improved(lambda x, t: x0, blur, x_T)
+    x0_half = x0.bfloat16().float()
+    half = sample_improved(lambda x, t: x0.bfloat16(), blur, x_T)
+    assert half.dtype == torch.float32
+    # Algorithm 2 telescopes to x_T - D(x0_hat, T) + x0_hat: the only error left is x0's own bfloat16 rounding,
+    # not 50 steps of bfloat16 arithmetic
+    torch.testing.assert_close(half, x0_half + blur(x0 - x0_half, 50), atol=1e-5, rtol=0)
+    torch.testing.assert_close(exact, x0, atol=1e-5, rtol=0)

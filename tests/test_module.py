@@ -244,3 +244,16 @@ def test_checkpoint_configs_cannot_build_arbitrary_callables():
         instantiate(ColdDiffusion, {"degradation": {"class_path": "collections.OrderedDict"}})
     with pytest.raises(ValueError, match="cannot import"):
         build({"class_path": "colddiff.nets.NoSuchNet"}, "network")
+
+
+def test_compiled_sampling_network_matches_eager():
+    """The fast path (torch.compile of the EMA network) gives the eager network's outputs."""
+    model = tiny_model().eval()
+    x, t = torch.rand(2, 1, 16, 16), torch.tensor([1, 4])
+    expected = model.restore(x, t)
+    model.compile_for_sampling(None)
+    torch.testing.assert_close(model.restore(x, t), expected, atol=1e-5, rtol=1e-5)
+    x_T = model.degradation(torch.rand(2, 1, 16, 16), 4)
+    compiled = model.sample(x_T, steps=2)
+    model._compiled_ema.clear()
+    torch.testing.assert_close(compiled, model.sample(x_T, steps=2), atol=1e-5, rtol=1e-5)

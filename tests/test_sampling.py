@@ -46,8 +46,12 @@ class CountingOperator(cd.GaussianBlur):
         type(self).calls += 1
         return super().degrade(x0, t, params)
 
+    def step_difference(self, x0, t, t_next, params):
+        type(self).calls += 1
+        return super().step_difference(x0, t, t_next, params)
 
-@pytest.mark.parametrize("sampler,per_step", [(sample_improved, 2), (sample_naive, 1)])
+
+@pytest.mark.parametrize("sampler,per_step", [(sample_improved, 1), (sample_naive, 1)])
 def test_cost_is_linear_in_T(sampler, per_step):
     T = 40
     op = CountingOperator(T, kernel_size=5)

@@ -114,6 +114,14 @@ class Degradation(RecordsInit, nn.Module):
         """
         raise NotImplementedError
 
+    def step_difference(self, x0: Tensor, t: Tensor, t_next: Tensor, params: Params) -> Tensor:
+        """``D(x0, t_next) - D(x0, t)``, the update of Algorithm 2 (hot path, no checks).
+
+        Operators override this when the difference is cheaper than two calls (the blur shares one forward FFT and
+        applies the difference of the two transfer functions).
+        """
+        return self.degrade(x0, t_next, params) - self.degrade(x0, t, params)
+
     def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
         """Re-estimate the params from a current state ``x_t`` and a prediction ``x0_hat`` (samplers call this).
 
