@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
@@ -16,7 +18,7 @@ from torchvision.utils import make_grid, save_image
 from colddiff.module import ColdDiffusion, unpack_batch
 from colddiff.sampling import SamplerName
 
-__all__ = ["SampleGrid", "save_png_atomic", "restoration_grid"]
+__all__ = ["SampleGrid", "RNGState", "save_png_atomic", "restoration_grid"]
 
 
 def save_png_atomic(images: Tensor, path: str | os.PathLike, nrow: int, padding: int = 2, scale: int = 1) -> Path:
@@ -120,11 +122,16 @@ class SampleGrid(L.Callback):
         sampled = module.sample(x_T, params=params, sampler=self.sampler, steps=self.steps)
         return restoration_grid([x_T, direct, sampled, x0])
 
+    def write(self, trainer: L.Trainer, module: ColdDiffusion) -> Path | None:
+        """Render and save the grid of the current step (on rank 0; every rank must call this)."""
+        folder = self._folder(trainer)  # trainer.log_dir is a collective under DDP: resolved on every rank
+        return self._write(trainer, module, folder)
+
     @rank_zero_only
-    def write(self, trainer: L.Trainer, module: ColdDiffusion) -> Path:
+    def _write(self, trainer: L.Trainer, module: ColdDiffusion, folder: Path) -> Path:
         images = self.render(trainer, module)
         ncol = 4 if module.prior is None else max(1, math.ceil(math.sqrt(len(images))))
-        path = self._folder(trainer) / f"step_{trainer.global_step:07d}.png"
+        path = folder / f"step_{trainer.global_step:07d}.png"
         self.last_path = save_png_atomic(images, path, ncol, scale=self.scale)
         return self.last_path
 
@@ -145,3 +152,50 @@ class SampleGrid(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, module: ColdDiffusion) -> None:
         self._maybe_write(trainer, module)
+
+
+class RNGState(L.Callback):
+    """Saves the random number generators' states (torch, CUDA, NumPy, Python) in checkpoints and restores them when
+    training resumes from one, so a resumed run draws the same levels, params and batches as an uninterrupted one.
+
+    The states are those at the moment of saving and are restored just before the first resumed step.  They are
+    stored as tensors and plain Python values (loadable with ``weights_only=True``).  The Lightning
+    module adds this callback itself (:meth:`colddiff.module.ColdDiffusion.configure_callbacks`).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # applied when training starts, after Lightning has set up the run (which may draw random numbers)
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            self._restore(state)
+
+    @staticmethod
+    def _restore(state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        numpy_state = state_dict["numpy"]
+        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
+                             numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        python_state = state_dict["python"]
+        random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            cuda_states = state_dict["cuda"]
+            if len(cuda_states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda_states)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "UnsafeCheckpointError", "atomic_write_bytes", "load_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "UnsafeCheckpointError", "atomic_write_bytes", "load_checkpoint",
+           "unsafe_checkpoint_error"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -52,6 +53,17 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     return path
 
 
+def unsafe_checkpoint_error(path: str | os.PathLike, err: Exception) -> UnsafeCheckpointError:
+    """The error for a file that ``weights_only`` loading rejected."""
+    detail = " ".join(line.strip() for line in str(err).splitlines() if "Unsupported" in line) or \
+        (str(err).splitlines() or [type(err).__name__])[0]
+    return UnsafeCheckpointError(
+        f"refusing to load {str(path)!r}: safe loading (weights_only=True) rejected it ({detail}). The file is "
+        "corrupt, not a PyTorch checkpoint, or holds objects that could execute arbitrary code; colddiff never "
+        "unpickles such files."
+    )
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with clear errors for a missing, truncated or unsafe file."""
     path = Path(path)
@@ -60,13 +72,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = " ".join(line.strip() for line in str(err).splitlines() if "Unsupported" in line) or \
-            str(err).splitlines()[0]
-        raise UnsafeCheckpointError(
-            f"refusing to load {str(path)!r}: safe loading (weights_only=True) rejected it ({detail}). The file is "
-            "corrupt, not a PyTorch checkpoint, or holds objects that could execute arbitrary code; colddiff never "
-            "unpickles such files."
-        ) from err
+        raise unsafe_checkpoint_error(path, err) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"cannot read checkpoint {str(path)!r}: the file is truncated or not a checkpoint ({err})") \
             from err

@@ -7,12 +7,16 @@ them, ``--print_config`` shows the resolved config, and every run saves it as ``
 
 from __future__ import annotations
 
+import pickle
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from colddiff.checkpoint import unsafe_checkpoint_error
 from colddiff.data import ImageDataModule
 from colddiff.module import ColdDiffusion
 
@@ -27,6 +31,14 @@ class ColdDiffusionCLI(LightningCLI):
         parser.link_arguments("data.init_args.channels", "model.channels")
         parser.link_arguments("data.init_args.image_size", "model.network.init_args.image_size")
         parser.link_arguments("data.init_args.channels", "model.network.init_args.in_channels")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path (weights_only) to recover the model's hyper-parameters: same message as ours
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise unsafe_checkpoint_error(path, err) from err
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -62,13 +74,22 @@ def align_logger_versions(trainer_config: Any) -> None:
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> ColdDiffusionCLI:
-    """Entry point of ``train.py`` and ``colddiff-train``; ``args`` replaces ``sys.argv[1:]`` (for tests)."""
-    return ColdDiffusionCLI(
-        ColdDiffusion,
-        ImageDataModule,
-        subclass_mode_data=True,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"plugins": [{"class_path": "colddiff.checkpoint.AtomicCheckpointIO"}]},
-    )
+    """Entry point of ``train.py`` and ``colddiff-train``; ``args`` replaces ``sys.argv[1:]`` (for tests).
+
+    On SIGTERM (as cluster schedulers send before killing a job) Lightning stops at the next batch, checkpoint
+    callbacks with ``save_on_exception: true`` save the state, and the process exits with status 143.
+    """
+    try:
+        return ColdDiffusionCLI(
+            ColdDiffusion,
+            ImageDataModule,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"plugins": [{"class_path": "colddiff.checkpoint.AtomicCheckpointIO"}]},
+        )
+    except SIGTERMException:
+        print("colddiff: received SIGTERM; the checkpoint callbacks saved the run (resume with --ckpt_path last)",
+              file=sys.stderr)
+        sys.exit(143)

@@ -13,6 +13,7 @@ horizontal flip); evaluation splits are resized and centre-cropped.  Grayscale o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision.transforms import v2
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ __all__ = [
     "ImageFolder",
     "EmbeddedMNIST",
     "ImageDataModule",
+    "ResumableDataLoader",
     "EmbeddedMNISTDataModule",
     "TorchvisionDataModule",
     "ImageFolderDataModule",
@@ -202,6 +204,92 @@ class _Paired(Dataset):
         return {"image": self.target[index], "partner": self.partner[j]}
 
 
+class _SkipBatches:
+    """A batch sampler view that leaves out the first ``skip`` batches (indices only: nothing is loaded)."""
+
+    def __init__(self, batch_sampler: Any, skip: int) -> None:
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)
+
+
+class ResumableDataLoader(DataLoader):
+    """A training :class:`~torch.utils.data.DataLoader` whose place in the epoch survives a checkpoint.
+
+    It implements Lightning's stateful-loader protocol (``state_dict``/``load_state_dict``, saved in every
+    checkpoint).  Shuffling and the workers' seeds draw from the loader's own generators (one for the order, one
+    for the workers' seeds), reseeded at every pass from ``(seed, pass)``, so the order of a pass depends neither on
+    the global RNG nor on where the run was interrupted; the state is the pass and the number of batches handed out
+    in it, and after ``load_state_dict`` the next pass
+    repeats that order and starts after those batches without loading them.  A run resumed from a mid-epoch
+    checkpoint therefore sees exactly the batches an uninterrupted run would.  (Lightning's distributed sampler,
+    when it replaces ours under DDP, is seeded by epoch; the skip applies to it as well.)
+    """
+
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        if kwargs.get("generator") is None:
+            kwargs["generator"] = torch.Generator()
+        # the order draws from its own generator: the workers' base seed is drawn only when an iterator is built
+        self._order = torch.Generator()
+        if kwargs.get("shuffle") and kwargs.get("sampler") is None and kwargs.get("batch_sampler") is None:
+            dataset = args[0] if args else kwargs["dataset"]
+            kwargs["sampler"], kwargs["shuffle"] = RandomSampler(dataset, generator=self._order), None
+        super().__init__(*args, **kwargs)
+        self.seed = int(seed)
+        self._pass = 0  # index of the next pass
+        self._current = (0, 0)  # (pass, batches handed out in it) of the pass being iterated
+        self._skip = 0
+
+    def __iter__(self):
+        index, skip = self._pass, self._skip
+        self._pass, self._skip = index + 1, 0
+        pass_seed = (self.seed * 1_000_003 + index) % (2**63)
+        self._order.manual_seed(pass_seed)
+        self.generator.manual_seed(pass_seed + 1)
+        self._current = (index, skip)
+        self._skip_now = skip
+        try:
+            if getattr(self, "_iterator", None) is not None:  # persistent workers reuse their iterator's sampler
+                self._iterator._index_sampler = self._index_sampler
+            iterator = super().__iter__()  # reads _index_sampler (with the skip) here
+        finally:
+            self._skip_now = 0
+        return self._count(iterator, index, skip)
+
+    def _count(self, iterator: Any, index: int, skip: int):
+        handed_out = skip
+        for batch in iterator:
+            handed_out += 1
+            self._current = (index, handed_out)
+            yield batch
+
+    @property
+    def _index_sampler(self) -> Any:
+        sampler = super()._index_sampler
+        skip = getattr(self, "_skip_now", 0)
+        return _SkipBatches(sampler, skip) if skip else sampler
+
+    def state_dict(self) -> dict[str, int]:
+        index, handed_out = self._current
+        return {"seed": self.seed, "pass": index, "batches": handed_out}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        try:
+            index, handed_out = int(state["pass"]), int(state["batches"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"ResumableDataLoader: expected a state with 'pass' and 'batches', got {state!r}") \
+                from error
+        if handed_out >= len(self):  # the checkpoint was taken at the end of a pass: resume with the next one
+            index, handed_out = index + 1, 0
+        self.seed = int(state.get("seed", self.seed))
+        self._pass, self._skip = index, handed_out
+        self._current = (index, handed_out)
+
+
 class ImageDataModule(L.LightningDataModule):
     """Base of colddiff's data modules: splits, augmentation and loaders.
 
@@ -293,15 +381,23 @@ class ImageDataModule(L.LightningDataModule):
         return torch.stack([img["image"] if isinstance(img, dict) else img for img in images])
 
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+        train = split == "train"
+        kwargs: dict[str, Any] = dict(
+            batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=shuffle,
-            drop_last=split == "train",
+            drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+        if train:
+            return ResumableDataLoader(self.dataset(split), seed=self.shuffle_seed, **kwargs)
+        return DataLoader(self.dataset(split), **kwargs)
+
+    @property
+    def shuffle_seed(self) -> int:
+        """Seed of the training order: the run's seed (``seed_everything``) when one is set, else 0."""
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

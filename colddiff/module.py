@@ -154,7 +154,6 @@ class ColdDiffusion(L.LightningModule):
         self.nonfinite_loss, self.seed = nonfinite_loss, seed
         self._compiled: list[Callable] = []  # compiled networks are kept out of the module tree and the state dict
         self._compiled_ema: list[Callable] = []
-        self._last_ema_step = -1
         self.register_buffer("_nonfinite_at", torch.tensor(-1, dtype=torch.long), persistent=False)
         self.register_buffer("skipped_batches", torch.tensor(0, dtype=torch.long))
         self.val_metrics = nn.ModuleDict({
@@ -293,12 +292,16 @@ class ColdDiffusion(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # the EMA follows each optimiser step here (once per step under gradient accumulation), before any
+        # on_train_batch_end callback runs, so a checkpoint saved at step s holds the EMA of step s
+        step = self.global_step
+        if step % self.ema_every == 0:
+            self.update_ema(copy_only=step < self.ema_start)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step
-        if step != self._last_ema_step:  # once per optimiser step (gradient accumulation calls this more often)
-            self._last_ema_step = step
-            if step % self.ema_every == 0:
-                self.update_ema(copy_only=step < self.ema_start)
         if self.nonfinite_loss == "raise" and step % max(1, self.trainer.log_every_n_steps) == 0:
             self.check_finite()
 
@@ -325,6 +328,12 @@ class ColdDiffusion(L.LightningModule):
             torch._foreach_lerp_(ema, live, 1.0 - self.ema_decay)
         for ema_buffer, buffer in zip(self.ema_network.buffers(), self.network.buffers()):
             ema_buffer.copy_(buffer)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Callbacks every colddiff training run needs: the RNG states go into checkpoints."""
+        from colddiff.callbacks import RNGState
+
+        return [RNGState()]
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.network.parameters())

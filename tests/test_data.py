@@ -150,3 +150,42 @@ def test_bad_data_module_arguments():
         EmbeddedMNISTDataModule(image_size=0)
     with pytest.raises(ValueError, match="val_fraction"):
         ImageFolderDataModule("x", val_fraction=1.0)
+
+
+def _passes(loader, n):
+    return [[batch[0].tolist() for batch in loader] for _ in range(n)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumable_loader_continues_its_order_after_a_checkpoint(workers):
+    from torch.utils.data import TensorDataset
+
+    from colddiff.data import ResumableDataLoader
+
+    data = TensorDataset(torch.arange(20))
+
+    def make(seed=5):
+        return ResumableDataLoader(data, batch_size=4, shuffle=True, drop_last=True, seed=seed, num_workers=workers,
+                                   persistent_workers=workers > 0)
+
+    pass0, pass1, pass2 = _passes(make(), 3)
+    assert pass0 != pass1 and sorted(sum(pass1, [])) == list(range(20))
+    assert _passes(make(), 3) == [pass0, pass1, pass2]  # the order is a function of (seed, pass) only
+
+    interrupted = make()
+    _passes(interrupted, 1)
+    iterator = iter(interrupted)
+    taken = [next(iterator)[0].tolist() for _ in range(2)]
+    state = interrupted.state_dict()
+    assert state == {"seed": 5, "pass": 1, "batches": 2}
+
+    resumed = make(seed=0)
+    resumed.load_state_dict(state)
+    assert taken + [batch[0].tolist() for batch in resumed] == pass1
+    assert _passes(resumed, 1) == [pass2]
+
+    at_end = make()
+    at_end.load_state_dict({"seed": 5, "pass": 1, "batches": 5})  # saved after the last batch of pass 1
+    assert _passes(at_end, 1) == [pass2]
+    with pytest.raises(ValueError, match="expected a state with 'pass' and 'batches'"):
+        at_end.load_state_dict({"epoch": 3})

@@ -1,0 +1,231 @@
+"""Reliability and security: crash and resume, atomic saves, SIGTERM, safe loading, validated configs,
+reproducibility, and 2-process DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from colddiff.checkpoint import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint
+from colddiff.cli import cli_main
+from tests.probes import tensor_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+def run_config(tmp_path: Path, max_steps: int, every: int, grid_every: int = 0, probe: bool = True,
+               extra_trainer: dict | None = None) -> Path:
+    """An override of the quickstart config: tiny network, all outputs under ``tmp_path``."""
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": str(tmp_path / "checkpoints"), "every_n_train_steps": every,
+                                "save_last": True, "save_top_k": -1, "save_on_exception": True,
+                                "filename": "step{step:07d}", "auto_insert_metric_name": False}},
+                 {"class_path": "colddiff.callbacks.SampleGrid",
+                  "init_args": {"every_n_steps": grid_every, "num_images": 2, "scale": 1}}]
+    if probe:
+        callbacks.append({"class_path": "tests.probes.StateProbe", "init_args": {"out": str(tmp_path / "probe")}})
+    config = {
+        "trainer": {"max_steps": max_steps, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
+                    "enable_model_summary": False, "limit_val_batches": 0, "num_sanity_val_steps": 0,
+                    "logger": [{"class_path": f"lightning.pytorch.loggers.{name}",
+                                "init_args": {"save_dir": str(tmp_path), "name": "", "version": None}}
+                               for name in ("TensorBoardLogger", "CSVLogger")],
+                    "callbacks": callbacks, **(extra_trainer or {})},
+        "model": {"network": {"class_path": "colddiff.nets.UNet",
+                              "init_args": {"dim": 8, "dim_mults": [1, 2], "num_blocks": 1, "attention": "none"}},
+                  "ema_start": 2, "ema_every": 1, "val_sample_steps": 2, "sample_steps": 2},
+        "data": {"init_args": {"image_size": 16, "batch_size": 8, "val_size": 8}},
+    }
+    path = tmp_path / "override.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_command(override: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(QUICKSTART), "--config", str(override),
+            *extra]
+
+
+def wait_for(predicate, timeout: float, process: subprocess.Popen | None = None) -> None:
+    start = time.time()
+    while not predicate():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"training exited early with {process.returncode}: {process.stderr.read()[-3000:]}")
+        if time.time() - start > timeout:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def heartbeat(tmp_path: Path) -> int:
+    path = tmp_path / "probe" / "heartbeat-rank0.txt"
+    try:
+        return int(path.read_text() or -1)
+    except (FileNotFoundError, ValueError):
+        return -1
+
+
+def popen(command: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_sigkill_mid_run_then_resume_restores_everything(tmp_path):
+    override = run_config(tmp_path, max_steps=100_000, every=5)
+    process = popen(train_command(override))
+    try:
+        wait_for(lambda: heartbeat(tmp_path) >= 12, 240, process)
+    finally:
+        process.kill()  # SIGKILL: no handler runs
+        process.wait()
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")  # intact and loadable
+    step = last["global_step"]
+    assert step >= 10 and step % 5 == 0
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+    rng_state = next(v for k, v in last["callbacks"].items() if "RNGState" in k)
+
+    resumed = subprocess.run(train_command(override, "--ckpt_path", "last", "--trainer.max_steps", str(step + 5)),
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start = json.loads((tmp_path / "probe" / "start-rank0.json").read_text())
+    end = json.loads((tmp_path / "probe" / "end-rank0.json").read_text())
+    assert start["global_step"] == step and end["global_step"] == step + 5
+    optimizer_steps = [s["step"] for s in last["optimizer_states"][0]["state"].values()]
+    assert start["adam_step"] == float(optimizer_steps[0]) == step
+    ema = [v for k, v in last["state_dict"].items() if k.startswith("ema_network.")]
+    assert start["ema"] == tensor_digest(ema)
+    assert start["torch_rng"] == tensor_digest([rng_state["torch"]])
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def crash(fd):
+        raise OSError("disk full (simulated crash while saving)")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    previous = io.load_checkpoint(path)
+    assert previous["global_step"] == 1 and torch.equal(previous["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half-written file left behind
+
+
+def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
+    override = run_config(tmp_path, max_steps=100_000, every=1000)
+    process = popen(train_command(override))
+    wait_for(lambda: heartbeat(tmp_path) >= 3, 240, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "received SIGTERM" in stderr
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] >= 3  # no periodic checkpoint was due (every 1000 steps): this one is SIGTERM's
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/colddiff_pwned_on_resume"),))
+
+
+def test_resuming_from_a_hostile_checkpoint_is_refused(tmp_path):
+    marker = Path("/tmp/colddiff_pwned_on_resume")
+    marker.unlink(missing_ok=True)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "global_step": 3, "payload": _Payload()}, evil)
+    override = run_config(tmp_path, max_steps=5, every=5, probe=False)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+        cli_main(["fit", "--config", str(QUICKSTART), "--config", str(override), "--ckpt_path", str(evil)])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("override,match", [
+    (["--model.degradation.init_args.num_steps", "0"], "num_steps must be a positive int, got 0"),
+    (["--model.degradation.init_args.sigma", "-2"], r"sigmas .*>= 0"),
+    (["--model.degradation.init_args.kernel_size", "8"], "kernel_size must be a positive odd int, got 8"),
+    (["--data.init_args.image_size", "30", "--model.network.init_args.dim_mults", "[1, 2, 4]"],
+     r"divisible by 2\*\*2 = 4.*got 30x30"),
+    (["--model.degradation", "colddiff.degradations.Pixelate", "--model.degradation.init_args.num_steps", "3"],
+     r"Pixelate: halving pixelation with num_steps=3 needs image sides divisible by 2\*\*3 = 8, got 28x28"),
+    (["--model.degradation", "colddiff.degradations.Desaturate", "--model.degradation.init_args.num_steps", "5"],
+     "the degradation expects 3 channels but channels=1"),
+])
+def test_invalid_configs_fail_before_training_naming_the_field(override, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        cli_main(["fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path), *override])
+
+
+def test_unknown_sampler_fails_at_parse_time(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(QUICKSTART), "--model.sampler", "ddim", "--print_config"])
+    err = capsys.readouterr().err
+    assert "model.sampler" in err and "improved" in err
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+    """Resuming mid-epoch restores weights, optimiser, EMA, RNG and the place in the data order exactly."""
+    def fit(folder: Path, max_steps: int, *extra: str) -> dict:
+        override = run_config(folder, max_steps=max_steps, every=4, probe=False, extra_trainer={"deterministic": True})
+        cli_main(["fit", "--config", str(QUICKSTART), "--config", str(override), "--seed_everything", "3", *extra])
+        return load_checkpoint(folder / "checkpoints" / "last.ckpt")
+
+    straight = fit(tmp_path / "straight", 8)
+    fit(tmp_path / "interrupted", 4)
+    resumed = fit(tmp_path / "interrupted", 8, "--ckpt_path", "last")
+    assert straight["global_step"] == resumed["global_step"] == 8
+    assert straight["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"seed": 3, "pass": 0, "batches": 8}]
+    a, b = straight["state_dict"], resumed["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    moments = [(s["exp_avg"], s["exp_avg_sq"]) for s in straight["optimizer_states"][0]["state"].values()]
+    resumed_moments = [(s["exp_avg"], s["exp_avg_sq"]) for s in resumed["optimizer_states"][0]["state"].values()]
+    assert all(torch.equal(x, y) for m, n in zip(moments, resumed_moments) for x, y in zip(m, n))
+
+
+def test_two_seeded_deterministic_runs_are_bit_identical(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        override = run_config(folder, max_steps=6, every=6, grid_every=6, probe=False,
+                              extra_trainer={"deterministic": True})
+        cli_main(["fit", "--config", str(QUICKSTART), "--config", str(override), "--seed_everything", "7"])
+        state = load_checkpoint(folder / "checkpoints" / "last.ckpt")["state_dict"]
+        grid = next(folder.glob("version_*/grids/step_0000006.png")).read_bytes()
+        results.append((state, grid))
+    (a, grid_a), (b, grid_b) = results
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert grid_a == grid_b
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    override = run_config(tmp_path, max_steps=6, every=3, grid_every=3,
+                          extra_trainer={"strategy": "ddp", "devices": 2, "accelerator": "cpu"})
+    result = subprocess.run(train_command(override), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    ends = [json.loads((tmp_path / "probe" / f"end-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [e["world_size"] for e in ends] == [2, 2] and [e["global_step"] for e in ends] == [6, 6]
+    assert ends[0]["ema"] == ends[1]["ema"] and ends[0]["weights"] == ends[1]["weights"]  # EMA stays consistent
+    runs = list(tmp_path.glob("version_*"))
+    assert len(runs) == 1  # one run folder: rank 0 writes logs, config and grids
+    assert sorted(p.name for p in (runs[0] / "grids").iterdir()) == ["step_0000003.png", "step_0000006.png"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "step0000003.ckpt",
+                                                                           "step0000006.ckpt"]
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert tensor_digest([v for k, v in saved["state_dict"].items() if k.startswith("ema_network.")]) == \
+        ends[0]["ema"]
+    assert Image.open(runs[0] / "grids" / "step_0000006.png").size == (4 * 18 + 2, 2 * 18 + 2)
