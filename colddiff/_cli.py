@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from colddiff._config import resolve_component
 from colddiff.checkpoint import load_checkpoint
 from colddiff.data import (
     EmbeddedMNIST,
@@ -100,25 +102,35 @@ def dataset_id(args: argparse.Namespace, checkpoint: str | None = None, prefix: 
         return f"folder:{Path(folder).resolve()}:{len(files)}"
     if dataset:
         return f"dataset:{dataset}:{Path(_get(args, 'root', prefix)).resolve()}"
-    hparams = load_checkpoint(checkpoint).get("datamodule_hyper_parameters", {}) if checkpoint else {}
+    hparams = _datamodule_hparams(checkpoint) if checkpoint else {}
     return "checkpoint-data:" + ",".join(f"{k}={hparams[k]}" for k in sorted(hparams) if k in
                                          ("_class_path", "name", "root", "val_root", "test_root"))
 
 
-def datamodule_from_checkpoint(path: str | None, image_size: int, channels: int) -> ImageDataModule | None:
-    """Rebuild the data module recorded in a training checkpoint (only colddiff data modules)."""
-    if path is None:
-        return None
+def _datamodule_hparams(path: str | os.PathLike) -> dict[str, Any]:
+    """The data module's hyper-parameters recorded in a training checkpoint (``{}`` for exports)."""
     path = Path(path)
     if path.is_dir() or path.suffix != ".ckpt":
+        return {}
+    return _read_datamodule_hparams(path, path.stat().st_mtime_ns if path.is_file() else -1)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_datamodule_hparams(path: Path, mtime_ns: int) -> dict[str, Any]:
+    # read once per file version and process: the tools ask for the data source and its description
+    return load_checkpoint(path).get("datamodule_hyper_parameters") or {}
+
+
+def datamodule_from_checkpoint(path: str | None, image_size: int, channels: int) -> ImageDataModule | None:
+    """Rebuild the data module recorded in a training checkpoint (only colddiff data modules)."""
+    hparams = _datamodule_hparams(path) if path is not None else {}
+    if "_class_path" not in hparams:
         return None
-    hparams = load_checkpoint(path).get("datamodule_hyper_parameters")
-    if not hparams or "_class_path" not in hparams:
-        return None
-    module_name, _, name = hparams["_class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, ImageDataModule)):
-        raise UsageError(f"the checkpoint's data module {hparams['_class_path']!r} is not a colddiff data module")
+    try:
+        cls = resolve_component(hparams["_class_path"], "the checkpoint's data module", base=ImageDataModule,
+                                kind="colddiff data modules")
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
     kwargs.update(image_size=image_size, channels=channels, num_workers=0)
     return cls(**kwargs)

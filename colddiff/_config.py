@@ -86,11 +86,14 @@ def describe_or_mark(obj: Any) -> dict[str, Any]:
         return {"class_path": class_path(obj), NOT_RECORDED: True}
 
 
-def resolve_component(path: Any, name: str = "config") -> type:
-    """The class at ``path``, which must be a colddiff component (a :class:`RecordsInit` subclass).
+_COMPONENTS = "colddiff components (degradations, networks, priors and their subclasses)"
+
+
+def resolve_component(path: Any, name: str = "config", base: type = RecordsInit, kind: str = _COMPONENTS) -> type:
+    """The class at ``path``, which must subclass ``base`` (by default a colddiff component, :class:`RecordsInit`).
 
     Configs inside checkpoints and exports are data from files: only classes that opted in as components may be
-    built from them, never arbitrary callables.
+    built from them, never arbitrary callables.  ``kind`` names the allowed classes in the error.
     """
     if not isinstance(path, str) or "." not in path:
         raise ValueError(f"{name}: class_path must be a dotted import path, got {path!r}")
@@ -99,11 +102,9 @@ def resolve_component(path: Any, name: str = "config") -> type:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"{name}: cannot import {path!r} ({err})") from err
-    if not (isinstance(cls, type) and issubclass(cls, RecordsInit)):
-        raise ValueError(
-            f"{name}: refusing to build {path!r} from a config: only colddiff components (degradations, networks, "
-            "priors and their subclasses) can be built from a checkpoint or export"
-        )
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{name}: refusing to build {path!r} from a config: only {kind} can be built from a "
+                         "checkpoint or export")
     return cls
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import lightning as L
@@ -187,6 +188,20 @@ def test_clear_errors(ckpt, restoration_ckpt, tmp_path, capsys):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(ckpt.read_bytes()[:5000])
     assert "truncated or not a checkpoint" in _error(capsys, "generate", "--ckpt", str(truncated), *out)
+
+
+@pytest.mark.parametrize("class_path,match", [
+    ("collections.OrderedDict", "refusing to build 'collections.OrderedDict'.*only colddiff data modules"),
+    ("colddiff.no_such_module.DataModule", "cannot import 'colddiff.no_such_module.DataModule'"),
+])
+def test_checkpoint_data_module_must_be_a_colddiff_data_module(restoration_ckpt, tmp_path, capsys, class_path,
+                                                               match):
+    checkpoint = torch.load(restoration_ckpt, weights_only=True)
+    checkpoint["datamodule_hyper_parameters"]["_class_path"] = class_path
+    doctored = tmp_path / "doctored.ckpt"
+    torch.save(checkpoint, doctored)
+    message = _error(capsys, "reconstruct", "--ckpt", str(doctored), "--out", str(tmp_path))
+    assert re.search(f"the checkpoint's data module: {match}", message), message
 
 
 class _Payload:
