@@ -224,9 +224,9 @@ class ResumableDataLoader(DataLoader):
     checkpoint).  Shuffling and the workers' seeds draw from the loader's own generators (one for the order, one
     for the workers' seeds), reseeded at every pass from ``(seed, pass)``, so the order of a pass depends neither on
     the global RNG nor on where the run was interrupted; the state is the pass and the number of batches handed out
-    in it, and after ``load_state_dict`` the next pass
-    repeats that order and starts after those batches without loading them.  A run resumed from a mid-epoch
-    checkpoint therefore sees exactly the batches an uninterrupted run would.  (Lightning's distributed sampler,
+    in it, and after ``load_state_dict`` the next pass repeats that order and starts after those batches without
+    loading them.  A run resumed from a mid-epoch checkpoint therefore sees exactly the batches an uninterrupted run
+    would.  (Lightning's distributed sampler,
     when it replaces ours under DDP, is seeded by epoch; the skip applies to it as well.)
     """
 

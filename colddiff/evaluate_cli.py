@@ -42,16 +42,20 @@ from colddiff._cli import (
 from colddiff.checkpoint import atomic_write_bytes
 from colddiff.data import ImageFolder, ImageTransform, find_images
 from colddiff.degradations import Mix
-from colddiff.evaluation.features import FeatureExtractor, FeatureWeightsError, build_extractor
-from colddiff.evaluation.metrics import (
+from colddiff.evaluation import (
+    AuditConfig,
+    FeatureExtractor,
     ReferenceCache,
     RestorationMetrics,
+    build_extractor,
     extract_features,
     frechet_distance,
     kernel_distance,
+    nearest_training_images,
     quantize,
+    write_audit,
 )
-from colddiff.evaluation.replication import AuditConfig, nearest_training_images, write_audit
+from colddiff.evaluation.features import FeatureWeightsError
 from colddiff.export import load_model
 from colddiff.module import unpack_batch
 from colddiff.sampling import SAMPLERS

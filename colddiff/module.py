@@ -135,7 +135,7 @@ class ColdDiffusion(L.LightningModule):
             raise ValueError(f"ema_every must be >= 1 and ema_start >= 0, got {ema_every}, {ema_start}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-        if channels not in (1, 3) and (isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0):
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         self._check_components(degradation, network, image_size, channels)
 
@@ -233,10 +233,13 @@ class ColdDiffusion(L.LightningModule):
 
     def restore(self, x_t: Tensor, t: Tensor) -> Tensor:
         """``R(x_t, t)`` with the EMA weights (used by validation, sampling and export)."""
+        return self._run(self.ema_network, self._compiled_ema, x_t, t)
+
+    def _run(self, network: nn.Module, compiled: list[Callable], x_t: Tensor, t: Tensor) -> Tensor:
+        """A network call in the configured memory format, through its compiled version when there is one."""
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        network = self._compiled_ema[0] if self._compiled_ema else self.ema_network
-        return network(x_t, t)
+        return (compiled[0] if compiled else network)(x_t, t)
 
     def compile_for_sampling(self, mode: CompileMode | None = "reduce-overhead") -> None:
         """``torch.compile`` the EMA network used by :meth:`restore` (sampling has fixed shapes: with
@@ -266,13 +269,7 @@ class ColdDiffusion(L.LightningModule):
         x0, context = unpack_batch(batch)
         self._check_batch(x0)
         x_t, t, _ = self.degrade_batch(x0, context, generator)
-        if ema:
-            x0_hat = self.restore(x_t, t)
-        else:
-            if self.channels_last:
-                x_t = x_t.contiguous(memory_format=torch.channels_last)
-            x0_hat = (self._compiled[0] if self._compiled else self.network)(x_t, t)
-        x0_hat = x0_hat.float()
+        x0_hat = (self.restore(x_t, t) if ema else self._run(self.network, self._compiled, x_t, t)).float()
         return F.l1_loss(x0_hat, x0) if self.loss_name == "l1" else F.mse_loss(x0_hat, x0)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
@@ -301,14 +298,15 @@ class ColdDiffusion(L.LightningModule):
             self.update_ema(copy_only=step < self.ema_start)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = self.global_step
-        if self.nonfinite_loss == "raise" and step % max(1, self.trainer.log_every_n_steps) == 0:
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.check_finite()
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` if a non-finite loss was seen (one host synchronisation)."""
+        if self.nonfinite_loss != "raise":  # "skip" mode drops such batches before they reach the weights
+            return
         at = int(self._nonfinite_at)
-        if at >= 0 and self.nonfinite_loss == "raise":
+        if at >= 0:
             raise NonFiniteLossError(
                 f"training loss became NaN or infinite at global step {at}; lower the learning rate, check the data, "
                 "use precision 32-true, or set model.nonfinite_loss: skip to skip such batches"
@@ -437,8 +435,6 @@ def _compile(network: nn.Module, mode: str | None = None) -> Callable:
     try:
         return torch.compile(network, mode=mode)
     except Exception as err:  # noqa: BLE001 - platform-dependent failures (no compiler, unsupported Python)
-        import warnings
-
-        warnings.warn(f"torch.compile is unavailable ({err}); training the network eagerly", stacklevel=2)
+        warnings.warn(f"torch.compile is unavailable ({err}); running the network eagerly", stacklevel=2)
         return network
 
