@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import colddiff.degradations as cd  # noqa: E402
 from benchmarks.baselines import naive_degrade  # noqa: E402
-from benchmarks.common import fmt_time, machine, pick_device, print_table, timeit, write_json  # noqa: E402
+from benchmarks.common import fmt_time, machine, pick_device, report, timeit  # noqa: E402
 
 
 def operators() -> dict[str, cd.Degradation]:
@@ -70,16 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append([name, fmt_time(entry["ours_t1_s"]), fmt_time(entry["ours_tT_s"]), fmt_time(entry["naive_t1_s"]),
                      fmt_time(entry["naive_tT_s"]), f"{entry['speedup_at_T']:.1f}x"])
         print(f"  measured {name}", file=sys.stderr)
-    info = machine(device)
-    print(f"\nD(x, t), batch {args.batch}, 3x{args.size}x{args.size}, {info['device_name']} ({info['device']}), "
-          f"torch {info['torch']}, fp32\n")
-    table = print_table(["operator", "ours t=1", "ours t=T", "naive t=1", "naive t=T", "speed-up at T"], rows)
-    payload = {"benchmark": "degradations", "machine": info, "batch": args.batch, "size": args.size,
-               "results": results, "table": table}
-    if args.json:
-        write_json(args.json, payload)
-    return payload
-
+    return report("degradations", machine(device), f"D(x, t), batch {args.batch}, 3x{args.size}x{args.size}, fp32",
+                  ["operator", "ours t=1", "ours t=T", "naive t=1", "naive t=T", "speed-up at T"], rows, results,
+                  args.json, batch=args.batch, size=args.size)
 
 if __name__ == "__main__":
     main()

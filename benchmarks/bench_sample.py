@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,24 +25,13 @@ from benchmarks.baselines import naive_sample_improved  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     add_speed_arguments,
     machine,
-    print_table,
+    report,
     resolve_speed,
     speed_description,
-    synchronize,
-    write_json,
+    timeit,
 )
 from benchmarks.setups import SETUPS, Setup  # noqa: E402
 from colddiff.sampling import sample_improved  # noqa: E402
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (compilation, caches)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats
 
 
 def build(setup: Setup, device: torch.device, tiny: bool, fast: bool, compile_mode: str | None, bf16: bool = True):
@@ -76,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_speed_arguments(parser)
     args = parser.parse_args(argv)
     device, compile_mode, bf16 = resolve_speed(args)
+    repeats = {"budget_s": 0.0, "min_repeats": args.repeats}  # a warm-up call, then exactly --repeats timed calls
     rows, results = [], []
     for key in args.setups:
         setup = SETUPS[key]()
@@ -89,17 +78,18 @@ def main(argv: list[str] | None = None) -> dict:
                 for _ in range(T):
                     restore(x_T, levels)
 
-            ours = timed(lambda: sample_improved(restore, degradation, x_T, params={}), device, args.repeats)
-            bare_s = timed(bare, device, args.repeats)
-            skipping = timed(lambda: sample_improved(restore, degradation, x_T, params={}, steps=args.skip_to),
-                             device, args.repeats)
+            ours = timeit(lambda: sample_improved(restore, degradation, x_T, params={}), device, **repeats)
+            bare_s = timeit(bare, device, **repeats)
+            skipping = timeit(lambda: sample_improved(restore, degradation, x_T, params={}, steps=args.skip_to),
+                              device, **repeats)
             entry = {"setup": setup.name, "batch": batch, "num_steps": T, "tiny_network": args.tiny,
                      "ours_images_per_s": batch / ours, "bare_network_images_per_s": batch / bare_s,
                      "sampler_over_bare": ours / bare_s, f"skip_{args.skip_to}_images_per_s": batch / skipping,
                      "hours_for_50k_images": 50_000 / (batch / ours) / 3600}
             if args.naive == "run":
                 naive_restore, naive_degradation = build(setup, device, args.tiny, False, None)
-                naive = timed(lambda: naive_sample_improved(naive_restore, naive_degradation, x_T, {}), device, 1)
+                naive = timeit(lambda: naive_sample_improved(naive_restore, naive_degradation, x_T, {}), device,
+                               budget_s=0.0)
                 entry["naive_images_per_s"] = batch / naive
                 entry["speedup"] = naive / ours
             results.append(entry)
@@ -111,15 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{entry['naive_images_per_s']:.3f}" if "naive_images_per_s" in entry else "-",
                          f"{entry['speedup']:.1f}x" if "speedup" in entry else "-"])
             print(f"  measured {setup.name} batch {batch}", file=sys.stderr)
-    info = machine(device, speed_description(compile_mode, bf16))
-    print(f"\nSampling at full T (improved sampler), {info['device_name']} ({info['device']}), torch {info['torch']}\n")
-    table = print_table(["setting", "batch", "ours img/s", "bare net img/s", "sampler overhead",
-                         f"{args.skip_to} levels img/s", "50k images", "naive img/s", "speed-up"], rows)
-    payload = {"benchmark": "sample", "machine": info, "results": results, "table": table}
-    if args.json:
-        write_json(args.json, payload)
-    return payload
-
+    return report("sample", machine(device, speed_description(compile_mode, bf16)),
+                  "Sampling at full T (improved sampler)",
+                  ["setting", "batch", "ours img/s", "bare net img/s", "sampler overhead",
+                   f"{args.skip_to} levels img/s", "50k images", "naive img/s", "speed-up"], rows, results, args.json)
 
 if __name__ == "__main__":
     main()

@@ -26,11 +26,10 @@ from benchmarks.baselines import naive_q_sample  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     add_speed_arguments,
     machine,
-    print_table,
+    report,
     resolve_speed,
     speed_description,
     synchronize,
-    write_json,
 )
 from benchmarks.setups import SETUPS, Setup  # noqa: E402
 from colddiff.module import ColdDiffusion  # noqa: E402
@@ -172,14 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "-" if entry["ours_peak_GiB"] is None else f"{entry['ours_peak_GiB']:.1f}",
                          "-" if entry["mfu"] is None else f"{100 * entry['mfu']:.1f}%"])
             print(f"  measured {setup.name} batch {batch}", file=sys.stderr)
-    info = machine(device, speed_description(compile_mode, bf16))
-    print(f"\nTraining throughput, {info['device_name']} ({info['device']}), torch {info['torch']}\n")
-    table = print_table(["setting", "batch", "ours img/s", "naive img/s", "speed-up", "peak GiB", "MFU (bf16)"], rows)
-    payload = {"benchmark": "train", "machine": info, "results": results, "table": table}
-    if args.json:
-        write_json(args.json, payload)
-    return payload
-
+    return report("train", machine(device, speed_description(compile_mode, bf16)), "Training throughput",
+                  ["setting", "batch", "ours img/s", "naive img/s", "speed-up", "peak GiB", "MFU (bf16)"], rows,
+                  results, args.json)
 
 if __name__ == "__main__":
     main()

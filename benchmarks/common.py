@@ -34,15 +34,15 @@ def synchronize(device: torch.device) -> None:
 
 
 def timeit(fn: Callable[[], object], device: torch.device, budget_s: float = 2.0, warmup: int = 1,
-           max_repeats: int = 50) -> float:
+           max_repeats: int = 50, min_repeats: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds: ``warmup`` untimed calls, then repeats until ``budget_s`` is spent
-    (at least one timed call, at most ``max_repeats``)."""
+    (at least ``min_repeats`` timed calls, at most ``max_repeats`` unless the minimum needs more)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     times: list[float] = []
     spent = 0.0
-    while not times or (spent < budget_s and len(times) < max_repeats):
+    while len(times) < max(1, min_repeats) or (spent < budget_s and len(times) < max_repeats):
         start = time.perf_counter()
         fn()
         synchronize(device)
@@ -69,6 +69,17 @@ def print_table(headers: list[str], rows: list[list[str]]) -> str:
     text = "\n".join(lines)
     print(text)
     return text
+
+
+def report(benchmark: str, info: dict, title: str, headers: list[str], rows: list[list[str]], results: list[dict],
+           json_path: str | None, **extra: object) -> dict:
+    """Print the title and the table; write the payload (machine, results, table) as JSON when asked; return it."""
+    print(f"\n{title}, {info['device_name']} ({info['device']}), torch {info['torch']}\n")
+    table = print_table(headers, rows)
+    payload = {"benchmark": benchmark, "machine": info, **extra, "results": results, "table": table}
+    if json_path:
+        write_json(json_path, payload)
+    return payload
 
 
 def write_json(path: str | Path, payload: dict) -> None:
