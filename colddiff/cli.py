@@ -40,6 +40,14 @@ class ColdDiffusionCLI(LightningCLI):
             path = self.config[self.config.subcommand].get("ckpt_path")
             raise unsafe_checkpoint_error(path, err) from err
 
+    def before_fit(self) -> None:
+        # Lightning's ModelCheckpoint skips every save under fast_dev_run except save_last at the end of training,
+        # which would leave a one-step last.ckpt in the run's real checkpoint folder (and `--ckpt_path last` would
+        # then resume from it): a smoke run writes no checkpoint at all
+        if self.trainer.fast_dev_run:
+            for callback in self.trainer.checkpoint_callbacks:
+                callback.save_last = False
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config is not None:

@@ -67,10 +67,12 @@ def test_help_lists_components(capsys):
     assert "--model.degradation" in out and "--model.sampler" in out and "--data" in out
 
 
-def test_quickstart_fast_dev_run(tmp_path):
+def test_quickstart_fast_dev_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's checkpoint folder, runs/quickstart/checkpoints, is relative
     cli = cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.fast_dev_run", "2",
                     *quiet(tmp_path)])
     assert cli.trainer.global_step == 2
+    assert not (tmp_path / "runs").exists()  # a smoke run leaves no last.ckpt for `--ckpt_path last` to pick up
 
 
 def _folder_data(root: Path, size: int, paired: bool = False) -> list[str]:
