@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.only and args.only.lower() not in name.lower():
             continue
         op = op.to(device)
-        params = op.make_params(x, **({"z": torch.rand_like(x)} if "z" in op.context_keys else {}))
+        params = op.make_params(x, **({"partner": torch.rand_like(x)} if "partner" in op.context_keys else {}))
         T = op.num_steps
         entry = {"operator": name, "num_steps": T}
         for t in (1, T):

@@ -14,7 +14,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from colddiff._config import resolve_component
-from colddiff.checkpoint import load_checkpoint
 from colddiff.data import (
     EmbeddedMNIST,
     ImageDataModule,
@@ -23,6 +22,7 @@ from colddiff.data import (
     TorchvisionDataModule,
     find_images,
 )
+from colddiff.io import load_checkpoint
 
 __all__ = ["UsageError", "device_from", "autocast", "add_data_arguments", "dataset_from_args", "dataset_id",
            "datamodule_from_checkpoint", "image_shape_of", "partner_folder", "partner_images"]

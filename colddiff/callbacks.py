@@ -3,48 +3,20 @@
 from __future__ import annotations
 
 import math
-import os
-import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
 
-from colddiff.module import ColdDiffusion, unpack_batch
+from colddiff.datasets import unpack_batch
+from colddiff.io import restoration_grid, save_png_atomic
+from colddiff.module import ColdDiffusion
 from colddiff.sampling import SamplerName
 
-__all__ = ["SampleGrid", "RNGState", "save_png_atomic", "restoration_grid"]
-
-
-def save_png_atomic(images: Tensor, path: str | os.PathLike, nrow: int, padding: int = 2, scale: int = 1) -> Path:
-    """Save a grid of ``[0, 1]`` images as a PNG via a temporary file and a rename (never half-written).
-
-    ``scale`` enlarges every image by nearest-neighbour upsampling first (small images are easier to see).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    images = images.detach().float().clamp(0, 1).cpu()
-    if scale != 1:
-        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
-    save_image(grid, tmp, format="png")
-    os.replace(tmp, path)
-    return path
-
-
-def restoration_grid(columns: list[Tensor]) -> Tensor:
-    """Interleave equally sized batches into rows: row ``i`` shows image ``i`` of every column.
-
-    Shape:
-        ``columns``: ``k`` tensors ``(N, C, H, W)``; output: ``(N * k, C, H, W)`` (for ``make_grid(nrow=k)``).
-    """
-    return torch.stack(columns, dim=1).flatten(0, 1)
+__all__ = ["SampleGrid"]
 
 
 class SampleGrid(L.Callback):
@@ -152,50 +124,3 @@ class SampleGrid(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, module: ColdDiffusion) -> None:
         self._maybe_write(trainer, module)
-
-
-class RNGState(L.Callback):
-    """Saves the random number generators' states (torch, CUDA, NumPy, Python) in checkpoints and restores them when
-    training resumes from one, so a resumed run draws the same levels, params and batches as an uninterrupted one.
-
-    The states are those at the moment of saving and are restored just before the first resumed step.  They are
-    stored as tensors and plain Python values (loadable with ``weights_only=True``).  The Lightning
-    module adds this callback itself (:meth:`colddiff.module.ColdDiffusion.configure_callbacks`).
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        kind, keys, position, has_gauss, cached = np.random.get_state()
-        state: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # applied when training starts, after Lightning has set up the run (which may draw random numbers)
-        self._pending = state_dict
-
-    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self._pending is not None:
-            state, self._pending = self._pending, None
-            self._restore(state)
-
-    @staticmethod
-    def _restore(state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        numpy_state = state_dict["numpy"]
-        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
-                             numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-        python_state = state_dict["python"]
-        random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-        if "cuda" in state_dict and torch.cuda.is_available():
-            cuda_states = state_dict["cuda"]
-            if len(cuda_states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda_states)

@@ -1,81 +1,29 @@
-"""Safe checkpoint files: atomic writes and ``weights_only`` loads.
+"""Training checkpoints with Lightning: atomic writes, ``weights_only`` loads, and the random states.
 
 * :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin, on by default in ``train.py``) writes a
   checkpoint to a temporary file in the same folder, flushes it to disk and renames it over the target, so a crash
-  while saving leaves the previous file intact; loads always use ``torch.load(weights_only=True)``.
-* :func:`load_checkpoint` is the one function colddiff uses to read checkpoint files; it refuses pickles that need
-  arbitrary code with a clear error.
+  while saving leaves the previous file intact; loads always go through :func:`colddiff.io.load_checkpoint`
+  (``torch.load(weights_only=True)``).
+* :class:`RNGState` saves and restores the random number generators' states with every checkpoint.
+
+The file functions themselves (atomic writes, safe loads) are torch-only and live in :mod:`colddiff.io`.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import pickle
-from pathlib import Path
+import random
 from typing import Any
 
+import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "UnsafeCheckpointError", "atomic_write_bytes", "load_checkpoint",
-           "unsafe_checkpoint_error"]
+from colddiff.io import UnsafeCheckpointError, atomic_write_bytes, load_checkpoint
 
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint file holds objects that ``weights_only=True`` loading refuses (possibly code to execute)."""
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return path
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
-    return path
-
-
-def unsafe_checkpoint_error(path: str | os.PathLike, err: Exception) -> UnsafeCheckpointError:
-    """The error for a file that ``weights_only`` loading rejected."""
-    detail = " ".join(line.strip() for line in str(err).splitlines() if "Unsupported" in line) or \
-        (str(err).splitlines() or [type(err).__name__])[0]
-    return UnsafeCheckpointError(
-        f"refusing to load {str(path)!r}: safe loading (weights_only=True) rejected it ({detail}). The file is "
-        "corrupt, not a PyTorch checkpoint, or holds objects that could execute arbitrary code; colddiff never "
-        "unpickles such files."
-    )
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with clear errors for a missing, truncated or unsafe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise unsafe_checkpoint_error(path, err) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: the file is truncated or not a checkpoint ({err})") \
-            from err
+__all__ = ["AtomicCheckpointIO", "RNGState"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -96,3 +44,50 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if weights_only is False:
             raise UnsafeCheckpointError("colddiff loads checkpoints with weights_only=True only")
         return load_checkpoint(path, map_location if map_location is not None else "cpu")
+
+
+class RNGState(L.Callback):
+    """Saves the random number generators' states (torch, CUDA, NumPy, Python) in checkpoints and restores them when
+    training resumes from one, so a resumed run draws the same levels, params and batches as an uninterrupted one.
+
+    The states are those at the moment of saving and are restored just before the first resumed step.  They are
+    stored as tensors and plain Python values (loadable with ``weights_only=True``).  The Lightning
+    module adds this callback itself (``ColdDiffusion.configure_callbacks``).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # applied when training starts, after Lightning has set up the run (which may draw random numbers)
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            self._restore(state)
+
+    @staticmethod
+    def _restore(state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        numpy_state = state_dict["numpy"]
+        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
+                             numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        python_state = state_dict["python"]
+        random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            cuda_states = state_dict["cuda"]
+            if len(cuda_states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda_states)

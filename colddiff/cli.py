@@ -16,8 +16,8 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from colddiff.checkpoint import unsafe_checkpoint_error
 from colddiff.data import ImageDataModule
+from colddiff.io import unsafe_checkpoint_error
 from colddiff.module import ColdDiffusion
 
 __all__ = ["ColdDiffusionCLI", "cli_main"]

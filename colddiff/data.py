@@ -9,199 +9,52 @@
 
 All share the paper's training augmentation (resize to ``crop_scale * image_size``, random crop, optional
 horizontal flip); evaluation splits are resized and centre-cropped.  Grayscale or RGB is chosen by ``channels``.
+The datasets, the transform and the batch format themselves are in :mod:`colddiff.datasets` (torch only).
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
-from torchvision.transforms import v2
 
-log = logging.getLogger(__name__)
+from colddiff.datasets import (
+    IMAGE_EXTENSIONS,
+    EmbeddedMNIST,
+    ImageFolder,
+    ImagesOnly,
+    ImageTransform,
+    PairedDataset,
+    find_images,
+    stack_items,
+    unpack_batch,
+)
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "ImageTransform",
-    "ImageFolder",
-    "EmbeddedMNIST",
+    # the data modules
     "ImageDataModule",
-    "ResumableDataLoader",
     "EmbeddedMNISTDataModule",
     "TorchvisionDataModule",
     "ImageFolderDataModule",
     "PairedFolderDataModule",
+    "ResumableDataLoader",
+    # re-exported from colddiff.datasets, where they live
+    "IMAGE_EXTENSIONS",
+    "ImageTransform",
+    "ImageFolder",
+    "EmbeddedMNIST",
     "find_images",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 TorchvisionName = Literal["MNIST", "FashionMNIST", "CIFAR10", "CelebA", "Flowers102"]
 Split = Literal["train", "val", "test"]
-EMBEDDED_MNIST = Path(__file__).resolve().parent / "assets" / "mnist_subset.npz"
-
-
-class ImageTransform:
-    """PIL image or ``uint8``/float tensor -> float tensor ``(channels, size, size)`` in ``[0, 1]``.
-
-    Training: optional centre pre-crop, resize of the shorter side to ``round(crop_scale * size)``, random crop to
-    ``size``, optional horizontal flip.  Evaluation: pre-crop, resize to ``size``, centre crop.
-    """
-
-    def __init__(self, image_size: int, channels: int, train: bool, hflip: bool = True, crop_scale: float = 1.12,
-                 pre_crop: int | None = None) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-        if crop_scale < 1:
-            raise ValueError(f"crop_scale must be >= 1, got {crop_scale}")
-        self.channels = channels
-        steps: list[Any] = [v2.ToImage()]
-        if pre_crop:
-            steps.append(v2.CenterCrop(pre_crop))
-        if train:
-            steps += [v2.Resize(round(image_size * crop_scale), antialias=True), v2.RandomCrop(image_size)]
-            if hflip:
-                steps.append(v2.RandomHorizontalFlip())
-        else:
-            steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-        steps.append(v2.ToDtype(torch.float32, scale=True))
-        self.transform = v2.Compose(steps)
-
-    def __call__(self, image: Image.Image | Tensor) -> Tensor:
-        if isinstance(image, Image.Image):
-            image = image.convert("L" if self.channels == 1 else "RGB")
-        elif isinstance(image, Tensor):
-            if image.ndim == 2:
-                image = image[None]
-            if image.shape[0] != self.channels:
-                image = image.expand(3, -1, -1) if self.channels == 3 else image.float().mean(0, keepdim=True)
-        return self.transform(image).clamp(0.0, 1.0)
-
-
-def find_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files below ``root`` (recursive, sorted); clear errors for a missing or empty root."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"image folder {str(root)!r} is not a directory")
-    suffixes = {e.lower() for e in extensions}
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-    if not files:
-        raise ValueError(f"image folder {str(root)!r} contains no images (looked for {', '.join(sorted(suffixes))})")
-    return files
-
-
-def _check_image_file(path: Path) -> str | None:
-    """``None`` if the file decodes, else the reason."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        return str(err) or type(err).__name__
-    return None
-
-
-class ImageFolder(Dataset):
-    """Images from a list of files; a file that cannot be read raises an error naming it.
-
-    Args:
-        files: image paths.
-        transform: applied to each PIL image.
-        skip_bad: check every file up front and drop those that do not decode, logging how many (off: the first
-            unreadable file raises when it is read).
-    """
-
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Tensor], skip_bad: bool = False):
-        files = list(files)
-        self.skipped: list[tuple[Path, str]] = []
-        if skip_bad:
-            kept = []
-            for path in files:
-                reason = _check_image_file(path)
-                if reason is None:
-                    kept.append(path)
-                else:
-                    self.skipped.append((path, reason))
-            if self.skipped:
-                log.warning("skipped %d unreadable image file(s) of %d, e.g. %s (%s)", len(self.skipped), len(files),
-                            self.skipped[0][0], self.skipped[0][1])
-            files = kept
-            if not files:
-                raise ValueError("no readable images left after skipping unreadable files")
-        self.files = files
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> Tensor:
-        path = self.files[index]
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return self.transform(img)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-            raise ValueError(
-                f"cannot read image file {str(path)!r}: {err or type(err).__name__} "
-                "(remove it, or set skip_bad: true to skip unreadable files)"
-            ) from err
-
-
-class EmbeddedMNIST(Dataset):
-    """The MNIST digits shipped with colddiff (6,000 train / 1,000 test)."""
-
-    def __init__(self, split: Literal["train", "test"], transform: Callable[[Tensor], Tensor]) -> None:
-        with np.load(EMBEDDED_MNIST) as data:
-            self.images = torch.from_numpy(data[f"{split}_images"].copy())
-            self.labels = torch.from_numpy(data[f"{split}_labels"].astype(np.int64))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.transform(self.images[index][None])
-
-
-class _ImagesOnly(Dataset):
-    """Drop the labels of an ``(image, target)`` dataset and apply a transform."""
-
-    def __init__(self, dataset: Dataset, transform: Callable) -> None:
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Tensor:
-        item = self.dataset[index]
-        return self.transform(item[0] if isinstance(item, (tuple, list)) else item)
-
-
-class _Paired(Dataset):
-    """``{"image": target[i], "partner": partner[j]}``: random ``j`` for training, a fixed ``j`` for evaluation."""
-
-    def __init__(self, target: Dataset, partner: Dataset, random_pairs: bool, seed: int = 0) -> None:
-        if len(partner) == 0:
-            raise ValueError("the partner dataset is empty")
-        self.target, self.partner, self.random_pairs = target, partner, random_pairs
-        self.fixed = torch.randint(len(partner), (len(target),), generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self) -> int:
-        return len(self.target)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        j = int(torch.randint(len(self.partner), ())) if self.random_pairs else int(self.fixed[index])
-        return {"image": self.target[index], "partner": self.partner[j]}
 
 
 class _SkipBatches:
@@ -377,8 +230,7 @@ class ImageDataModule(L.LightningDataModule):
         """Up to ``limit`` training images without augmentation (a seeded random subset), to fit a prior."""
         dataset = self.make_dataset("train", self.transform(train=False))
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
-        images = [dataset[i] for i in order]
-        return torch.stack([img["image"] if isinstance(img, dict) else img for img in images])
+        return unpack_batch(stack_items([dataset[i] for i in order]))[0]
 
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
         train = split == "train"
@@ -481,7 +333,7 @@ class TorchvisionDataModule(ImageDataModule):
                     "with internet, or place the files where torchvision expects them under that root."
                 ) from err
             raise
-        return _ImagesOnly(dataset, transform)
+        return ImagesOnly(dataset, transform)
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -557,4 +409,4 @@ class PairedFolderDataModule(ImageFolderDataModule):
             return None
         partner_root = self.partner_root if split == "train" else (self.partner_val_root or self.partner_root)
         partner = ImageFolder(find_images(partner_root, self.extensions), transform, self.skip_bad)
-        return _Paired(target, partner, random_pairs=split == "train", seed=self.split_seed)
+        return PairedDataset(target, partner, random_pairs=split == "train", seed=self.split_seed)

@@ -39,9 +39,8 @@ from colddiff._cli import (
     partner_folder,
     partner_images,
 )
-from colddiff.checkpoint import atomic_write_bytes
 from colddiff.data import ImageFolder, ImageTransform, find_images
-from colddiff.degradations import Mix
+from colddiff.datasets import unpack_batch
 from colddiff.evaluation import (
     AuditConfig,
     FeatureExtractor,
@@ -57,7 +56,7 @@ from colddiff.evaluation import (
 )
 from colddiff.evaluation.features import FeatureWeightsError
 from colddiff.export import load_model
-from colddiff.module import unpack_batch
+from colddiff.io import atomic_write_bytes
 from colddiff.sampling import SAMPLERS
 
 __all__ = ["main", "build_parser", "markdown_table"]
@@ -173,8 +172,9 @@ def run_restoration(args: argparse.Namespace, device: torch.device) -> Path:
     for batch in tqdm(_loader(dataset, args), desc="restoration"):
         x0, context = unpack_batch(batch)
         x0 = quantize(x0.to(device))
-        if isinstance(model.degradation, Mix) and "z" not in context:
-            context = {"z": partner_images(args.partner_root, model.image_size, model.channels, len(x0), generator)}
+        if "partner" in model.degradation.context_keys and "partner" not in context:
+            context = {"partner": partner_images(args.partner_root, model.image_size, model.channels, len(x0),
+                                                 generator)}
         params = {k: v.to(device) for k, v in
                   model.degradation.make_params(x0, generator, **{k: v.to(device) for k, v in context.items()}).items()}
         x_t = model.degradation(x0, level, params)

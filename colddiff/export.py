@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from colddiff._config import build
-from colddiff.checkpoint import atomic_write_bytes, load_checkpoint
+from colddiff.io import atomic_write_bytes, load_checkpoint
 from colddiff.module import ColdDiffusion
 
 __all__ = ["export_model", "load_model", "load_export", "model_config"]

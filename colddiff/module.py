@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from colddiff._config import describe_or_mark
+from colddiff.datasets import unpack_batch
 from colddiff.degradations.base import Degradation
 from colddiff.priors import Prior, PriorSample, SourceImagePrior
 from colddiff.sampling import SAMPLERS, SamplerName, sample
@@ -50,19 +51,6 @@ def paper_adam(params: Iterable[nn.Parameter]) -> Optimizer:
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
-
-
-def unpack_batch(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """``x0`` and degradation context from a batch: a tensor, ``(image, label)``, or ``{"image", "partner"}``."""
-    if isinstance(batch, Tensor):
-        return batch, {}
-    if isinstance(batch, Mapping):
-        if "image" not in batch:
-            raise ValueError(f"a dict batch needs an 'image' entry, got keys {sorted(batch)}")
-        return batch["image"], ({"z": batch["partner"]} if "partner" in batch else {})
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0], {}
-    raise TypeError(f"cannot read images from a batch of type {type(batch).__name__}")
 
 
 class ColdDiffusion(L.LightningModule):
@@ -329,7 +317,7 @@ class ColdDiffusion(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Callbacks every colddiff training run needs: the RNG states go into checkpoints."""
-        from colddiff.callbacks import RNGState
+        from colddiff.checkpoint import RNGState
 
         return [RNGState()]
 

@@ -326,7 +326,7 @@ class ConstantColourPrior(Prior):
 
 
 class SourceImagePrior(Prior):
-    """Mixing ("animorphosis"): the start state is an image of the partner dataset (params ``{"z": image}``).
+    """Mixing ("animorphosis"): the start state is an image of the partner dataset (params ``{"partner": image}``).
 
     The images themselves are not stored in checkpoints; :meth:`attach` gives the prior a dataset (the partner split
     of a :class:`~colddiff.data.PairedFolderDataModule`, or any dataset of ``(C, H, W)`` tensors in ``[0, 1]``).
@@ -362,4 +362,4 @@ class SourceImagePrior(Prior):
         files = getattr(self.dataset, "files", None)
         provenance = [{"source": "partner", "index": int(i), **({"path": str(files[int(i)])} if files else {})}
                       for i in indices]
-        return PriorSample(images.to(self.fitted.device), {"z": images.to(self.fitted.device)}, provenance)
+        return PriorSample(images.to(self.fitted.device), {"partner": images.to(self.fitted.device)}, provenance)

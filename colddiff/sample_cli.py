@@ -39,12 +39,11 @@ from colddiff._cli import (
     partner_folder,
     partner_images,
 )
-from colddiff.callbacks import restoration_grid, save_png_atomic
-from colddiff.checkpoint import atomic_write_bytes, load_checkpoint
 from colddiff.data import ImageTransform, find_images
-from colddiff.degradations import Mix
+from colddiff.datasets import unpack_batch
 from colddiff.export import export_model, load_model
-from colddiff.module import ColdDiffusion, unpack_batch
+from colddiff.io import atomic_write_bytes, load_checkpoint, restoration_grid, save_png_atomic
+from colddiff.module import ColdDiffusion
 from colddiff.priors import SourceImagePrior
 from colddiff.sampling import SAMPLERS, timesteps
 
@@ -173,8 +172,8 @@ def _sample(model: ColdDiffusion, args: argparse.Namespace, device: torch.device
 
 def _degrade(model: ColdDiffusion, args: argparse.Namespace, x0: Tensor, context: dict[str, Tensor],
              generator: torch.Generator) -> dict[str, Tensor]:
-    if isinstance(model.degradation, Mix) and "z" not in context:
-        context = {"z": partner_images(args.partner_root, model.image_size, model.channels, len(x0), generator)}
+    if "partner" in model.degradation.context_keys and "partner" not in context:
+        context = {"partner": partner_images(args.partner_root, model.image_size, model.channels, len(x0), generator)}
     params = model.degradation.make_params(x0, generator, **context)
     return {k: v.to(x0.device) for k, v in params.items()}
 
@@ -212,7 +211,7 @@ def _save_each(images: Tensor, folder: Path, names: Sequence[str] | None = None)
 
 def run_restore(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
     level = _check_level(model, args.level)
-    if isinstance(model.degradation, Mix):
+    if "partner" in model.degradation.context_keys:
         raise UsageError("restore cannot serve a mixing model: undoing a mix needs the partner image that was mixed "
                          "in; use reconstruct (with --partner-root) instead")
     source = Path(args.input)

@@ -39,9 +39,9 @@ OPERATORS = _operators()
 
 def context_for(op: cd.Degradation, x0: torch.Tensor, seed: int = 123) -> dict:
     """Context an operator needs beyond the images (the mixing partner)."""
-    if "z" in op.context_keys:
+    if "partner" in op.context_keys:
         g = torch.Generator().manual_seed(seed)
-        return {"z": torch.rand(x0.shape, generator=g).to(x0)}
+        return {"partner": torch.rand(x0.shape, generator=g).to(x0)}
     return {}
 
 

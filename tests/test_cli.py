@@ -10,8 +10,8 @@ import torch
 import yaml
 from PIL import Image
 
-from colddiff.checkpoint import load_checkpoint
 from colddiff.cli import cli_main
+from colddiff.io import load_checkpoint
 from tests.helpers import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_resume_continues_the_global_step_and_writes_run_files(tmp_path):
 
 
 def test_grid_scale_enlarges_images(tmp_path):
-    from colddiff.callbacks import save_png_atomic
+    from colddiff.io import save_png_atomic
 
     path = save_png_atomic(torch.rand(6, 1, 10, 10), tmp_path / "g.png", nrow=3, scale=3)
     assert Image.open(path).size == (3 * (30 + 2) + 2, 2 * (30 + 2) + 2)

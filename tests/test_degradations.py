@@ -85,7 +85,7 @@ def test_seeded_generator_reproduces(op):
     a = op(x0, T, generator=torch.Generator().manual_seed(7), **ctx)
     b = op(x0, T, generator=torch.Generator().manual_seed(7), **ctx)
     assert torch.equal(a, b)
-    if op.param_keys and "z" not in op.context_keys:  # random operators: another seed gives another draw
+    if op.param_keys and "partner" not in op.context_keys:  # random operators: another seed gives another draw
         c = op(x0, T, generator=torch.Generator().manual_seed(8), **ctx)
         assert not torch.equal(a, c)
 
@@ -157,7 +157,7 @@ def _functional(op, x0, t, params):
     if isinstance(op, cd.Desaturate):
         return F.desaturate(x0, op.remaining[t], op.grayscale)
     if isinstance(op, cd.Mix):
-        return F.mix(x0, params["z"], op.alpha_bar[t])
+        return F.mix(x0, params["partner"], op.alpha_bar[t])
     if isinstance(op, cd.GaussianNoise):
         return F.gaussian_noise(x0, params["noise"], op.alpha_bar[t])
     if isinstance(op, cd.Compose):
@@ -283,9 +283,9 @@ def test_rejects_missing_mixing_partner():
     with pytest.raises(ValueError, match="Mix needs a partner image"):
         cd.Mix(5)(x0, 2)
     with pytest.raises(ValueError, match="shape of x0"):
-        cd.Mix(5)(x0, 2, params={"z": torch.rand(4, 3, 16, 16)})
+        cd.Mix(5)(x0, 2, params={"partner": torch.rand(4, 3, 16, 16)})
     with pytest.raises(TypeError, match="unexpected context"):
-        cd.GaussianBlur(5).make_params(x0, z=x0)
+        cd.GaussianBlur(5).make_params(x0, partner=x0)
 
 
 def test_rejects_sizes_the_operator_cannot_serve():

@@ -264,8 +264,8 @@ def test_mix_is_the_paper_formula_in_minus_one_one_units():
     a = cosine_alpha_bar(T)
     for t in (1, 50, 199, 200):
         paper = math.sqrt(a[t]) * (2 * x - 1) + math.sqrt(1 - a[t]) * (2 * z - 1)  # in [-1, 1]
-        torch.testing.assert_close(op(x, t, {"z": z}), (paper + 1) / 2, atol=1e-6, rtol=0)
-    torch.testing.assert_close(op(x, T, {"z": z}), z)
+        torch.testing.assert_close(op(x, t, {"partner": z}), (paper + 1) / 2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(op(x, T, {"partner": z}), z)
 
 
 def test_noise_final_state_is_standard_normal_in_paper_units():
@@ -321,7 +321,7 @@ def test_compose_applies_parts_in_order_with_shared_t():
 def test_compose_routes_the_mixing_partner():
     comp = cd.Compose([cd.Desaturate(5), cd.Mix(5)])
     x, z = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
-    torch.testing.assert_close(comp(x, 5, z=z), z)
+    torch.testing.assert_close(comp(x, 5, partner=z), z)
 
 
 @pytest.mark.parametrize("border", ["circular", "reflect"])

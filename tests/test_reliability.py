@@ -16,8 +16,9 @@ import torch
 import yaml
 from PIL import Image
 
-from colddiff.checkpoint import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint
+from colddiff.checkpoint import AtomicCheckpointIO
 from colddiff.cli import cli_main
+from colddiff.io import UnsafeCheckpointError, load_checkpoint
 from tests.probes import tensor_digest
 
 ROOT = Path(__file__).resolve().parents[1]

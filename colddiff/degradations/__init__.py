@@ -18,7 +18,8 @@ from colddiff.degradations.blur import GaussianBlur
 from colddiff.degradations.compose import Compose
 from colddiff.degradations.desaturate import Desaturate
 from colddiff.degradations.mask import GaussianMask
-from colddiff.degradations.mix import GaussianNoise, Mix
+from colddiff.degradations.mix import Mix
+from colddiff.degradations.noise import GaussianNoise
 from colddiff.degradations.pixelate import Pixelate
 from colddiff.degradations.snow import Snow
 

@@ -15,8 +15,8 @@ __all__ = ["Compose"]
 class Compose(Degradation):
     """``D(x, t) = D_n(... D_2(D_1(x, t), t) ..., t)``, itself a degradation.
 
-    Params of the parts are kept in one flat dict under ``"<index>.<key>"``; context (such as a mixing partner
-    ``z``) is routed to the parts that accept it.  During sampling only the last part can re-estimate its params
+    Params of the parts are kept in one flat dict under ``"<index>.<key>"``; context (such as a mixing
+    ``partner``) is routed to the parts that accept it.  During sampling only the last part can re-estimate its params
     (it is the one whose output is the current state).
 
     Args:

@@ -7,7 +7,8 @@ functions; the test suite checks they agree.
 from colddiff.degradations.blur import gaussian_blur, gaussian_kernel1d
 from colddiff.degradations.desaturate import desaturate, grayscale
 from colddiff.degradations.mask import gaussian_mask
-from colddiff.degradations.mix import gaussian_noise, mix
+from colddiff.degradations.mix import mix
+from colddiff.degradations.noise import gaussian_noise
 from colddiff.degradations.pixelate import pixelate
 from colddiff.degradations.snow import snow, snow_field
 

@@ -1,4 +1,4 @@
-"""Mixing with another image ("animorphosis") and Gaussian noise (the "hot" baseline).
+"""Mixing with another image ("animorphosis"), and the blend that Gaussian noise shares with it.
 
 Both blend the image with a partner ``z`` under a cumulative signal schedule ``alpha_bar`` (cosine by default)::
 
@@ -6,8 +6,9 @@ Both blend the image with a partner ``z`` under a cumulative signal schedule ``a
 
 This is the paper's ``sqrt(a) x + sqrt(1 - a) z`` written in colddiff's ``[0, 1]`` range: mapping ``[-1, 1]`` to
 ``[0, 1]`` is affine, so the formula gains the mid-grey centre.  For :class:`Mix` the partner is an image from
-another dataset (``x_T = z``); for :class:`GaussianNoise` it is ``z = 0.5 + 0.5 * noise`` with standard normal
-``noise``, i.e. exactly ``N(0, I)`` in the paper's units.
+another dataset (``x_T = z``), passed as ``partner``; for :class:`~colddiff.degradations.GaussianNoise`
+(:mod:`colddiff.degradations.noise`) it is ``z = 0.5 + 0.5 * noise`` with standard normal ``noise``, i.e. exactly
+``N(0, I)`` in the paper's units.
 
 With ``reestimate=True`` the samplers re-estimate the partner from the current state and the predicted clean image
 at every step (:meth:`update_params`).  For noise this makes Algorithm 2 deterministic DDIM (``eta = 0``); with it
@@ -19,11 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from colddiff._checks import randn
 from colddiff.degradations.base import Degradation, Params, check_image
 from colddiff.schedules import cosine_alpha_bar
 
-__all__ = ["Mix", "GaussianNoise", "mix", "gaussian_noise"]
+__all__ = ["Mix", "mix"]
 
 
 def _blend(x: Tensor, z: Tensor, alpha_bar: Tensor) -> Tensor:
@@ -42,30 +42,17 @@ def _per_sample(value: float | Tensor, x: Tensor, who: str, name: str) -> Tensor
     return v
 
 
-def mix(x: Tensor, z: Tensor, alpha_bar: float | Tensor) -> Tensor:
-    """Functional twin of :class:`Mix`: keep ``alpha_bar`` of the image's signal and blend in ``z``.
+def mix(x: Tensor, partner: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """Functional twin of :class:`Mix`: keep ``alpha_bar`` of the image's signal and blend in ``partner``.
 
     Shape:
-        ``x``, ``z``: ``(B, C, H, W)``; ``alpha_bar``: float or ``(B,)``; output: ``(B, C, H, W)``.
+        ``x``, ``partner``: ``(B, C, H, W)``; ``alpha_bar``: float or ``(B,)``; output: ``(B, C, H, W)``.
     """
     x = check_image(x, "mix", "x")
-    z = check_image(z, "mix", "z")
-    if z.shape != x.shape:
-        raise ValueError(f"mix: z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
-    return _blend(x, z.to(x.dtype), _per_sample(alpha_bar, x, "mix", "alpha_bar"))
-
-
-def gaussian_noise(x: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tensor:
-    """Functional twin of :class:`GaussianNoise`, ``noise`` standard normal.
-
-    Shape:
-        ``x``, ``noise``: ``(B, C, H, W)``; ``alpha_bar``: float or ``(B,)``; output: ``(B, C, H, W)``.
-    """
-    x = check_image(x, "gaussian_noise", "x")
-    if not isinstance(noise, Tensor) or noise.shape != x.shape:
-        got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
-        raise ValueError(f"gaussian_noise: noise must have the shape of x {tuple(x.shape)}, got {got}")
-    return _blend(x, 0.5 + 0.5 * noise.to(x.dtype), _per_sample(alpha_bar, x, "gaussian_noise", "alpha_bar"))
+    partner = check_image(partner, "mix", "partner")
+    if partner.shape != x.shape:
+        raise ValueError(f"mix: partner must have the shape of x {tuple(x.shape)}, got {tuple(partner.shape)}")
+    return _blend(x, partner.to(x.dtype), _per_sample(alpha_bar, x, "mix", "alpha_bar"))
 
 
 class _Blend(Degradation):
@@ -119,88 +106,44 @@ class _Blend(Degradation):
 
 
 class Mix(_Blend):
-    """Blend with a partner image ``z`` from another dataset ("animorphosis"); ``D(x, T) = z``.
+    """Blend with a partner image from another dataset ("animorphosis"); ``D(x, T) = partner``.
 
-    The partner is passed by the caller: ``D(x0, t, params={"z": z})`` or ``D.make_params(x0, z=z)``.
+    The partner is passed by the caller: ``D(x0, t, params={"partner": z})`` or ``D.make_params(x0, partner=z)``
+    (the same name as in the data modules' batches, ``{"image": x0, "partner": z}``).
 
     Args:
         num_steps: ``T`` (the paper: 200).
         alpha_bar: optional per-level signal fractions (``T + 1`` values from 1); default cosine.
         cosine_s: offset of the cosine schedule.
-        reestimate: re-estimate ``z`` from ``x0_hat`` during sampling.
+        reestimate: re-estimate the partner from ``x0_hat`` during sampling.
         channels: accepted channel count, or ``None`` for any.
 
     Shape:
-        ``x0``, ``z``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
+        ``x0``, ``partner``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
     """
 
-    param_keys = ("z",)
-    context_keys = ("z",)
+    param_keys = ("partner",)
+    context_keys = ("partner",)
 
     def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
         self._check_context(context)
-        z = context.get("z")
-        if z is None:
+        partner = context.get("partner")
+        if partner is None:
             raise ValueError(
-                "Mix needs a partner image: pass params={'z': z} to the call, or make_params(x0, z=z), "
+                "Mix needs a partner image: pass params={'partner': z} to the call, or make_params(x0, partner=z), "
                 f"with z of shape {tuple(x0.shape)} in [0, 1] (e.g. a batch of the source dataset)"
             )
-        return self.check_params({"z": z}, x0)
+        return self.check_params({"partner": partner}, x0)
 
     def check_params(self, params, x: Tensor) -> Params:
         params = super().check_params(params, x)
-        z = check_image(params["z"], "Mix", "params['z']")
-        if z.shape != x.shape:
-            raise ValueError(f"Mix: the partner z must have the shape of x0 {tuple(x.shape)}, got {tuple(z.shape)}")
+        partner = check_image(params["partner"], "Mix", "params['partner']")
+        if partner.shape != x.shape:
+            raise ValueError(f"Mix: the partner must have the shape of x0 {tuple(x.shape)}, got {tuple(partner.shape)}")
         return params
 
     def _partner(self, params: Params) -> Tensor:
-        return params["z"]
+        return params["partner"]
 
     def _params_from_partner(self, z: Tensor) -> Params:
-        return {"z": z}
-
-
-class GaussianNoise(_Blend):
-    """Gaussian noise, the "hot" diffusion baseline; ``D(x, T) = 0.5 + 0.5 * noise``.
-
-    Args:
-        num_steps: ``T`` (the paper: 200).
-        alpha_bar: optional per-level signal fractions (``T + 1`` values from 1); default cosine.
-        cosine_s: offset of the cosine schedule.
-        reestimate: re-estimate the noise from ``x0_hat`` during sampling (default on: deterministic DDIM with
-            Algorithm 2; off: the paper's fixed-noise variant).
-        channels: accepted channel count, or ``None`` for any.
-
-    Shape:
-        ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
-    """
-
-    param_keys = ("noise",)
-
-    def __init__(
-        self,
-        num_steps: int,
-        alpha_bar: list[float] | None = None,
-        cosine_s: float = 0.008,
-        reestimate: bool = True,
-        channels: int | None = None,
-    ) -> None:
-        super().__init__(num_steps, alpha_bar, cosine_s, reestimate, channels)
-
-    def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
-        self._check_context(context)
-        return {"noise": randn(tuple(x0.shape), generator, x0)}
-
-    def check_params(self, params, x: Tensor) -> Params:
-        params = super().check_params(params, x)
-        if params["noise"].shape != x.shape:
-            raise ValueError(f"GaussianNoise: params['noise'] must have shape {tuple(x.shape)}, "
-                             f"got {tuple(params['noise'].shape)}")
-        return params
-
-    def _partner(self, params: Params) -> Tensor:
-        return 0.5 + 0.5 * params["noise"]
-
-    def _params_from_partner(self, z: Tensor) -> Params:
-        return {"noise": 2.0 * z - 1.0}
+        return {"partner": z}

@@ -156,7 +156,7 @@ class CifarResNetFeatures(FeatureExtractor):
 
     def __init__(self, weights_path: str | os.PathLike, depth: int = 56) -> None:
         super().__init__()
-        from colddiff.checkpoint import load_checkpoint
+        from colddiff.io import load_checkpoint
 
         if not Path(weights_path).is_file():
             raise FeatureWeightsError(f"classifier weights file {str(weights_path)!r} does not exist")

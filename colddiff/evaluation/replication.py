@@ -200,8 +200,7 @@ def write_audit(result: AuditResult, out: Path, generated: Tensor, train_dataset
                 provenance: Sequence[dict] | None = None, top: int = 16, extractor_name: str | None = None,
                 scale: int = 1) -> dict[str, Path]:
     """Write ``replication.json`` (every pair), ``replication_hist.png`` and ``replication_pairs.png``."""
-    from colddiff.callbacks import restoration_grid, save_png_atomic
-    from colddiff.checkpoint import atomic_write_bytes
+    from colddiff.io import atomic_write_bytes, restoration_grid, save_png_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     records = []
