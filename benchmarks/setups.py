@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 import colddiff.degradations as cd
-from colddiff.nets import UNet
+from colddiff.nets import ConvNeXtUNet, DDPMUNet
 
 
 @dataclass
@@ -17,7 +19,7 @@ class Setup:
     def degradation(self) -> cd.GaussianBlur:
         raise NotImplementedError
 
-    def network(self, tiny: bool = False) -> UNet:
+    def network(self, tiny: bool = False) -> nn.Module:
         raise NotImplementedError
 
 
@@ -30,12 +32,11 @@ class Cifar10Deblur(Setup):
     def degradation(self) -> cd.GaussianBlur:
         return cd.GaussianBlur(50, kernel_size=11, schedule="linear", sigma=0.35, sigma_step=0.01, border="reflect")
 
-    def network(self, tiny: bool = False) -> UNet:
+    def network(self, tiny: bool = False) -> nn.Module:
         if tiny:
-            return UNet(block="resnet", dim=32, dim_mults=(1, 2, 2, 2), num_blocks=1, attention_resolutions=(16,),
+            return DDPMUNet(dim=32, dim_mults=(1, 2, 2, 2), num_blocks=1, attention_resolutions=(16,), image_size=32)
+        return DDPMUNet(dim=128, dim_mults=(1, 2, 2, 2), num_blocks=2, attention_resolutions=(16,), dropout=0.1,
                         image_size=32)
-        return UNet(block="resnet", dim=128, dim_mults=(1, 2, 2, 2), num_blocks=2, attention_resolutions=(16,),
-                    dropout=0.1, image_size=32)
 
 
 class CelebABlurGeneration(Setup):
@@ -48,10 +49,10 @@ class CelebABlurGeneration(Setup):
         return cd.GaussianBlur(300, kernel_size=27, schedule="exponential", sigma=1.0, rate=0.01, border="circular",
                                final_mean=True, quantize=True)
 
-    def network(self, tiny: bool = False) -> UNet:
+    def network(self, tiny: bool = False) -> nn.Module:
         if tiny:
-            return UNet(dim=8, dim_mults=(1, 2, 4, 8), num_blocks=1, attention="none", image_size=128)
-        return UNet(dim=64, dim_mults=(1, 2, 4, 8), num_blocks=2, image_size=128)
+            return ConvNeXtUNet(dim=8, dim_mults=(1, 2, 4, 8), num_blocks=1, attention="none", image_size=128)
+        return ConvNeXtUNet(dim=64, dim_mults=(1, 2, 4, 8), num_blocks=2, image_size=128)
 
 
 SETUPS = {"cifar10": Cifar10Deblur, "celeba128": CelebABlurGeneration}

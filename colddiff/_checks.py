@@ -9,13 +9,24 @@ import torch
 from torch import Tensor
 
 
+def check_positive_int(value: Any, name: str, who: str | None = None) -> int:
+    """Validate a positive ``int`` (``bool`` is not an int here) and return it.
+
+    Raises:
+        TypeError: ``value`` is not an integer.
+        ValueError: ``value <= 0``.
+    """
+    prefix = f"{who}: " if who else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{prefix}{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{prefix}{name} must be a positive int, got {value}")
+    return int(value)
+
+
 def check_num_steps(num_steps: Any) -> int:
-    """Validate ``num_steps`` and return it as an ``int``."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
-        raise TypeError(f"num_steps must be a positive int, got {type(num_steps).__name__} {num_steps!r}")
-    if num_steps <= 0:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps}")
-    return int(num_steps)
+    """Validate ``num_steps`` (``T``) and return it as an ``int``."""
+    return check_positive_int(num_steps, "num_steps")
 
 
 def check_per_step(values: Any, num_steps: int, name: str, *, allow_zero: bool = True) -> Tensor:
@@ -33,17 +44,6 @@ def check_per_step(values: Any, num_steps: int, name: str, *, allow_zero: bool =
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound} at every step, got a minimum of {low}")
     return tensor
-
-
-def as_pair(value: Any, name: str) -> tuple[int, int]:
-    """``int`` or ``(h, w)`` to ``(h, w)``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
-    ):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
 from pathlib import Path
@@ -13,19 +12,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from colddiff._checks import check_positive_int
 from colddiff._config import resolve_component
-from colddiff.data import (
-    EmbeddedMNIST,
-    ImageDataModule,
-    ImageFolder,
-    ImageTransform,
-    TorchvisionDataModule,
-    find_images,
-)
+from colddiff.data import ImageDataModule, TorchvisionDataModule
+from colddiff.datasets import DatasetSource, EmbeddedMNIST, ImageFolder, ImageTransform, find_images
 from colddiff.io import load_checkpoint
 
-__all__ = ["UsageError", "device_from", "autocast", "add_data_arguments", "dataset_from_args", "dataset_id",
-           "datamodule_from_checkpoint", "image_shape_of", "partner_folder", "partner_images"]
+__all__ = ["UsageError", "device_from", "positive_int", "add_data_arguments", "dataset_from_args", "dataset_id",
+           "datamodule_from_checkpoint", "image_shape_of", "partners_from_args", "prepare_prior"]
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CelebA", "Flowers102", "embedded-mnist")
 
@@ -47,11 +41,12 @@ def device_from(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16``/``16``; nothing for ``32``."""
-    if precision == "32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (checked while parsing, before any work starts)."""
+    try:
+        return check_positive_int(int(text), "value")
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, split: str = "test", prefix: str = "") -> None:
@@ -136,18 +131,33 @@ def datamodule_from_checkpoint(path: str | None, image_size: int, channels: int)
     return cls(**kwargs)
 
 
-def partner_folder(root: str, image_size: int, channels: int) -> ImageFolder:
-    """The partner images of a mixing model (``--partner-root``), at the model's size and channels."""
-    if not root:
-        raise UsageError("this mixing model needs partner images: pass --partner-root PATH")
-    return ImageFolder(find_images(root), ImageTransform(image_size, channels, train=False))
+def partners_from_args(args: argparse.Namespace, model: Any) -> ImageFolder | None:
+    """The partner images of ``--partner-root`` at the model's size and channels (``None`` when not given)."""
+    root = getattr(args, "partner_root", None)
+    return ImageFolder(find_images(root), ImageTransform(model.image_size, model.channels, train=False)) if root \
+        else None
 
 
-def partner_images(root: str, image_size: int, channels: int, n: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` random partner images (seeded by ``generator``)."""
-    partners = partner_folder(root, image_size, channels)
-    index = torch.randint(len(partners), (n,), generator=generator)
-    return torch.stack([partners[int(i)] for i in index])
+def prepare_prior(model: Any, args: argparse.Namespace, fit_images: Dataset | None = None, limit: int = 10_000) -> None:
+    """Make the model's prior ready from the command line's data through the prior's one hook,
+    :meth:`~colddiff.priors.Prior.fit_from`: ``fit_images`` (``--fit-prior``) and/or ``--partner-root``.
+
+    A prior that is already fitted is left as it is unless ``fit_images`` asks for a refit.
+    """
+    prior = model.prior
+    if prior is None:
+        raise UsageError(
+            f"this model cannot generate: it has no start-state prior (degradation {type(model.degradation).__name__})"
+            ". Generation needs e.g. GaussianBlur(final_mean=True) with ChannelMeanPrior, or GaussianNoise with "
+            "GaussianNoisePrior; use reconstruct or restore instead")
+    if prior.is_fitted and fit_images is None:
+        return
+    try:
+        prior.fit_from(DatasetSource(fit_images, partners_from_args(args, model)), limit=limit)
+    except ValueError as err:
+        raise UsageError(f"the model's {type(prior).__name__} is not ready ({err}); fit it with 'sample.py generate "
+                         "--fit-prior --folder/--dataset ... --output NEW_FILE', or pass --partner-root for mixing "
+                         "models") from err
 
 
 def image_shape_of(path: Path) -> tuple[int, int]:

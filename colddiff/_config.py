@@ -9,11 +9,14 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["RecordsInit", "describe", "describe_or_mark", "build", "instantiate", "class_path"]
+__all__ = ["RecordsInit", "describe", "describe_or_mark", "build", "build_factory", "model_kwargs", "class_path",
+           "check_class_path", "resolve_component"]
 
 
 class RecordsInit:
@@ -87,45 +90,96 @@ def describe_or_mark(obj: Any) -> dict[str, Any]:
 
 
 _COMPONENTS = "colddiff components (degradations, networks, priors and their subclasses)"
+_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+#: torch classes a model config may name, by argument: the optimiser and scheduler factories
+_TORCH_FACTORIES = {"optimizer": "torch.optim.", "lr_scheduler": "torch.optim.lr_scheduler."}
 
 
-def resolve_component(path: Any, name: str = "config", base: type = RecordsInit, kind: str = _COMPONENTS) -> type:
-    """The class at ``path``, which must subclass ``base`` (by default a colddiff component, :class:`RecordsInit`).
+def check_class_path(path: Any, name: str, prefixes: Sequence[str] = ("colddiff.",), allow: Sequence[str] = (),
+                     kind: str = f"{_COMPONENTS} and the torch optimisers and schedulers") -> str:
+    """Refuse a class path from a file's config unless it is under one of ``prefixes`` or listed in ``allow``.
+
+    This is checked on the string, before anything is imported: importing a module can run its code.
+    """
+    if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path):
+        raise ValueError(f"{name}: class_path must be a dotted import path, got {path!r}")
+    if path in allow or any(path.startswith(prefix) for prefix in prefixes):
+        return path
+    raise ValueError(
+        f"{name}: refusing to import {path!r} from a file's config: only {kind} can be built from a checkpoint or "
+        "export (pass allow=[...] to trust another class explicitly)"
+    )
+
+
+def resolve_component(path: Any, name: str = "config", base: type = RecordsInit, kind: str = _COMPONENTS,
+                      prefixes: Sequence[str] = ("colddiff.",), allow: Sequence[str] = ()) -> type:
+    """The class at ``path``, which must be under ``prefixes`` (checked before import) and subclass ``base``.
 
     Configs inside checkpoints and exports are data from files: only classes that opted in as components may be
-    built from them, never arbitrary callables.  ``kind`` names the allowed classes in the error.
+    built from them (by default colddiff components, :class:`RecordsInit`), never arbitrary callables; a class path
+    the caller lists in ``allow`` is trusted explicitly (it must still be a class).  ``kind`` names the allowed
+    classes in the error.
     """
-    if not isinstance(path, str) or "." not in path:
-        raise ValueError(f"{name}: class_path must be a dotted import path, got {path!r}")
+    check_class_path(path, name, prefixes, allow, kind)
     module_name, _, attr = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"{name}: cannot import {path!r} ({err})") from err
-    if not (isinstance(cls, type) and issubclass(cls, base)):
+    trusted = path in allow and isinstance(cls, type)
+    if not trusted and not (isinstance(cls, type) and issubclass(cls, base)):
         raise ValueError(f"{name}: refusing to build {path!r} from a config: only {kind} can be built from a "
                          "checkpoint or export")
     return cls
 
 
-def build(value: Any, name: str = "config") -> Any:
+def build(value: Any, name: str = "config", allow: Sequence[str] = ()) -> Any:
     """Instantiate ``{"class_path", "init_args"}`` dicts recursively; other values (and objects) pass through."""
-    if isinstance(value, dict) and "class_path" in value:
+    if isinstance(value, Mapping) and "class_path" in value:
         if value.get(NOT_RECORDED):
             raise ValueError(
                 f"{name} ({value['class_path']}) was not recorded in this checkpoint because it was built in Python "
                 f"from a class that does not record its init arguments; pass it explicitly, e.g. "
                 f"ColdDiffusion.load_from_checkpoint(path, {name}=...)"
             )
-        cls = resolve_component(value["class_path"], name)
-        init_args = {k: build(v, f"{name}.{k}") for k, v in (value.get("init_args") or {}).items()}
+        cls = resolve_component(value["class_path"], name, allow=allow)
+        init_args = {k: build(v, f"{name}.{k}", allow) for k, v in (value.get("init_args") or {}).items()}
         return cls(**init_args)
     if isinstance(value, list):
-        return [build(v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return [build(v, f"{name}[{i}]", allow) for i, v in enumerate(value)]
     return value
 
 
-def instantiate(cls: type, config: dict[str, Any]) -> Any:
-    """Lightning ``_instantiator`` for checkpoints of models built in Python (see ``ColdDiffusion``)."""
-    kwargs = {k: build(v, k) for k, v in config.items() if not k.startswith("_")}
-    return cls(**kwargs)
+def build_factory(value: Any, name: str) -> Any:
+    """An optimiser or scheduler factory (``params -> Optimizer``, ``optimizer -> scheduler``) from its config.
+
+    Only classes of ``torch.optim`` (for ``optimizer``) or ``torch.optim.lr_scheduler`` (for ``lr_scheduler``) are
+    allowed.  ``None`` stays ``None``.
+    """
+    if value is None:
+        return None
+    if not (isinstance(value, Mapping) and "class_path" in value):
+        raise ValueError(f"{name}: expected a config with class_path, got {type(value).__name__}")
+    base = torch.optim.Optimizer if name == "optimizer" else torch.optim.lr_scheduler.LRScheduler
+    cls = resolve_component(value["class_path"], name, base=base, kind=f"classes of {_TORCH_FACTORIES[name]}*",
+                            prefixes=(_TORCH_FACTORIES[name],))
+    init_args = dict(value.get("init_args") or {})
+    return functools.partial(cls, **init_args)
+
+
+def model_kwargs(config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+                 allow: Sequence[str] = ()) -> dict[str, Any]:
+    """Constructor arguments of a model from its recorded config (checkpoint hyper-parameters or an export).
+
+    Components are built with :func:`build` (colddiff components, or class paths in ``allow``), the optimiser and
+    scheduler with :func:`build_factory`; entries starting with ``_`` (Lightning's bookkeeping) are ignored;
+    ``overrides`` replace recorded entries (and are never built from strings).
+    """
+    overrides = dict(overrides or {})
+    kwargs: dict[str, Any] = {}
+    for key, value in config.items():
+        if key.startswith("_") or key in overrides:
+            continue
+        kwargs[key] = build_factory(value, key) if key in _TORCH_FACTORIES else build(value, key, allow)
+    kwargs.update(overrides)
+    return kwargs

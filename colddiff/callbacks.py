@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from colddiff.datasets import unpack_batch
+from colddiff._checks import check_positive_int
+from colddiff.datasets import stack_items, unpack_batch
 from colddiff.io import restoration_grid, save_png_atomic
-from colddiff.module import ColdDiffusion
 from colddiff.sampling import SamplerName
+
+if TYPE_CHECKING:
+    from colddiff.module import ColdDiffusion
 
 __all__ = ["SampleGrid"]
 
@@ -41,16 +44,12 @@ class SampleGrid(L.Callback):
                  sampler: SamplerName | None = None, steps: int | None = None, seed: int = 0,
                  dirname: str = "grids", scale: int = 1) -> None:
         super().__init__()
-        if num_images < 1:
-            raise ValueError(f"SampleGrid: num_images must be >= 1, got {num_images}")
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise ValueError(f"SampleGrid: scale must be a positive int, got {scale!r}")
-        self.scale = scale
+        check_positive_int(num_images, "num_images", "SampleGrid")
+        self.scale = check_positive_int(scale, "scale", "SampleGrid")
         self.every_n_steps, self.every_n_epochs = every_n_steps or 0, every_n_epochs or 0
         self.num_images, self.sampler, self.steps, self.seed, self.dirname = num_images, sampler, steps, seed, dirname
         self._images: Any = None
         self._last_step = -1
-        self.last_path: Path | None = None
 
     def _folder(self, trainer: L.Trainer) -> Path:
         return Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
@@ -67,14 +66,9 @@ class SampleGrid(L.Callback):
                     except ValueError:
                         continue
             if dataset is None:
-                batch = next(iter(trainer.train_dataloader))
-                self._images = batch
+                self._images = next(iter(trainer.train_dataloader))
             else:
-                items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
-                if isinstance(items[0], dict):
-                    self._images = {k: torch.stack([it[k] for it in items]) for k in items[0]}
-                else:
-                    self._images = torch.stack(items)
+                self._images = stack_items([dataset[i] for i in range(min(self.num_images, len(dataset)))])
         return self._images
 
     @torch.no_grad()
@@ -87,12 +81,8 @@ class SampleGrid(L.Callback):
         x0, context = unpack_batch(self._reference_batch(trainer))
         x0 = x0[: self.num_images].to(module.device)
         context = {k: v[: self.num_images].to(module.device) for k, v in context.items()}
-        params = module.degradation.make_params(x0, generator, **context)
-        params = {k: v.to(module.device) for k, v in params.items()}
-        x_T = module.degradation.final_state(x0, params)
-        direct = module.sample(x_T, params=params, sampler="direct")
-        sampled = module.sample(x_T, params=params, sampler=self.sampler, steps=self.steps)
-        return restoration_grid([x_T, direct, sampled, x0])
+        result = module.reconstruct(x0, sampler=self.sampler, steps=self.steps, generator=generator, **context)
+        return restoration_grid([result.degraded, result.direct, result.sampled, result.x0])
 
     def write(self, trainer: L.Trainer, module: ColdDiffusion) -> Path | None:
         """Render and save the grid of the current step (on rank 0; every rank must call this)."""
@@ -103,9 +93,7 @@ class SampleGrid(L.Callback):
     def _write(self, trainer: L.Trainer, module: ColdDiffusion, folder: Path) -> Path:
         images = self.render(trainer, module)
         ncol = 4 if module.prior is None else max(1, math.ceil(math.sqrt(len(images))))
-        path = folder / f"step_{trainer.global_step:07d}.png"
-        self.last_path = save_png_atomic(images, path, ncol, scale=self.scale)
-        return self.last_path
+        return save_png_atomic(images, folder / f"step_{trainer.global_step:07d}.png", ncol, scale=self.scale)
 
     def _maybe_write(self, trainer: L.Trainer, module: ColdDiffusion) -> None:
         if trainer.global_step != self._last_step:

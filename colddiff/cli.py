@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -50,13 +51,36 @@ class ColdDiffusionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
-        if config is not None:
-            align_logger_versions(config.get("trainer"))
+        if config is not None and config.get("trainer") is not None:
+            place_run_outputs(config["trainer"])
+            align_logger_versions(config["trainer"])
 
 
 def _next_version(folder: Path) -> int:
     versions = [int(m.group(1)) for p in folder.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
     return max(versions, default=-1) + 1
+
+
+def place_run_outputs(trainer_config: Any) -> None:
+    """One setting decides where a run writes: ``trainer.default_root_dir`` (default: the working directory).
+
+    Loggers left unset (``logger: true``, Lightning's default) become a TensorBoard and a CSV logger writing to
+    ``<root>/version_N/``; ``ModelCheckpoint`` callbacks without a ``dirpath`` write to ``<root>/checkpoints/``
+    (where ``--ckpt_path last`` finds ``last.ckpt``).  Loggers and paths a config sets explicitly are kept, so
+    ``--trainer.default_root_dir /scratch/run1`` moves everything a config leaves to it.
+    """
+    root = str(trainer_config.get("default_root_dir") or Path.cwd())
+    if trainer_config.get("logger") in (None, True):
+        trainer_config["logger"] = [
+            Namespace(class_path=f"lightning.pytorch.loggers.{name}",
+                      init_args=Namespace(save_dir=root, name="", version=None))
+            for name in ("TensorBoardLogger", "CSVLogger")
+        ]
+    for callback in trainer_config.get("callbacks") or []:
+        init_args = getattr(callback, "init_args", None)
+        if str(getattr(callback, "class_path", "")).endswith(".ModelCheckpoint") and init_args is not None \
+                and init_args.get("dirpath") is None:
+            init_args["dirpath"] = str(Path(root) / "checkpoints")
 
 
 def align_logger_versions(trainer_config: Any) -> None:

@@ -232,6 +232,11 @@ class ImageDataModule(L.LightningDataModule):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
         return unpack_batch(stack_items([dataset[i] for i in order]))[0]
 
+    def partner_dataset(self, split: Split = "train") -> Dataset:
+        """The partner images of a mixing model (only :class:`PairedFolderDataModule` has them)."""
+        raise ValueError(f"{type(self).__name__} has no partner images: a mixing model (Mix, SourceImagePrior) "
+                         "needs PairedFolderDataModule")
+
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
         train = split == "train"
         kwargs: dict[str, Any] = dict(

@@ -34,9 +34,11 @@ __all__ = [
     "EmbeddedMNIST",
     "ImagesOnly",
     "PairedDataset",
+    "DatasetSource",
     "find_images",
     "unpack_batch",
     "stack_items",
+    "random_items",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -224,3 +226,37 @@ def stack_items(items: Sequence[Any]) -> Any:
     if isinstance(items[0], (tuple, list)):
         return torch.stack([item[0] for item in items])
     return torch.stack(list(items))
+
+
+def random_items(dataset: Dataset, n: int, generator: torch.Generator | None = None) -> Any:
+    """A batch of ``n`` items drawn uniformly with replacement (seeded by ``generator``), e.g. mixing partners."""
+    if len(dataset) == 0:
+        raise ValueError("cannot draw items from an empty dataset")
+    index = torch.randint(len(dataset), (n,), generator=generator)
+    return stack_items([dataset[int(i)] for i in index])
+
+
+class DatasetSource:
+    """Datasets as a prior's data source (:class:`colddiff.priors.PriorSource`), for code that has no data module.
+
+    Args:
+        images: a dataset of clean training images (items as the batch format allows); a seeded random subset of up
+            to ``limit`` is used to fit a prior.
+        partners: a dataset of partner images (mixing models).
+        seed: seed of the subset.
+    """
+
+    def __init__(self, images: Dataset | None = None, partners: Dataset | None = None, seed: int = 0) -> None:
+        self.images, self.partners, self.seed = images, partners, seed
+
+    def prior_images(self, limit: int) -> Tensor:
+        if self.images is None or len(self.images) == 0:
+            raise ValueError("fitting this prior needs training images, and none were given")
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed))[:limit]
+        return unpack_batch(stack_items([self.images[int(i)] for i in order]))[0]
+
+    def partner_dataset(self) -> Dataset:
+        if self.partners is None or len(self.partners) == 0:
+            raise ValueError("this prior draws partner images (a mixing model), and none were given: pass a folder "
+                             "of partner images (sample.py/evaluate.py: --partner-root)")
+        return self.partners

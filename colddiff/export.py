@@ -7,6 +7,7 @@ checkpoint carries).  Loading an export needs neither the training checkpoint no
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -16,11 +17,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from colddiff._config import build
+from colddiff._config import model_kwargs
 from colddiff.io import atomic_write_bytes, load_checkpoint
 from colddiff.module import ColdDiffusion
 
-__all__ = ["export_model", "load_model", "load_export", "model_config"]
+__all__ = ["export_model", "load_model", "load_export", "model_config", "save_model_as"]
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 _TRAINING_ONLY = ("optimizer", "lr_scheduler")
@@ -83,9 +84,7 @@ def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu
         raise ValueError(f"{str(folder / CONFIG)!r} is not valid JSON: {err}") from err
     if payload.get("format") != "colddiff-export" or "model" not in payload:
         raise ValueError(f"{str(folder / CONFIG)!r} is not a colddiff export config")
-    config = payload["model"]
-    kwargs = {k: build(v, k) for k, v in config.items()}
-    model = ColdDiffusion(**kwargs)
+    model = ColdDiffusion(**model_kwargs(payload["model"]))
     try:
         state = load_file(str(folder / WEIGHTS), device=str(map_location))
     except SafetensorError as err:
@@ -109,16 +108,36 @@ def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> ColdDiffusion:
     """Load a model for inference from a Lightning checkpoint (``.ckpt``) or an export folder.
 
-    Checkpoints are read with ``weights_only=True``; ``overrides`` replace components that the checkpoint could not
-    record (see :class:`~colddiff.module.ColdDiffusion`).  The model is returned in eval mode.
+    Checkpoints are read with ``weights_only=True`` and their configs build only allowed classes (see
+    :meth:`ColdDiffusion.load_from_checkpoint`); ``overrides`` replace components that the checkpoint could not
+    record.  The model is returned in eval mode.
     """
     path = Path(path)
     if path.is_dir() or path.name == WEIGHTS:
         return load_export(path, map_location)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    checkpoint = load_checkpoint(path, map_location="cpu")  # safe load first: clear errors, nothing unpickled
-    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ValueError(f"{str(path)!r} is not a colddiff training checkpoint (no state_dict/hyper_parameters)")
-    model = ColdDiffusion.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)
-    return model.eval()
+    return ColdDiffusion.load_from_checkpoint(path, map_location=map_location, **overrides).eval()
+
+
+def save_model_as(model: ColdDiffusion, source: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Write ``model`` (e.g. with a refitted prior) as a new model file, leaving ``source`` untouched.
+
+    A training checkpoint ``source`` gives a checkpoint: a copy of ``source`` whose prior tensors are the model's
+    (weights, optimiser and training state are kept); an export ``source`` gives an export folder.  The file is
+    written atomically.
+
+    Raises:
+        ValueError: ``output`` is ``source`` itself.
+    """
+    source, output = Path(source), Path(output)
+    if output.resolve() == source.resolve():
+        raise ValueError(f"refusing to overwrite the model file {str(source)!r}: give a new output path")
+    if source.is_dir() or source.name == WEIGHTS:
+        return export_model(model, output)
+    checkpoint = load_checkpoint(source)
+    for key, value in (model.prior.state_dict() if model.prior is not None else {}).items():
+        checkpoint["state_dict"][f"prior.{key}"] = value.detach().cpu()
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return atomic_write_bytes(buffer.getvalue(), output)

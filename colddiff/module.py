@@ -10,32 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from lightning.pytorch.core.saving import _ALLOWED_INSTANTIATORS
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from colddiff._config import describe_or_mark
-from colddiff.datasets import unpack_batch
+from colddiff._checks import check_positive_int
+from colddiff._config import describe_or_mark, model_kwargs
+from colddiff._lightning import built_by_cli, fit_loop_dataloader
+from colddiff.datasets import DatasetSource, unpack_batch
 from colddiff.degradations.base import Degradation
-from colddiff.priors import Prior, PriorSample, SourceImagePrior
+from colddiff.io import load_checkpoint
+from colddiff.priors import Prior, PriorSample
 from colddiff.sampling import SAMPLERS, SamplerName, sample
 
-__all__ = ["ColdDiffusion", "paper_adam", "NonFiniteLossError"]
-
-# colddiff's instantiator builds only colddiff components from checkpoint configs (see colddiff._config.build)
-_ALLOWED_INSTANTIATORS.add("colddiff._config.instantiate")
-
-# the EMA copy of the network is in eval mode on purpose; Lightning warns about eval-mode modules at fit start
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+__all__ = ["ColdDiffusion", "Reconstruction", "paper_adam", "NonFiniteLossError"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -51,6 +48,27 @@ def paper_adam(params: Iterable[nn.Parameter]) -> Optimizer:
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class Reconstruction:
+    """What :meth:`ColdDiffusion.reconstruct` returns; every image batch ``(B, C, H, W)`` is clamped to ``[0, 1]``.
+
+    Attributes:
+        x0: the clean images.
+        degraded: ``x_t = D(x0, level)`` (as the degradation observes it, e.g. 8-bit for quantising operators).
+        direct: the one-shot restoration ``R(x_t, level)``.
+        sampled: the sampler's final image.
+        params: the degradation's params used for ``degraded`` and by the samplers.
+        level: the level ``t`` of ``degraded``.
+    """
+
+    x0: Tensor
+    degraded: Tensor
+    direct: Tensor
+    sampled: Tensor
+    params: dict[str, Tensor]
+    level: int
 
 
 class ColdDiffusion(L.LightningModule):
@@ -119,12 +137,12 @@ class ColdDiffusion(L.LightningModule):
             raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
-        if ema_every < 1 or ema_start < 0:
-            raise ValueError(f"ema_every must be >= 1 and ema_start >= 0, got {ema_every}, {ema_start}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        check_positive_int(ema_every, "ema_every")
+        if ema_start < 0:
+            raise ValueError(f"ema_start must be >= 0, got {ema_start}")
+        check_positive_int(image_size, "image_size")
+        check_positive_int(channels, "channels")
+        check_positive_int(prior_fit_images, "prior_fit_images")
         self._check_components(degradation, network, image_size, channels)
 
         self.degradation = degradation
@@ -168,10 +186,10 @@ class ColdDiffusion(L.LightningModule):
 
     def _save_config(self, arguments: dict[str, Any]) -> None:
         """Hyper-parameters as a config (class paths, plain values): LightningCLI's when built by it, else ours."""
-        if _given_hyperparameters.get() is not None:
+        if built_by_cli():
             self.save_hyperparameters()
             return
-        config: dict[str, Any] = {"_instantiator": "colddiff._config.instantiate"}
+        config: dict[str, Any] = {}
         for key, value in arguments.items():
             if key in ("self", "__class__", "optimizer", "lr_scheduler"):
                 continue
@@ -195,24 +213,14 @@ class ColdDiffusion(L.LightningModule):
             self._compiled.append(_compile(self.network, mode))
 
     def on_fit_start(self) -> None:
-        self._fit_prior_if_needed()
-
-    def _fit_prior_if_needed(self) -> None:
-        prior = self.prior
-        if prior is None or prior.is_fitted:
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if isinstance(prior, SourceImagePrior):
-            if datamodule is None or not hasattr(datamodule, "partner_dataset"):
-                raise RuntimeError("SourceImagePrior needs a data module with partner images "
-                                   "(PairedFolderDataModule)")
-            prior.attach(datamodule.partner_dataset("train"))
-            return
-        if datamodule is not None and hasattr(datamodule, "prior_images"):
-            images = datamodule.prior_images(self.prior_fit_images)
-        else:
-            images = (unpack_batch(b)[0] for b in self.trainer.fit_loop._data_source.dataloader())
-        prior.to(self.device).fit(images, limit=self.prior_fit_images)
+        # the EMA copy is in eval mode on purpose; Lightning warns about eval-mode modules when the fit loop starts
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        if self.prior is not None and not self.prior.is_fitted:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            # colddiff's data modules are prior sources; any other training data: its dataset (as augmented)
+            source = datamodule if hasattr(datamodule, "prior_images") else \
+                DatasetSource(fit_loop_dataloader(self.trainer).dataset)
+            self.prior.to(self.device).fit_from(source, limit=self.prior_fit_images)
 
     # --------------------------------------------------------------------------------------------- network
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
@@ -334,16 +342,13 @@ class ColdDiffusion(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x0, context = unpack_batch(batch)
-        batch_size, T = x0.shape[0], self.degradation.num_steps
+        batch_size = x0.shape[0]
         generator = self._validation_generator(batch_idx, x0.device)
         loss = self.loss(batch, generator, ema=True)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         if batch_idx < self.val_sample_batches:
-            params = self.degradation.make_params(x0, generator, **context)
-            x_T = self.degradation.degrade(x0, torch.full((batch_size,), T, device=x0.device), params)
-            direct = self.sample(x_T, params=params, sampler="direct").clamp(0, 1)
-            sampled = self.sample(x_T, params=params, steps=self.val_sample_steps).clamp(0, 1)
-            for kind, images in (("direct", direct), ("sampled", sampled)):
+            result = self.reconstruct(x0, generator=generator, steps=self.val_sample_steps, **context)
+            for kind, images in (("direct", result.direct), ("sampled", result.sampled)):
                 for metric in ("psnr", "ssim"):
                     name = f"{metric}_{kind}"
                     self.val_metrics[name](images, x0)
@@ -375,19 +380,68 @@ class ColdDiffusion(L.LightningModule):
             t: their level.
             params: the degradation's params (drawn with ``generator`` and ``context`` if ``None``).
             sampler: ``"naive"``, ``"improved"`` or ``"direct"`` (default: the module's ``sampler``).
-            steps: levels to visit (an int for evenly spaced skipping; default: the module's ``sample_steps``).
+            steps: levels to visit (an int for evenly spaced skipping; default: the module's ``sample_steps``;
+                the direct sampler ignores it).
             callback: per-step callback (see :mod:`colddiff.sampling`).
             generator: random generator for params.
-            context: degradation context, e.g. ``z=`` for :class:`~colddiff.degradations.Mix`.
+            context: degradation context, e.g. ``partner=`` for :class:`~colddiff.degradations.Mix`.
         """
         sampler = sampler or self.sampler
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if params is None and context:
             params = self.degradation.make_params(x_t, generator, **context)
-        steps = (self.sample_steps if steps is None else steps) if sampler != "direct" else None
+        steps = self.sample_steps if steps is None else steps
         with self._precision_context():
             return sample(sampler, self.restore, self.degradation, x_t, t, params, steps, callback, generator)
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        x0: Tensor,
+        level: int | None = None,
+        *,
+        sampler: SamplerName | None = None,
+        steps: int | Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        params: Mapping[str, Tensor] | None = None,
+        callback: Callable[[dict], None] | None = None,
+        **context: Tensor,
+    ) -> Reconstruction:
+        """Degrade clean images to a level and restore them: the one-shot restoration and the sampler's.
+
+        This is the one recipe behind validation, the training grids, ``sample.py reconstruct`` and the restoration
+        evaluation: draw the degradation's params (with ``generator`` and ``context``), ``x_t = D(x0, level)``,
+        ``direct = R(x_t, level)``, ``sampled`` = the sampler from ``x_t`` with the same params.
+
+        Args:
+            x0: clean images in ``[0, 1]``, on the model's device.
+            level: the level to degrade to (default ``T``).
+            sampler: ``"naive"``, ``"improved"`` or ``"direct"`` (default: the module's ``sampler``).
+            steps: levels the sampler visits (default: the module's ``sample_steps``).
+            generator: random generator for the params.
+            params: use these params instead of drawing them.
+            callback: per-step callback of the sampler (see :mod:`colddiff.sampling`).
+            context: degradation context (the names in ``degradation.context_keys``, e.g. ``partner=`` for
+                :class:`~colddiff.degradations.Mix`; a data module's dict batch provides them).
+
+        Shape:
+            ``x0``: ``(B, C, H, W)``; every image batch of the result has the same shape.
+        """
+        degradation = self.degradation
+        level = degradation.num_steps if level is None else level
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= degradation.num_steps:
+            raise ValueError(f"level must be an int in [0, {degradation.num_steps}] (num_steps), got {level!r}")
+        x0 = degradation.check_input(x0)
+        if params is None:
+            params = degradation.make_params(x0, generator, **context)
+        params = {k: v.to(x0.device) for k, v in params.items()}
+        x_t = degradation(x0, level, params)
+        direct = self.sample(x_t, level, params, sampler="direct")
+        sampled = self.sample(x_t, level, params, sampler=sampler, steps=steps, callback=callback,
+                              generator=generator)
+        return Reconstruction(x0=x0, degraded=x_t.clamp(0, 1), direct=direct.clamp(0, 1),
+                              sampled=sampled.clamp(0, 1), params=params, level=level)
 
     @torch.no_grad()
     def generate(
@@ -397,8 +451,12 @@ class ColdDiffusion(L.LightningModule):
         sampler: SamplerName | None = None,
         steps: int | Sequence[int] | None = None,
         callback: Callable[[dict], None] | None = None,
+        batch_size: int | None = None,
     ) -> tuple[Tensor, PriorSample]:
         """Unconditional generation: draw ``n`` start states from the prior and sample.
+
+        The ``n`` start states (and any params) are drawn in one draw before sampling in batches of ``batch_size``
+        (default: all at once), so the seed of ``generator`` alone fixes the images, whatever the batch size.
 
         Returns:
             The generated images (clamped to ``[0, 1]``) and the prior draw (start states, params, provenance).
@@ -408,14 +466,62 @@ class ColdDiffusion(L.LightningModule):
                 f"this model has no generation prior (its degradation is {type(self.degradation).__name__}); "
                 "generation needs one, e.g. ChannelMeanPrior for GaussianBlur(final_mean=True)"
             )
+        check_positive_int(n, "n")
+        batch_size = n if batch_size is None else check_positive_int(batch_size, "batch_size")
         start = self.prior.sample(n, (self.channels, self.image_size, self.image_size), generator)
         x_T = start.x_T.to(self.device)
-        params = {k: v.to(self.device) for k, v in start.params.items()} or None
-        if params is None and self.degradation.param_keys:
+        params = {k: v.to(self.device) for k, v in start.params.items()}
+        if not params and self.degradation.param_keys:
             params = self.degradation.make_params(x_T, generator)
-        images = self.sample(x_T, params=params, sampler=sampler, steps=steps, callback=callback,
-                             generator=generator)
-        return images.clamp(0, 1), start
+        images = [
+            self.sample(x_T[i:i + batch_size], params={k: v[i:i + batch_size] for k, v in params.items()} or None,
+                        sampler=sampler, steps=steps, callback=callback, generator=generator).clamp(0, 1)
+            for i in range(0, n, batch_size)
+        ]
+        return torch.cat(images), start
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        allow: Sequence[str] = (),
+        **overrides: Any,
+    ) -> ColdDiffusion:
+        """Rebuild a model from a training checkpoint, safely.
+
+        The file is read with ``torch.load(weights_only=True)`` (``weights_only=False`` is refused: colddiff never
+        unpickles), and the components named in its config are built only if they are colddiff components, the
+        allowed torch optimisers and schedulers, or classes named in ``allow`` (checked on the class path before
+        anything is imported).  ``overrides`` replace components the checkpoint could not record (networks built in
+        Python from classes that do not record their arguments) or that you want to supply yourself.
+
+        Args:
+            checkpoint_path: a ``.ckpt`` file written by training.
+            map_location: device to move the model to (default: CPU).
+            hparams_file: not supported (the config is always the checkpoint's own).
+            strict: strict ``state_dict`` loading (default ``True``).
+            weights_only: must be ``None`` or ``True``.
+            allow: extra class paths you trust to be built from this file (e.g. your own network class).
+            overrides: constructor arguments that replace the recorded ones.
+        """
+        if weights_only is False:
+            raise ValueError("colddiff reads checkpoints with weights_only=True only: weights_only=False would "
+                             "unpickle arbitrary objects (and could run code from the file)")
+        if hparams_file is not None:
+            raise ValueError("hparams_file is not supported: colddiff rebuilds a model from its checkpoint's config")
+        checkpoint = load_checkpoint(checkpoint_path, map_location="cpu")
+        hparams = checkpoint.get("hyper_parameters")
+        if not isinstance(hparams, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+            raise ValueError(f"{str(checkpoint_path)!r} is not a colddiff training checkpoint "
+                             "(no state_dict/hyper_parameters)")
+        model = cls(**model_kwargs(hparams, overrides, allow))
+        model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        return model.to(map_location) if map_location is not None else model
 
 
 def _compile(network: nn.Module, mode: str | None = None) -> Callable:

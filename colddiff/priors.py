@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,13 @@ from torch import Tensor, nn
 
 from colddiff._checks import rand, randint, randn
 from colddiff._config import RecordsInit
+from colddiff.datasets import unpack_batch
 
 __all__ = [
     "GaussianMixture",
     "Prior",
     "PriorSample",
+    "PriorSource",
     "ChannelMeanPrior",
     "LowResPrior",
     "GaussianNoisePrior",
@@ -144,6 +147,23 @@ class GaussianMixture(RecordsInit, nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------- priors
+@runtime_checkable
+class PriorSource(Protocol):
+    """Where a prior takes what it needs from the data (:meth:`Prior.fit_from`).
+
+    colddiff's data modules (:class:`~colddiff.data.ImageDataModule`) and
+    :class:`~colddiff.datasets.DatasetSource` (datasets given directly, as the command-line tools do) implement it.
+    """
+
+    def prior_images(self, limit: int) -> Tensor:
+        """Up to ``limit`` clean training images ``(N, C, H, W)`` in ``[0, 1]``, without augmentation."""
+        ...
+
+    def partner_dataset(self) -> Any:
+        """The partner images of a mixing model: a dataset of ``(C, H, W)`` tensors in ``[0, 1]``."""
+        ...
+
+
 @dataclass
 class PriorSample:
     """A batch of start states: ``x_T`` ``(n, C, H, W)``, the degradation ``params`` that go with it, and one
@@ -157,8 +177,9 @@ class PriorSample:
 class Prior(RecordsInit, nn.Module):
     """Base class: a distribution over start states ``x_T``.
 
-    ``needs_fit`` priors are fitted from clean training images with :meth:`fit` (the Lightning module does this at the
-    start of training if the checkpoint has no fit yet, and ``sample.py --fit-prior`` can refit).
+    ``needs_fit`` priors are fitted from clean training images with :meth:`fit`.  :meth:`fit_from` is the one hook
+    through which any prior gets what it needs from the data (the Lightning module calls it at the start of training
+    if the prior is not fitted yet; ``sample.py generate --fit-prior`` and the evaluation call it with datasets).
     """
 
     needs_fit: bool = False
@@ -174,6 +195,13 @@ class Prior(RecordsInit, nn.Module):
     def fit(self, images: Tensor | Iterable[Tensor]) -> Prior:
         """Fit to clean images in ``[0, 1]`` (a tensor ``(N, C, H, W)`` or an iterable of batches)."""
         self.fitted.fill_(True)
+        return self
+
+    def fit_from(self, source: PriorSource, limit: int = 10_000) -> Prior:
+        """Make the prior ready from a data source: fit on up to ``limit`` of its clean training images if the prior
+        is fitted from data (``needs_fit``); priors that need nothing from the data return at once."""
+        if self.needs_fit:
+            self.fit(source.prior_images(limit))
         return self
 
     def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
@@ -198,10 +226,7 @@ class Prior(RecordsInit, nn.Module):
         else:
             batches, count = [], 0
             for batch in images:
-                if isinstance(batch, dict):
-                    batch = batch["image"]
-                elif isinstance(batch, (tuple, list)):
-                    batch = batch[0]
+                batch = unpack_batch(batch)[0]
                 batches.append(batch if batch.ndim == 4 else batch[None])
                 count += len(batches[-1])
                 if limit is not None and count >= limit:
@@ -349,6 +374,10 @@ class SourceImagePrior(Prior):
 
     def fit(self, images, limit: int | None = None) -> Prior:
         return self.attach(images)
+
+    def fit_from(self, source: PriorSource, limit: int = 10_000) -> Prior:
+        """Attach the source's partner images (``limit`` does not apply: every partner image can be drawn)."""
+        return self.attach(source.partner_dataset())
 
     def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
         if self.dataset is None:

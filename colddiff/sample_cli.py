@@ -17,10 +17,8 @@ Every run also writes ``<mode>.json`` with its settings.  The same ``--seed`` gi
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import pickle
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,21 +31,20 @@ from tqdm.auto import tqdm
 from colddiff._cli import (
     UsageError,
     add_data_arguments,
-    autocast,
     dataset_from_args,
     device_from,
-    partner_folder,
-    partner_images,
+    partners_from_args,
+    positive_int,
+    prepare_prior,
 )
-from colddiff.data import ImageTransform, find_images
-from colddiff.datasets import unpack_batch
-from colddiff.export import export_model, load_model
-from colddiff.io import atomic_write_bytes, load_checkpoint, restoration_grid, save_png_atomic
+from colddiff.datasets import ImageTransform, find_images, random_items, stack_items, unpack_batch
+from colddiff.export import load_model, save_model_as
+from colddiff.io import atomic_write_bytes, restoration_grid, save_png_atomic
 from colddiff.module import ColdDiffusion
-from colddiff.priors import SourceImagePrior
-from colddiff.sampling import SAMPLERS, timesteps
+from colddiff.sampling import SAMPLERS, autocast, timesteps
 
 __all__ = ["main", "build_parser"]
+
 
 # ----------------------------------------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
@@ -55,14 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--ckpt", required=True, help="training checkpoint (.ckpt) or export folder")
     common.add_argument("--out", default="samples", help="output folder (default: samples)")
     common.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's (improved)")
-    common.add_argument("--steps", type=int, default=None,
+    common.add_argument("--steps", type=positive_int, default=None,
                         help="sampling steps, evenly spaced levels (step skipping); default: every level")
-    common.add_argument("--batch-size", type=int, default=16)
+    common.add_argument("--batch-size", type=positive_int, default=16)
     common.add_argument("--seed", type=int, default=0, help="seed of degradation params and prior draws")
     common.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1 ...")
     common.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
                         help="network precision (autocast); the sampler's state stays in float32")
-    common.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement in the grid PNGs")
+    common.add_argument("--scale", type=positive_int, default=1, help="nearest-neighbour enlargement in the grid PNGs")
     common.add_argument("--compile", action="store_true",
                         help="torch.compile the network (CUDA graphs on GPU): faster for many images")
     common.add_argument("--partner-root", default=None,
@@ -75,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     rec = modes.add_parser("reconstruct", parents=[common, data], help="degrade dataset images and restore them")
-    rec.add_argument("--num", type=int, default=16, help="number of images")
+    rec.add_argument("--num", type=positive_int, default=16, help="number of images")
     rec.add_argument("--level", type=int, default=None, help="degradation level t (default T)")
     rec.add_argument("--save-images", action="store_true", help="also write every sampled image as a PNG")
     res = modes.add_parser("restore", parents=[common], help="restore your own degraded images")
@@ -84,14 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--resize", action="store_true",
                      help="resize and centre-crop inputs to the model's size (default: sizes must match)")
     gen = modes.add_parser("generate", parents=[common, data], help="generate new images from the prior")
-    gen.add_argument("--num", type=int, default=64, help="number of images")
-    gen.add_argument("--nrow", type=int, default=None, help="images per grid row (default: square)")
+    gen.add_argument("--num", type=positive_int, default=64, help="number of images")
+    gen.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: square)")
     gen.add_argument("--save-images", action="store_true", help="also write every image as a PNG (metric tools)")
     gen.add_argument("--fit-prior", action="store_true",
-                     help="fit the prior on --folder/--dataset (or the checkpoint's data) and store it in the model")
-    gen.add_argument("--fit-images", type=int, default=10_000, help="images used by --fit-prior")
+                     help="fit the prior on --folder/--dataset (or the checkpoint's data) and save the model with it "
+                          "as --output (the model file given by --ckpt is never modified)")
+    gen.add_argument("--output", default=None,
+                     help="with --fit-prior: the new model file (.ckpt) or export folder to write")
+    gen.add_argument("--fit-images", type=positive_int, default=10_000, help="images used by --fit-prior")
     traj = modes.add_parser("trajectory", parents=[common, data], help="forward and reverse strips")
-    traj.add_argument("--num", type=int, default=4, help="number of images (two strips each)")
+    traj.add_argument("--num", type=positive_int, default=4, help="number of images (two strips each)")
     traj.add_argument("--columns", type=int, default=8, help="levels shown per strip")
     traj.add_argument("--from-prior", action="store_true", help="reverse strips from prior draws (generation)")
     return parser
@@ -113,24 +113,12 @@ def _dataset(args: argparse.Namespace, model: ColdDiffusion, split: str | None =
 
 
 def _take(dataset: Dataset, num: int) -> tuple[Tensor, dict[str, Tensor]]:
-    if num < 1:
-        raise UsageError(f"--num must be >= 1, got {num}")
-    items = [dataset[i] for i in range(min(num, len(dataset)))]
-    if not items:
+    if len(dataset) == 0:
         raise UsageError("the dataset is empty")
-    if isinstance(items[0], dict):
-        return unpack_batch({k: torch.stack([it[k] for it in items]) for k in items[0]})
-    return torch.stack(items), {}
-
-
-def _as_batch(item: Any) -> Any:
-    """One dataset item as a batch of one."""
-    return {k: v[None] for k, v in item.items()} if isinstance(item, dict) else item[None]
+    return unpack_batch(stack_items([dataset[i] for i in range(min(num, len(dataset)))]))
 
 
 def _batches(total: int, size: int) -> list[tuple[int, int]]:
-    if size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {size}")
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
@@ -141,41 +129,48 @@ def _write_settings(out: Path, mode: str, args: argparse.Namespace, model: ColdD
     atomic_write_bytes(json.dumps(settings, indent=2, default=str).encode(), out / f"{mode}.json")
 
 
-class _StepBar:
-    """A per-step progress callback for the samplers."""
+def _progress(args: argparse.Namespace, model: ColdDiffusion, level: int, callback: Callable | None = None,
+              sampler: str | None = None) -> tuple[tqdm, Callable[[dict], None]]:
+    """A per-step progress bar for one sampler run, and the sampler callback that advances it."""
+    sampler = sampler or args.sampler or model.sampler
+    steps = args.steps if args.steps is not None else model.sample_steps
+    n_steps = 1 if sampler == "direct" else len(timesteps(level, steps)) - 1 if level > 0 else 0
+    bar = tqdm(total=n_steps, desc=f"  {sampler}", leave=False, disable=n_steps < 2)
 
-    def __init__(self, bar: tqdm) -> None:
-        self.bar = bar
+    def step(info: dict) -> None:
+        bar.update(1)
+        if callback is not None:
+            callback(info)
 
-    def __call__(self, info: dict) -> None:
-        self.bar.update(1)
+    return bar, step
 
 
 def _sample(model: ColdDiffusion, args: argparse.Namespace, device: torch.device, x_t: Tensor, level: int,
-            params: dict[str, Tensor] | None, generator: torch.Generator, sampler: str | None = None,
-            callback: Callable | None = None) -> Tensor:
-    sampler = sampler or args.sampler or model.sampler
-    n_steps = 1 if sampler == "direct" else len(timesteps(level, args.steps)) - 1 if level > 0 else 0
-    with tqdm(total=n_steps, desc=f"  {sampler}", leave=False, disable=n_steps < 2) as bar:
-        step_bar = _StepBar(bar)
-
-        def both(info: dict) -> None:
-            step_bar(info)
-            if callback is not None:
-                callback(info)
-
-        with autocast(device, args.precision):
-            out = model.sample(x_t.to(device), t=level, params=params, sampler=sampler,
-                               steps=None if sampler == "direct" else args.steps, callback=both, generator=generator)
+            params: dict[str, Tensor] | None, generator: torch.Generator, callback: Callable | None = None) -> Tensor:
+    bar, step = _progress(args, model, level, callback)
+    with bar, autocast(device, args.precision):
+        out = model.sample(x_t.to(device), t=level, params=params, sampler=args.sampler, steps=args.steps,
+                           callback=step, generator=generator)
     return out.float().clamp(0, 1)
 
 
-def _degrade(model: ColdDiffusion, args: argparse.Namespace, x0: Tensor, context: dict[str, Tensor],
+def _context(args: argparse.Namespace, model: ColdDiffusion, context: dict[str, Tensor], n: int,
              generator: torch.Generator) -> dict[str, Tensor]:
+    """The batch's degradation context, with mixing partners drawn from --partner-root when the data has none."""
     if "partner" in model.degradation.context_keys and "partner" not in context:
-        context = {"partner": partner_images(args.partner_root, model.image_size, model.channels, len(x0), generator)}
-    params = model.degradation.make_params(x0, generator, **context)
-    return {k: v.to(x0.device) for k, v in params.items()}
+        partners = partners_from_args(args, model)
+        if partners is None:
+            raise UsageError("this mixing model needs partner images: pass --partner-root PATH")
+        context = {**context, "partner": unpack_batch(random_items(partners, n, generator))[0]}
+    return context
+
+
+def _save_each(images: Tensor, folder: Path, names: Sequence[str] | None = None) -> list[Path]:
+    paths = []
+    for i, image in enumerate(images):
+        name = names[i] if names is not None else f"{i:06d}.png"
+        paths.append(save_png_atomic(image[None], folder / name, nrow=1, padding=0))
+    return paths
 
 
 # --------------------------------------------------------------------------------------------------- modes
@@ -186,27 +181,19 @@ def run_reconstruct(args: argparse.Namespace, model: ColdDiffusion, device: torc
     columns: list[list[Tensor]] = [[], [], [], []]
     for start, stop in tqdm(_batches(len(x0_all), args.batch_size), desc="reconstruct"):
         x0 = x0_all[start:stop].to(device)
-        params = _degrade(model, args, x0, {k: v[start:stop].to(device) for k, v in context_all.items()},
-                          generator)
-        x_t = model.degradation(x0, level, params)
-        direct = _sample(model, args, device, x_t, level, params, generator, sampler="direct")
-        sampled = _sample(model, args, device, x_t, level, params, generator)
-        for column, images in zip(columns, (x_t, direct, sampled, x0)):
-            column.append(images.float().clamp(0, 1).cpu())
+        context = _context(args, model, {k: v[start:stop] for k, v in context_all.items()}, len(x0), generator)
+        bar, step = _progress(args, model, level)
+        with bar, autocast(device, args.precision):
+            result = model.reconstruct(x0, level, sampler=args.sampler, steps=args.steps, generator=generator,
+                                       callback=step, **{k: v.to(device) for k, v in context.items()})
+        for column, images in zip(columns, (result.degraded, result.direct, result.sampled, result.x0)):
+            column.append(images.float().cpu())
     grid = [torch.cat(c) for c in columns]
     path = save_png_atomic(restoration_grid(grid), out / "reconstruct_grid.png", nrow=4, scale=args.scale)
     if args.save_images:
         _save_each(grid[2], out / "images")
     _write_settings(out, "reconstruct", args, model, level=level, grid=str(path))
     return path
-
-
-def _save_each(images: Tensor, folder: Path, names: Sequence[str] | None = None) -> list[Path]:
-    paths = []
-    for i, image in enumerate(images):
-        name = names[i] if names is not None else f"{i:06d}.png"
-        paths.append(save_png_atomic(image[None], folder / name, nrow=1, padding=0))
-    return paths
 
 
 def run_restore(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
@@ -237,8 +224,7 @@ def run_restore(args: argparse.Namespace, model: ColdDiffusion, device: torch.de
     generator = torch.Generator().manual_seed(args.seed)
     restored = []
     for start, stop in tqdm(_batches(len(x_all), args.batch_size), desc="restore"):
-        x_t = x_all[start:stop].to(device)
-        restored.append(_sample(model, args, device, x_t, level, None, generator).cpu())
+        restored.append(_sample(model, args, device, x_all[start:stop], level, None, generator).cpu())
     restored_all = torch.cat(restored)
     names = [str(p.relative_to(source).with_suffix(".png")) if source.is_dir() else p.with_suffix(".png").name
              for p in files]
@@ -249,59 +235,34 @@ def run_restore(args: argparse.Namespace, model: ColdDiffusion, device: torch.de
     return path
 
 
-def _ensure_prior(args: argparse.Namespace, model: ColdDiffusion) -> None:
-    prior = model.prior
-    if prior is None:
-        raise UsageError(
-            f"this model cannot generate: it has no start-state prior (degradation {type(model.degradation).__name__})."
-            " Generation needs e.g. GaussianBlur(final_mean=True) with ChannelMeanPrior, or GaussianNoise with "
-            "GaussianNoisePrior; use reconstruct or restore instead")
-    if isinstance(prior, SourceImagePrior):
-        prior.attach(partner_folder(args.partner_root, model.image_size, model.channels))
+def _check_generate_arguments(args: argparse.Namespace) -> None:
+    """Everything about --fit-prior/--output is checked before any work starts."""
+    if not args.fit_prior:
+        if args.output is not None:
+            raise UsageError("--output is only used with --fit-prior (it names the model file to write)")
         return
-    if getattr(args, "fit_prior", False):
-        dataset = _dataset(args, model, split="train")
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[: args.fit_images].tolist()
-        images = torch.stack([unpack_batch(_as_batch(dataset[i]))[0][0] for i in order])
-        prior.fit(images.to(prior.fitted.device))
-        _store_prior(args.ckpt, model)
-    elif not prior.is_fitted:
-        raise UsageError(f"the model's {type(prior).__name__} is not fitted: pass --fit-prior with --folder or "
-                         "--dataset (it is then stored in the model file)")
-
-
-def _store_prior(path: str, model: ColdDiffusion) -> None:
-    """Write the fitted prior back into the checkpoint (atomically) or the export."""
-    path = Path(path)
-    if path.is_dir() or path.suffix == ".safetensors":
-        export_model(model, path if path.is_dir() else path.parent)
-    else:
-        checkpoint = load_checkpoint(path)
-        for key, value in model.prior.state_dict().items():
-            checkpoint["state_dict"][f"prior.{key}"] = value.cpu()
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(buffer.getvalue(), path)
-    print(f"stored the fitted {type(model.prior).__name__} in {path}", file=sys.stderr)
+    if args.output is None:
+        raise UsageError("--fit-prior needs --output NEW_FILE: the refitted model is written there, and the model "
+                         f"file {args.ckpt!r} is never modified")
+    if Path(args.output).resolve() == Path(args.ckpt).resolve():
+        raise UsageError(f"--output must be a new file, not the model file itself ({args.ckpt!r})")
 
 
 def run_generate(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
-    _ensure_prior(args, model)
-    if args.num < 1:
-        raise UsageError(f"--num must be >= 1, got {args.num}")
-    generator = torch.Generator().manual_seed(args.seed)
-    images, records = [], []
-    for start, stop in tqdm(_batches(args.num, args.batch_size), desc="generate"):
-        with autocast(device, args.precision):
-            batch, prior_draw = model.generate(stop - start, generator, sampler=args.sampler, steps=args.steps)
-        images.append(batch.float().cpu())
-        for offset, record in enumerate(prior_draw.provenance):
-            records.append({"index": start + offset, "seed": args.seed, "start_state": record})
-    images_all = torch.cat(images)
-    nrow = args.nrow or max(1, round(len(images_all) ** 0.5))
-    path = save_png_atomic(images_all, out / "generate_grid.png", nrow=nrow, scale=args.scale)
+    fit_images = _dataset(args, model, split="train") if args.fit_prior else None
+    prepare_prior(model, args, fit_images, limit=args.fit_images)
+    if args.fit_prior:
+        print(f"saved the model with its refitted {type(model.prior).__name__} as "
+              f"{save_model_as(model, args.ckpt, args.output)}")
+    with autocast(device, args.precision):
+        images, draw = model.generate(args.num, torch.Generator().manual_seed(args.seed), sampler=args.sampler,
+                                      steps=args.steps, batch_size=args.batch_size)
+    images = images.float().cpu()
+    records = [{"index": i, "seed": args.seed, "start_state": p} for i, p in enumerate(draw.provenance)]
+    nrow = args.nrow or max(1, round(len(images) ** 0.5))
+    path = save_png_atomic(images, out / "generate_grid.png", nrow=nrow, scale=args.scale)
     if args.save_images:
-        files = _save_each(images_all, out / "images")
+        files = _save_each(images, out / "images")
         for record, file in zip(records, files):
             record["file"] = str(file.relative_to(out))
     atomic_write_bytes(json.dumps({"images": records}, indent=2).encode(), out / "provenance.json")
@@ -317,14 +278,16 @@ def run_trajectory(args: argparse.Namespace, model: ColdDiffusion, device: torch
     generator = torch.Generator().manual_seed(args.seed)
     rows: list[Tensor] = []
     if args.from_prior:
-        _ensure_prior(args, model)
+        prepare_prior(model, args)
         start = model.prior.sample(args.num, (model.channels, model.image_size, model.image_size), generator)
         x_T, params = start.x_T.to(device), {k: v.to(device) for k, v in start.params.items()} or None
         forward = None
     else:
         x0, context = _take(_dataset(args, model), args.num)
         x0 = x0.to(device)
-        params = _degrade(model, args, x0, {k: v.to(device) for k, v in context.items()}, generator)
+        context = _context(args, model, context, len(x0), generator)
+        params = model.degradation.make_params(x0, generator, **{k: v.to(device) for k, v in context.items()})
+        params = {k: v.to(device) for k, v in params.items()}
         forward = [model.degradation(x0, level, params).float().clamp(0, 1).cpu() for level in levels]
         x_T = model.degradation(x0, T, params)
     visited: dict[int, Tensor] = {}
@@ -361,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.mode == "generate":
+            _check_generate_arguments(args)
         device = device_from(args.device)
         model = load_model(args.ckpt, map_location="cpu").to(device)
         if args.compile:

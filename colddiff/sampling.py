@@ -15,22 +15,24 @@ the degradation's ``params`` (drawn with ``generator`` when not given), an optio
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from colddiff.degradations.base import Degradation, Params
 
-__all__ = ["Restore", "SamplerName", "SAMPLERS", "timesteps", "sample", "sample_naive", "sample_improved",
-           "sample_direct"]
+__all__ = ["Restore", "SamplerName", "SAMPLERS", "Precision", "timesteps", "sample", "sample_naive",
+           "sample_improved", "sample_direct", "autocast"]
 
 Restore = Callable[[Tensor, Tensor], Tensor]
 SamplerName = Literal["naive", "improved", "direct"]
-SAMPLERS: tuple[str, ...] = ("naive", "improved", "direct")
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 Callback = Callable[[dict[str, Any]], None]
+Precision = Literal["32", "bf16", "16"]
 
 
 def timesteps(start: int, steps: int | Sequence[int] | Tensor | None = None) -> list[int]:
@@ -186,15 +188,13 @@ def sample_direct(
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """One-shot reconstruction ``R(x_t, t)`` (``params``, ``steps`` and ``generator`` are accepted for a uniform
-    signature; ``steps`` must be ``None`` or 1).
+    """One-shot reconstruction ``R(x_t, t)`` (``params``, ``steps`` and ``generator`` are accepted and ignored, so
+    every sampler takes the same arguments).
 
     Shape:
         ``x_t``: ``(B, C, H, W)``; output: ``(B, C, H, W)``.
     """
     _check_restore(restore)
-    if steps not in (None, 1):
-        raise ValueError(f"the direct sampler makes exactly one step; steps must be None or 1, got {steps!r}")
     x, start, _ = _prepare(degradation, x_t, t, params, generator, need_params=False)
     level = torch.full((x.shape[0],), start, dtype=torch.long, device=x.device)
     x0_hat = restore(x, level) if start > 0 else x
@@ -221,3 +221,16 @@ def sample(
     if sampler not in _SAMPLER_FUNCTIONS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     return _SAMPLER_FUNCTIONS[sampler](restore, degradation, x_t, t, params, steps, callback, generator)
+
+
+def autocast(device: torch.device | str, precision: Precision = "32") -> contextlib.AbstractContextManager:
+    """The network's precision while sampling: ``"32"`` (no autocast), ``"bf16"`` or ``"16"`` (autocast).
+
+    The samplers keep their state in the input's precision (float32) under autocast; only the network runs in the
+    lower precision.
+    """
+    if precision not in get_args(Precision):
+        raise ValueError(f"precision must be one of {get_args(Precision)}, got {precision!r}")
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -30,7 +30,7 @@ from colddiff.evaluation import (
 )
 from colddiff.evaluation.features import CifarResNetFeatures, FeatureWeightsError, InceptionV3Features
 from colddiff.module import ColdDiffusion
-from colddiff.nets import UNet
+from colddiff.nets import ConvNeXtUNet
 from colddiff.priors import ChannelMeanPrior
 from tests.helpers import SHARED_DATA
 
@@ -169,7 +169,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
                                      ("generate", cd.GaussianBlur(4, kernel_size=5, final_mean=True),
                                       ChannelMeanPrior(1))):
         torch.manual_seed(0)
-        model = ColdDiffusion(degradation, UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1,
+        model = ColdDiffusion(degradation, ConvNeXtUNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1,
                                                 attention="none", image_size=SIZE),
                               prior=prior, image_size=SIZE, channels=1, val_sample_batches=0, prior_fit_images=64)
         trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,

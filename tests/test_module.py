@@ -10,14 +10,14 @@ import colddiff.degradations as cd
 from colddiff.checkpoint import AtomicCheckpointIO
 from colddiff.data import EmbeddedMNISTDataModule
 from colddiff.module import ColdDiffusion, NonFiniteLossError
-from colddiff.nets import UNet
+from colddiff.nets import ConvNeXtUNet, DDPMUNet
 from colddiff.priors import ChannelMeanPrior
 
 
 def tiny_model(**kwargs) -> ColdDiffusion:
     defaults = dict(
         degradation=cd.GaussianBlur(4, kernel_size=5, sigma=1.0),
-        network=UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16),
+        network=ConvNeXtUNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16),
         image_size=16, channels=1, val_sample_steps=2,
     )
     defaults.update(kwargs)
@@ -82,8 +82,8 @@ def test_ema_follows_the_paper_schedule_during_training(tmp_path):
 
 
 def test_ema_network_stays_in_eval_mode():
-    model = tiny_model(network=UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, block="resnet",
-                                    dropout=0.5))
+    model = tiny_model(network=DDPMUNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, dropout=0.5,
+                                        attention_resolutions=None, image_size=16))
     model.train()
     assert model.network.training and not model.ema_network.training
 
@@ -192,7 +192,8 @@ def test_batches_that_do_not_match_the_model_are_rejected():
 ])
 def test_bad_configuration_fails_at_construction(kwargs, match):
     if kwargs.get("degradation") is not None and isinstance(kwargs["degradation"], cd.Pixelate):
-        kwargs = dict(kwargs, image_size=12, network=UNet(in_channels=1, dim=8, dim_mults=(1, 2), image_size=12))
+        kwargs = dict(kwargs, image_size=12,
+                      network=ConvNeXtUNet(in_channels=1, dim=8, dim_mults=(1, 2), image_size=12))
     with pytest.raises((ValueError, TypeError), match=match):
         tiny_model(**kwargs)
 
@@ -212,14 +213,14 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_nonfinite_loss_stops_training_naming_the_step(tmp_path):
-    net = UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16)
+    net = ConvNeXtUNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16)
     model = tiny_model(network=_NaNAfter(net, after=3))
     with pytest.raises(NonFiniteLossError, match="at global step 3"):
         trainer(tmp_path, max_steps=20, limit_val_batches=0, log_every_n_steps=5).fit(model, tiny_data())
 
 
 def test_nonfinite_batches_skipped_and_counted_on_request(tmp_path):
-    net = UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16)
+    net = ConvNeXtUNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16)
     model = tiny_model(network=_NaNAfter(net, after=3), nonfinite_loss="skip")
     snapshots = {}
 
@@ -236,14 +237,20 @@ def test_nonfinite_batches_skipped_and_counted_on_request(tmp_path):
 
 
 def test_checkpoint_configs_cannot_build_arbitrary_callables():
-    from colddiff._config import build, instantiate
+    from colddiff._config import build, model_kwargs
 
-    with pytest.raises(ValueError, match="refusing to build 'os.system'"):
+    with pytest.raises(ValueError, match="refusing to import 'os.system'"):
         build({"class_path": "os.system", "init_args": {"command": "echo pwned"}}, "network")
-    with pytest.raises(ValueError, match="refusing to build 'collections.OrderedDict'"):
-        instantiate(ColdDiffusion, {"degradation": {"class_path": "collections.OrderedDict"}})
+    with pytest.raises(ValueError, match="refusing to import 'collections.OrderedDict'"):
+        model_kwargs({"degradation": {"class_path": "collections.OrderedDict"}})
+    with pytest.raises(ValueError, match="refusing to build 'colddiff.module.ColdDiffusion'"):
+        build({"class_path": "colddiff.module.ColdDiffusion"}, "network")  # a colddiff class, not a component
     with pytest.raises(ValueError, match="cannot import"):
         build({"class_path": "colddiff.nets.NoSuchNet"}, "network")
+    with pytest.raises(ValueError, match="refusing to import 'torch.nn.Conv2d'"):
+        model_kwargs({"optimizer": {"class_path": "torch.nn.Conv2d"}})
+    optimizer = model_kwargs({"optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}}})["optimizer"]
+    assert isinstance(optimizer([torch.nn.Parameter(torch.zeros(1))]), torch.optim.SGD)
 
 
 def test_compiled_sampling_network_matches_eager():

@@ -18,7 +18,7 @@ from colddiff.checkpoint import AtomicCheckpointIO
 from colddiff.data import EmbeddedMNISTDataModule
 from colddiff.export import export_model, load_model
 from colddiff.module import ColdDiffusion
-from colddiff.nets import UNet
+from colddiff.nets import ConvNeXtUNet
 from colddiff.priors import ChannelMeanPrior, GaussianMixture, GaussianNoisePrior, LowResPrior
 from colddiff.sample_cli import main
 
@@ -28,7 +28,7 @@ SIZE = 16
 def _train(tmp: Path, name: str, **kwargs) -> Path:
     torch.manual_seed(0)
     defaults = dict(degradation=cd.GaussianBlur(6, kernel_size=5, sigma=1.0, final_mean=True),
-                    network=UNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none",
+                    network=ConvNeXtUNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none",
                                  image_size=SIZE),
                     prior=ChannelMeanPrior(channels=1), image_size=SIZE, channels=1, val_sample_batches=0,
                     prior_fit_images=64)
@@ -191,7 +191,8 @@ def test_clear_errors(ckpt, restoration_ckpt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("class_path,match", [
-    ("collections.OrderedDict", "refusing to build 'collections.OrderedDict'.*only colddiff data modules"),
+    ("collections.OrderedDict", "refusing to import 'collections.OrderedDict'.*only colddiff data modules"),
+    ("colddiff.module.ColdDiffusion", "refusing to build 'colddiff.module.ColdDiffusion'.*only colddiff data modules"),
     ("colddiff.no_such_module.DataModule", "cannot import 'colddiff.no_such_module.DataModule'"),
 ])
 def test_checkpoint_data_module_must_be_a_colddiff_data_module(restoration_ckpt, tmp_path, capsys, class_path,

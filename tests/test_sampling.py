@@ -118,8 +118,13 @@ def test_direct_and_dispatch():
     torch.testing.assert_close(sample("improved", lambda x, t: x0, op, x_t, t=7), x0, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="sampler must be one of"):
         sample("ddpm", lambda x, t: x, op, x_t)
-    with pytest.raises(ValueError, match="exactly one step"):
-        sample_direct(lambda x, t: x, op, x_t, steps=5)
+    calls = []
+    out = sample_direct(lambda x, t: calls.append(t) or x, op, x_t, t=7, steps=5)  # steps accepted and ignored
+    assert len(calls) == 1 and torch.equal(out, x_t)
+    from typing import get_args
+
+    from colddiff.sampling import SAMPLERS, SamplerName
+    assert SAMPLERS == get_args(SamplerName) == ("naive", "improved", "direct")
 
 
 def test_partial_start_level_and_random_params_drawn():

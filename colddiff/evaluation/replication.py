@@ -32,10 +32,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from colddiff.datasets import unpack_batch
 from colddiff.evaluation.features import FeatureExtractor
 from colddiff.evaluation.metrics import quantize
+from colddiff.io import atomic_write_bytes, restoration_grid, save_png_atomic
 
-__all__ = ["AuditConfig", "AuditResult", "nearest_training_images", "audit_replication", "write_audit"]
+__all__ = ["AuditConfig", "AuditResult", "nearest_training_images", "write_audit"]
 
 
 @dataclass
@@ -183,12 +185,6 @@ def _summary(result: AuditResult) -> dict[str, Any]:
     return summary
 
 
-def audit_replication(generated: Tensor, train_batches: Iterable[Tensor], extractor: FeatureExtractor | None = None,
-                      config: AuditConfig | None = None, device: torch.device | str = "cpu") -> AuditResult:
-    """Alias of :func:`nearest_training_images` (the audit's entry point)."""
-    return nearest_training_images(generated, train_batches, extractor, config, device)
-
-
 def ranking(result: AuditResult) -> Tensor:
     """Generated indices from most to least replicated: by cosine similarity if measured, else patch distance."""
     if result.cosine is not None:
@@ -200,8 +196,6 @@ def write_audit(result: AuditResult, out: Path, generated: Tensor, train_dataset
                 provenance: Sequence[dict] | None = None, top: int = 16, extractor_name: str | None = None,
                 scale: int = 1) -> dict[str, Path]:
     """Write ``replication.json`` (every pair), ``replication_hist.png`` and ``replication_pairs.png``."""
-    from colddiff.io import atomic_write_bytes, restoration_grid, save_png_atomic
-
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(len(result.l2)):
@@ -236,16 +230,12 @@ def write_audit(result: AuditResult, out: Path, generated: Tensor, train_dataset
     atomic_write_bytes(json.dumps(payload, indent=2).encode(), paths["json"])
     order = ranking(result)[: max(1, top)]
     nearest = result.cosine_index[:, 0] if result.cosine is not None else result.patch_index[:, 0]
-    train_images = torch.stack([_image(train_dataset[int(nearest[i])]) for i in order])
+    train_images = torch.stack([unpack_batch(train_dataset[int(nearest[i])])[0] for i in order])
     pairs_per_row = min(4, len(order))  # each pair: generated | nearest training image
     paths["pairs"] = save_png_atomic(restoration_grid([quantize(generated[order].cpu()), train_images]),
                                      out / "replication_pairs.png", nrow=2 * pairs_per_row, scale=scale)
     paths["histogram"] = _histogram(result, out / "replication_hist.png", extractor_name)
     return paths
-
-
-def _image(item: Any) -> Tensor:
-    return item["image"] if isinstance(item, dict) else item
 
 
 def _histogram(result: AuditResult, path: Path, extractor_name: str | None) -> Path:
