@@ -317,3 +317,14 @@ def test_step_difference_equals_two_calls(op):
     t, t_next = torch.tensor([1, 3, T, 2]), torch.tensor([0, 2, 2, 0])
     reference = op.degrade(x0, t_next, params) - op.degrade(x0, t, params)
     torch.testing.assert_close(op.step_difference(x0, t, t_next, params), reference, atol=2e-6, rtol=0)
+
+
+def test_call_is_the_observed_form_and_level_zero_is_exact_in_both(op):
+    x0 = smooth_images()
+    params = _draw(op, x0)
+    t = torch.tensor([0, 1, T - 1, T])
+    assert torch.equal(op(x0, t, params), op.degrade_input(x0, t, params))
+    assert torch.equal(op.degrade_input(x0, t, params), op.observe(op.degrade(x0, t, params), t))
+    zero = torch.zeros(4, dtype=torch.long)
+    assert torch.equal(op.degrade(x0, zero, params), x0)
+    assert torch.equal(op.degrade_input(x0, zero, params), x0)

@@ -347,3 +347,87 @@ def test_sampler_state_stays_float32_under_half_precision_restorer():
     # not 50 steps of bfloat16 arithmetic
     torch.testing.assert_close(half, x0_half + blur(x0 - x0_half, 50), atol=1e-5, rtol=0)
     torch.testing.assert_close(exact, x0, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------- quantisation: exact samplers, 8-bit inputs
+def _quantising_pairs():
+    """(name, quantised operator, the same operator unquantised) for the paper's two 8-bit settings."""
+    blur = dict(kernel_size=11, schedule="exponential", sigma=1.0, rate=0.01, final_mean=True)
+    mask = dict(sigma=1.1, sigma_step=0.1, center="random")
+    return [
+        ("blur-discrete", cd.GaussianBlur(40, quantize=True, **blur), cd.GaussianBlur(40, **blur)),
+        ("blur-reflect", cd.GaussianBlur(40, quantize=True, border="reflect"), cd.GaussianBlur(40, border="reflect")),
+        ("mask-random", cd.GaussianMask(40, quantize=True, **mask), cd.GaussianMask(40, **mask)),
+    ]
+
+
+def _smoothing_restorer(x_t, t):
+    """An imperfect, deterministic restorer: a 3x3 box blur of the current state."""
+    return F.avg_pool2d(x_t, 3, stride=1, padding=1, count_include_pad=False)
+
+
+@pytest.mark.parametrize("sampler", ["improved", "naive"])
+@pytest.mark.parametrize("name,quantised,exact", _quantising_pairs(), ids=[p[0] for p in _quantising_pairs()])
+def test_quantize_never_enters_the_sampler(name, quantised, exact, sampler):
+    """The original code quantised training inputs only: the sampler's terms D(x0_hat, s), D(x0_hat, s - 1) are exact,
+    so with quantize=True the whole trajectory equals the unquantised operator's from the same start state."""
+    from colddiff.sampling import sample_improved, sample_naive
+
+    run = sample_improved if sampler == "improved" else sample_naive
+    x0 = smooth_images(batch=3, size=16)
+    params = quantised.make_params(x0, torch.Generator().manual_seed(0))
+    x_T = quantised.final_state(x0, params) + 0.002 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    paths = {}
+    for key, op in (("q", quantised), ("exact", exact)):
+        states: list[torch.Tensor] = []
+        out = run(_smoothing_restorer, op, x_T, params=params, callback=lambda info, s=states: s.append(info["x_next"]))
+        paths[key] = (out, states)
+    assert len(paths["q"][1]) == 40
+    for a, b in zip(paths["q"][1], paths["exact"][1]):
+        assert torch.equal(a, b)
+    assert torch.equal(paths["q"][0], paths["exact"][0])
+    # and the states are not on the 8-bit grid: nothing rounded them
+    assert not torch.equal(paths["q"][1][5] * 255, (paths["q"][1][5] * 255).round())
+
+
+@pytest.mark.parametrize("name,quantised,exact", _quantising_pairs(), ids=[p[0] for p in _quantising_pairs()])
+def test_degrade_input_is_8bit_exact_and_degrade_is_not_rounded(name, quantised, exact):
+    x0 = smooth_images(batch=4, size=16)
+    params = quantised.make_params(x0, torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1, 17, 40])
+    exact_y = quantised.degrade(x0, t, params)
+    torch.testing.assert_close(exact_y, exact.degrade(x0, t, params), atol=0, rtol=0)
+    observed = quantised.degrade_input(x0, t, params)
+    assert torch.equal(observed[0], x0[0])  # level 0 is the image itself, 8-bit or not
+    levels = observed[1:] * 255
+    assert torch.equal(levels, levels.round())  # on the 8-bit grid
+    assert torch.equal(observed[1:], torch.round(exact_y[1:] * 255) / 255)  # nearest level, not truncated
+    assert (observed[1:] - exact_y[1:]).abs().max() <= 0.5 / 255 + 1e-7
+    assert not torch.equal(exact_y[1:] * 255, (exact_y[1:] * 255).round())
+    # the validated call and the final state are the observed form; the unquantised operator's are exact
+    assert torch.equal(quantised(x0, t, params), observed)
+    assert torch.equal(quantised.final_state(x0, params), quantised.degrade_input(x0, torch.full((4,), 40), params))
+    assert torch.equal(exact.degrade_input(x0, t, params), exact.degrade(x0, t, params))
+
+
+def test_rounding_is_to_the_nearest_level_not_truncation():
+    blur = cd.GaussianBlur(2, kernel_size=3, sigma=1.0, quantize=True)
+    x = torch.full((1, 1, 4, 4), 0.7 / 255)  # a constant image: the blur keeps it, the observation rounds it
+    assert torch.equal(blur(x, 1), torch.full_like(x, 1 / 255))  # truncation would give 0
+
+
+def test_compose_quantises_once_at_the_end():
+    blur_q, noise = cd.GaussianBlur(6, sigma=1.0, quantize=True), cd.GaussianNoise(6)
+    comp = cd.Compose([blur_q, noise])
+    x0 = smooth_images(batch=3, size=16)
+    params = comp.make_params(x0, torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 3, 6])
+    exact = noise.degrade(blur_q.degrade(x0, t, {}), t, {"noise": params["1.noise"]})
+    torch.testing.assert_close(comp.degrade(x0, t, params), exact, atol=0, rtol=0)  # exact: no rounding between parts
+    observed = comp(x0, t, params)
+    assert torch.equal(observed[0], x0[0])
+    assert torch.equal(observed[1:], torch.round(exact[1:] * 255) / 255)
+    # two quantising parts still round once
+    double = cd.Compose([blur_q, cd.GaussianMask(6, quantize=True)])
+    y = double.degrade(x0, t, {})
+    assert torch.equal(double(x0, t, {}), torch.where(t[:, None, None, None] == 0, y, torch.round(y * 255) / 255))
