@@ -30,6 +30,10 @@ def _operators() -> dict[str, callable]:
         "Desaturate": lambda T: cd.Desaturate(T),
         "Mix": lambda T: cd.Mix(T),
         "GaussianNoise": lambda T: cd.GaussianNoise(T),
+        "BlurNoise": lambda T: cd.BlurNoise(T),
+        "BlurNoise-ratio": lambda T: cd.BlurNoise(T, heat_schedule="ratio", blur_to_noise=0.5, min_scale=0.0),
+        "BlurNoise-kernel-fixed": lambda T: cd.BlurNoise(T, blur="kernel", kernel_size=5, schedule="linear",
+                                                         sigma=0.5, border="reflect", reestimate=False),
         "Compose": lambda T: cd.Compose([cd.GaussianBlur(T), cd.GaussianNoise(T)]),
     }
 

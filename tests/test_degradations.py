@@ -160,6 +160,11 @@ def _functional(op, x0, t, params):
         return F.mix(x0, params["partner"], op.alpha_bar[t])
     if isinstance(op, cd.GaussianNoise):
         return F.gaussian_noise(x0, params["noise"], op.alpha_bar[t])
+    if isinstance(op, cd.BlurNoise) and op.blur == "heat":
+        return F.blur_noise(x0, params["noise"], op.alpha_bar[t], op.heat_sigmas[t], op.min_scale)
+    if isinstance(op, cd.BlurNoise):  # the kernel blur, then the blend with no further blur
+        blurred = F.gaussian_blur(x0, t, op.sigmas, op.kernel_size, op.border)
+        return F.blur_noise(blurred, params["noise"], op.alpha_bar[t])
     if isinstance(op, cd.Compose):
         blur, noise = op.degradations
         y = F.gaussian_blur(x0, t, blur.sigmas, blur.kernel_size, blur.border)
@@ -244,7 +249,7 @@ def test_rejects_bad_params(op):
 
 
 @pytest.mark.parametrize("cls", [cd.GaussianBlur, cd.GaussianMask, cd.Pixelate, cd.Snow, cd.Desaturate, cd.Mix,
-                                 cd.GaussianNoise])
+                                 cd.GaussianNoise, cd.BlurNoise])
 def test_rejects_non_positive_num_steps(cls):
     with pytest.raises(ValueError, match="num_steps must be a positive int, got 0"):
         cls(0)
