@@ -114,7 +114,7 @@ def gaussian_mask(
         >>> x = torch.ones(1, 1, 9, 9)
         >>> y = gaussian_mask(x, 3, sigmas=[1.0, 1.5, 2.0], fill=0.0)
         >>> y[0, 0, 4, 4].item(), round(y[0, 0, 0, 0].item(), 3)
-        (0.0, 0.999)
+        (0.0, 0.981)
         >>> torch.equal(gaussian_mask(x, 0, sigmas=[1.0, 1.5, 2.0]), x)
         True
         >>> y8 = gaussian_mask(x, 3, sigmas=[1.0, 1.5, 2.0], fill=0.0, quantize=True)
