@@ -9,21 +9,22 @@ computed as ``sqrt(alpha_bar_t) B_t x0 + (1 - sqrt(alpha_bar_t)) * 0.5 + sqrt(1 
 blurs keep constant images, ``B_t 0.5 = 0.5``), which is exactly ``B_t x0`` where ``alpha_bar_t = 1`` and exactly
 ``0.5 + 0.5 eps`` (:class:`~colddiff.priors.GaussianNoisePrior`'s start state) where ``alpha_bar_t = 0``.
 
-**Blurring Diffusion** (Hoogeboom & Salimans, arXiv 2209.05557, Section 3-4).  In the paper's ``[-1, 1]`` units
+**Blurring Diffusion** (Hoogeboom & Salimans, arXiv 2209.05557).  In the paper's ``[-1, 1]`` units
 ``y = 2 x - 1`` and the orthonormal 2-D DCT-II ``u = V^T y``, the forward process is diagonal in frequency space::
 
     u_t = alpha_t d_t (.) u_0 + sigma_t eps_u,      d_t = (1 - d_min) exp(-lambda tau_t) + d_min                  (2)
 
 with ``lambda_{k,l} = (pi k / H)^2 + (pi l / W)^2`` the eigenvalues of the (negative) Neumann Laplacian on the DCT-II
 grid, ``tau_t = sigma_B(t)^2 / 2`` the dissipation time (the heat equation for a time ``tau`` blurs like a Gaussian of
-standard deviation ``sqrt(2 tau)``), ``sigma_B(t) = sigma_B,max sin^2(pi t / 2)`` and a variance-preserving noise
-schedule ``alpha_t^2 + sigma_t^2 = 1``.  Since ``V`` is orthogonal, ``V eps_u`` is standard normal noise in pixel
-space, so (2) is (1) with ``B_t = V diag(d_t) V^T``, ``sqrt(alpha_bar_t) = alpha_t``: ``blur="heat"`` implements
-this exactly, in closed form, by one FFT of the half-sample-symmetric (DCT-II) extension of period ``2N`` per axis.
+standard deviation ``sqrt(2 tau)``), ``sigma_B(t) = sigma_B,max sin^2(pi t / 2)`` for the paper's ``t`` in ``[0, 1]``
+(colddiff's level ``t`` is its ``t / T``) and a variance-preserving noise schedule ``alpha_t^2 + sigma_t^2 = 1``.
+Since ``V`` is orthogonal, ``V eps_u`` is standard normal noise in pixel space, so (2) is (1) with
+``B_t = V diag(d_t) V^T`` and ``sqrt(alpha_bar_t) = alpha_t``: ``blur="heat"`` implements this exactly, in closed form,
+by one FFT of the half-sample-symmetric (DCT-II) extension of period ``2N`` per axis.
 ``d_min > 0`` keeps a fraction of every frequency (``B_t = (1 - d_min) G_tau + d_min I``), so ``B_t`` stays
 invertible.  The paper's noise schedule, ``alpha_t^2 = sigmoid(-2 log tan(pi t / 2))``, is ``cos^2(pi t / 2)``: the
 cosine schedule with offset ``cosine_s = 0`` (the paper clips its log-SNR to ``[-10, 10]``; colddiff ends at
-``alpha_bar_T = 0``, pure noise).  ``d_min = 0`` and ``alpha ≡ 1`` give the inverse heat dissipation model's forward
+``alpha_bar_T = 0``, pure noise).  ``d_min = 0`` and ``alpha_t = 1`` give the inverse heat dissipation model's forward
 process (Rissanen et al., arXiv 2206.13397), ``u_t = exp(-lambda tau_t) u_0``, without its small added noise.
 
 **Cold Diffusion's blur** (``blur="kernel"``): ``B_t`` is :class:`~colddiff.degradations.GaussianBlur` with the same
@@ -33,8 +34,8 @@ extension, where the DCT-II above mirrors half a pixel further out).
 
 **Blur-to-noise ratio** (Warm Diffusion, Hsueh et al., arXiv 2511.16904): ``heat_schedule="ratio"`` makes the blur
 width a fixed multiple of the noise level, ``sigma_B(t) = r sqrt((1 - alpha_bar_t) / alpha_bar_t)``
-(:func:`colddiff.schedules.blur_to_noise_sigmas`); ``r = 0`` is pure noise, a large ``r`` blurs away detail long
-before the noise does.
+(:func:`colddiff.schedules.blur_to_noise_sigmas`); ``r = 0`` is noise without blur, a large ``r`` blurs away
+detail long before the noise drowns it.
 
 **Sampling.** With ``reestimate=True`` the samplers re-estimate the noise from the current state and the predicted
 clean image (:meth:`BlurNoise.update_params`)::
@@ -44,7 +45,7 @@ clean image (:meth:`BlurNoise.update_params`)::
 so that Algorithm 2, ``x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')``, becomes
 ``x_{s'} = D(x0_hat, s'; eps_hat)``: the deterministic DDIM sampler (Song et al., arXiv 2010.02502, eq. 12 with
 ``sigma_t = 0``) of process (2), frequency by frequency ``u_{s'} = alpha_{s'} d_{s'} u0_hat + sigma_{s'} eps_hat_u``.
-With ``B_t = I`` it is :class:`~colddiff.degradations.GaussianNoise`'s DDIM; with ``alpha_bar ≡ 1`` it is Algorithm 2
+With ``B_t = I`` it is :class:`~colddiff.degradations.GaussianNoise`'s DDIM; with ``alpha_bar_t = 1`` it is Algorithm 2
 for the blur alone.
 """
 
