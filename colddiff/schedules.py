@@ -27,6 +27,9 @@ __all__ = [
     "cosine_alpha_bar",
     "linear_remaining",
     "level_linspace",
+    "sine_blur_sigmas",
+    "blur_to_noise_sigmas",
+    "check_level_sigmas",
 ]
 
 SigmaSchedule = Literal["constant", "linear", "exponential"]
@@ -126,3 +129,62 @@ def level_linspace(num_steps: int, start: float, end: float, clean: float) -> Te
     num_steps = check_num_steps(num_steps)
     values = torch.linspace(float(start), float(end), num_steps, dtype=torch.float64)
     return torch.cat([torch.tensor([float(clean)], dtype=torch.float64), values])
+
+
+def sine_blur_sigmas(num_steps: int, sigma_max: float) -> Tensor:
+    """Per-level blur widths of Blurring Diffusion (Hoogeboom & Salimans, arXiv 2209.05557):
+    ``sigma_B(t) = sigma_max * sin^2(pi t / (2 T))`` pixels, 0 at level 0 and ``sigma_max`` at ``T``.
+
+    The heat equation run for the dissipation time ``tau_t = sigma_B(t)^2 / 2`` blurs like a Gaussian of standard
+    deviation ``sigma_B(t)``.
+
+    Shape:
+        ``(T + 1,)``.
+    """
+    num_steps = check_num_steps(num_steps)
+    if not (math.isfinite(sigma_max) and sigma_max >= 0):
+        raise ValueError(f"sigma_max must be a finite number >= 0, got {sigma_max!r}")
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    sigmas = float(sigma_max) * torch.sin(t * math.pi / 2) ** 2
+    sigmas[0] = 0.0
+    return sigmas
+
+
+def blur_to_noise_sigmas(alpha_bar: Tensor, ratio: float) -> Tensor:
+    """Per-level blur widths a fixed multiple of the noise level (Warm Diffusion's blur-to-noise ratio, arXiv
+    2511.16904): ``sigma_B(t) = ratio * sqrt((1 - alpha_bar_t) / alpha_bar_t)`` pixels.
+
+    ``sqrt((1 - alpha_bar) / alpha_bar)`` is the noise standard deviation relative to the signal, in the paper's
+    ``[-1, 1]`` units (the ``sigma`` of variance-exploding / EDM diffusion); where ``alpha_bar = 0`` (pure noise) the
+    width is ``inf`` (complete dissipation: the channel mean).
+
+    Shape:
+        ``alpha_bar``: ``(T + 1,)``; output: ``(T + 1,)`` float64.
+    """
+    if not (math.isfinite(ratio) and ratio >= 0):
+        raise ValueError(f"the blur-to-noise ratio must be a finite number >= 0, got {ratio!r}")
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    if ratio == 0:
+        return torch.zeros_like(a)
+    noise_level = torch.where(a > 0, ((1 - a) / a.clamp_min(1e-300)).sqrt(), torch.full_like(a, math.inf))
+    return float(ratio) * noise_level
+
+
+def check_level_sigmas(values: list[float] | Tensor, num_steps: int, name: str) -> Tensor:
+    """Validate per-level blur widths: ``T + 1`` values, ``>= 0`` (``inf`` allowed: complete dissipation), starting
+    at 0 (level 0 is the clean image).
+
+    Shape:
+        output: ``(T + 1,)`` float64.
+    """
+    try:
+        tensor = torch.as_tensor(values, dtype=torch.float64).flatten().clone()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a sequence of {num_steps + 1} numbers, got {values!r}") from err
+    if tensor.numel() != num_steps + 1:
+        raise ValueError(f"{name} must have one value per level ({num_steps + 1} values), got {tensor.numel()}")
+    if torch.isnan(tensor).any() or (tensor < 0).any():
+        raise ValueError(f"{name} must be >= 0 (inf allowed) at every level, got {tensor.tolist()}")
+    if tensor[0] != 0:
+        raise ValueError(f"{name} must start at 0 (level 0 is the clean image), got {tensor[0].item()}")
+    return tensor

@@ -9,7 +9,11 @@ import torch
 
 import colddiff.degradations as cd
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests use tiny tensors, where threads only add synchronisation, and on a busy shared
+# machine (other processes on the cores) two threads made every FFT ~250x slower (47 ms instead of 0.18 ms for a
+# 4x3x32x32 rfft2 + irfft2; tests/test_degradations.py 52 s with 2 threads, 17 s with 1, at load 7 on 2 cores).
+# COLDDIFF_TEST_THREADS overrides it.
+torch.set_num_threads(int(os.environ.get("COLDDIFF_TEST_THREADS", "1")))
 
 T = 5  # levels used by the generic suite (small, so per-level loops stay fast; 2**5 divides 32)
 
@@ -30,6 +34,10 @@ def _operators() -> dict[str, callable]:
         "Desaturate": lambda T: cd.Desaturate(T),
         "Mix": lambda T: cd.Mix(T),
         "GaussianNoise": lambda T: cd.GaussianNoise(T),
+        "BlurNoise": lambda T: cd.BlurNoise(T),
+        "BlurNoise-ratio": lambda T: cd.BlurNoise(T, heat_schedule="ratio", blur_to_noise=0.5, min_scale=0.0),
+        "BlurNoise-kernel-fixed": lambda T: cd.BlurNoise(T, blur="kernel", kernel_size=5, schedule="linear",
+                                                         sigma=0.5, border="reflect", reestimate=False),
         "Compose": lambda T: cd.Compose([cd.GaussianBlur(T), cd.GaussianNoise(T)]),
     }
 

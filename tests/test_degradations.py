@@ -160,6 +160,11 @@ def _functional(op, x0, t, params):
         return F.mix(x0, params["partner"], op.alpha_bar[t])
     if isinstance(op, cd.GaussianNoise):
         return F.gaussian_noise(x0, params["noise"], op.alpha_bar[t])
+    if isinstance(op, cd.BlurNoise) and op.blur == "heat":
+        return F.blur_noise(x0, params["noise"], op.alpha_bar[t], op.heat_sigmas[t], op.min_scale)
+    if isinstance(op, cd.BlurNoise):  # the kernel blur, then the blend with no further blur
+        blurred = F.gaussian_blur(x0, t, op.sigmas, op.kernel_size, op.border)
+        return F.blur_noise(blurred, params["noise"], op.alpha_bar[t])
     if isinstance(op, cd.Compose):
         blur, noise = op.degradations
         y = F.gaussian_blur(x0, t, blur.sigmas, blur.kernel_size, blur.border)
@@ -244,7 +249,7 @@ def test_rejects_bad_params(op):
 
 
 @pytest.mark.parametrize("cls", [cd.GaussianBlur, cd.GaussianMask, cd.Pixelate, cd.Snow, cd.Desaturate, cd.Mix,
-                                 cd.GaussianNoise])
+                                 cd.GaussianNoise, cd.BlurNoise])
 def test_rejects_non_positive_num_steps(cls):
     with pytest.raises(ValueError, match="num_steps must be a positive int, got 0"):
         cls(0)
@@ -317,3 +322,14 @@ def test_step_difference_equals_two_calls(op):
     t, t_next = torch.tensor([1, 3, T, 2]), torch.tensor([0, 2, 2, 0])
     reference = op.degrade(x0, t_next, params) - op.degrade(x0, t, params)
     torch.testing.assert_close(op.step_difference(x0, t, t_next, params), reference, atol=2e-6, rtol=0)
+
+
+def test_call_is_the_observed_form_and_level_zero_is_exact_in_both(op):
+    x0 = smooth_images()
+    params = _draw(op, x0)
+    t = torch.tensor([0, 1, T - 1, T])
+    assert torch.equal(op(x0, t, params), op.degrade_input(x0, t, params))
+    assert torch.equal(op.degrade_input(x0, t, params), op.observe(op.degrade(x0, t, params), t))
+    zero = torch.zeros(4, dtype=torch.long)
+    assert torch.equal(op.degrade(x0, zero, params), x0)
+    assert torch.equal(op.degrade_input(x0, zero, params), x0)

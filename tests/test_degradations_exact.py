@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 import colddiff.degradations as cd
+import colddiff.degradations.functional as FD
+from colddiff.sampling import sample_improved
 from colddiff.schedules import cosine_alpha_bar, exponential, linear
 from tests.conftest import smooth_images
 
@@ -347,3 +349,289 @@ def test_sampler_state_stays_float32_under_half_precision_restorer():
     # not 50 steps of bfloat16 arithmetic
     torch.testing.assert_close(half, x0_half + blur(x0 - x0_half, 50), atol=1e-5, rtol=0)
     torch.testing.assert_close(exact, x0, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------- quantisation: exact samplers, 8-bit inputs
+def _quantising_pairs():
+    """(name, quantised operator, the same operator unquantised) for the paper's two 8-bit settings."""
+    blur = dict(kernel_size=11, schedule="exponential", sigma=1.0, rate=0.01, final_mean=True)
+    mask = dict(sigma=1.1, sigma_step=0.1, center="random")
+    return [
+        ("blur-discrete", cd.GaussianBlur(40, quantize=True, **blur), cd.GaussianBlur(40, **blur)),
+        ("blur-reflect", cd.GaussianBlur(40, quantize=True, border="reflect"), cd.GaussianBlur(40, border="reflect")),
+        ("mask-random", cd.GaussianMask(40, quantize=True, **mask), cd.GaussianMask(40, **mask)),
+    ]
+
+
+def _smoothing_restorer(x_t, t):
+    """An imperfect, deterministic restorer: a 3x3 box blur of the current state."""
+    return F.avg_pool2d(x_t, 3, stride=1, padding=1, count_include_pad=False)
+
+
+@pytest.mark.parametrize("sampler", ["improved", "naive"])
+@pytest.mark.parametrize("name,quantised,exact", _quantising_pairs(), ids=[p[0] for p in _quantising_pairs()])
+def test_quantize_never_enters_the_sampler(name, quantised, exact, sampler):
+    """The original code quantised training inputs only: the sampler's terms D(x0_hat, s), D(x0_hat, s - 1) are exact,
+    so with quantize=True the whole trajectory equals the unquantised operator's from the same start state."""
+    from colddiff.sampling import sample_improved, sample_naive
+
+    run = sample_improved if sampler == "improved" else sample_naive
+    x0 = smooth_images(batch=3, size=16)
+    params = quantised.make_params(x0, torch.Generator().manual_seed(0))
+    x_T = quantised.final_state(x0, params) + 0.002 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    paths = {}
+    for key, op in (("q", quantised), ("exact", exact)):
+        states: list[torch.Tensor] = []
+        out = run(_smoothing_restorer, op, x_T, params=params, callback=lambda info, s=states: s.append(info["x_next"]))
+        paths[key] = (out, states)
+    assert len(paths["q"][1]) == 40
+    for a, b in zip(paths["q"][1], paths["exact"][1]):
+        assert torch.equal(a, b)
+    assert torch.equal(paths["q"][0], paths["exact"][0])
+    # and the states are not on the 8-bit grid: nothing rounded them
+    assert not torch.equal(paths["q"][1][5] * 255, (paths["q"][1][5] * 255).round())
+
+
+@pytest.mark.parametrize("name,quantised,exact", _quantising_pairs(), ids=[p[0] for p in _quantising_pairs()])
+def test_degrade_input_is_8bit_exact_and_degrade_is_not_rounded(name, quantised, exact):
+    x0 = smooth_images(batch=4, size=16)
+    params = quantised.make_params(x0, torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1, 17, 40])
+    exact_y = quantised.degrade(x0, t, params)
+    torch.testing.assert_close(exact_y, exact.degrade(x0, t, params), atol=0, rtol=0)
+    observed = quantised.degrade_input(x0, t, params)
+    assert torch.equal(observed[0], x0[0])  # level 0 is the image itself, 8-bit or not
+    levels = observed[1:] * 255
+    assert torch.equal(levels, levels.round())  # on the 8-bit grid
+    assert torch.equal(observed[1:], torch.round(exact_y[1:] * 255) / 255)  # nearest level, not truncated
+    assert (observed[1:] - exact_y[1:]).abs().max() <= 0.5 / 255 + 1e-7
+    assert not torch.equal(exact_y[1:] * 255, (exact_y[1:] * 255).round())
+    # the validated call and the final state are the observed form; the unquantised operator's are exact
+    assert torch.equal(quantised(x0, t, params), observed)
+    assert torch.equal(quantised.final_state(x0, params), quantised.degrade_input(x0, torch.full((4,), 40), params))
+    assert torch.equal(exact.degrade_input(x0, t, params), exact.degrade(x0, t, params))
+
+
+def test_rounding_is_to_the_nearest_level_not_truncation():
+    blur = cd.GaussianBlur(2, kernel_size=3, sigma=1.0, quantize=True)
+    x = torch.full((1, 1, 4, 4), 0.7 / 255)  # a constant image: the blur keeps it, the observation rounds it
+    assert torch.equal(blur(x, 1), torch.full_like(x, 1 / 255))  # truncation would give 0
+
+
+def test_compose_quantises_once_at_the_end():
+    blur_q, noise = cd.GaussianBlur(6, sigma=1.0, quantize=True), cd.GaussianNoise(6)
+    comp = cd.Compose([blur_q, noise])
+    x0 = smooth_images(batch=3, size=16)
+    params = comp.make_params(x0, torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 3, 6])
+    exact = noise.degrade(blur_q.degrade(x0, t, {}), t, {"noise": params["1.noise"]})
+    torch.testing.assert_close(comp.degrade(x0, t, params), exact, atol=0, rtol=0)  # exact: no rounding between parts
+    observed = comp(x0, t, params)
+    assert torch.equal(observed[0], x0[0])
+    assert torch.equal(observed[1:], torch.round(exact[1:] * 255) / 255)
+    # two quantising parts still round once
+    double = cd.Compose([blur_q, cd.GaussianMask(6, quantize=True)])
+    y = double.degrade(x0, t, {})
+    assert torch.equal(double(x0, t, {}), torch.where(t[:, None, None, None] == 0, y, torch.round(y * 255) / 255))
+
+
+# ------------------------------------------------------------------------------------------- blur + noise
+def _dct2_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix V^T (rows are the basis vectors), from its definition."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    basis = torch.cos(math.pi * k * (i + 0.5) / n) * math.sqrt(2 / n)
+    basis[0] /= math.sqrt(2)
+    return basis
+
+
+def _heat_by_dct(y: torch.Tensor, sigma: float, d_min: float) -> torch.Tensor:
+    """Blurring Diffusion's B = V diag((1 - d_min) exp(-lambda tau) + d_min) V^T with dense DCT-II matrices."""
+    h, w = y.shape[-2:]
+    vh, vw = _dct2_matrix(h), _dct2_matrix(w)
+    freq_h = (math.pi * torch.arange(h, dtype=torch.float64) / h) ** 2
+    freq_w = (math.pi * torch.arange(w, dtype=torch.float64) / w) ** 2
+    scale = (1 - d_min) * torch.exp(-(freq_h[:, None] + freq_w[None, :]) * sigma**2 / 2) + d_min
+    return vh.T @ (scale * (vh @ y @ vw.T)) @ vw
+
+
+@pytest.mark.parametrize("sigma,d_min", [(0.7, 0.0), (3.0, 0.001), (6.0, 0.2)])
+def test_heat_blur_is_blurring_diffusion_dct_scaling(sigma, d_min):
+    x = torch.rand(2, 3, 12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    scipy_fft = pytest.importorskip("scipy.fft")  # the reference's DCT-II matrix is scipy's orthonormal DCT-II
+    torch.testing.assert_close(_dct2_matrix(12), torch.from_numpy(scipy_fft.dct(torch.eye(12).numpy(), axis=0,
+                                                                               norm="ortho")).double())
+    torch.testing.assert_close(FD.heat_blur(x, sigma, d_min), _heat_by_dct(x, sigma, d_min),
+                               atol=1e-12, rtol=0)
+
+
+def test_heat_blur_equals_spatial_gaussian_with_half_sample_symmetric_borders():
+    """The heat equation for tau = sigma^2 / 2 is a Gaussian blur of width sigma: against a sampled 41-tap Gaussian
+    convolved over the period-2N mirror extension (the DCT-II's), the error is the kernel's sampling (~1e-9)."""
+    size, sigma, k = 16, 2.0, 41
+    x = torch.rand(2, 1, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    period = torch.cat([x, x.flip(-1)], dim=-1)
+    period = torch.cat([period, period.flip(-2)], dim=-2)  # one period (2N x 2N) of the symmetric extension
+    tiled = period.repeat(1, 1, 3, 3)[..., 2 * size - 20 : 3 * size + 20, 2 * size - 20 : 3 * size + 20]
+    g = _gauss1d(sigma, k)
+    expected = F.conv2d(tiled, (g[:, None] * g[None, :])[None, None])
+    torch.testing.assert_close(FD.heat_blur(x, sigma), expected, atol=1e-8, rtol=0)
+
+
+def test_iterated_kernel_blur_is_the_heat_equation_for_the_summed_variance():
+    """GaussianBlur's docstring: t steps of widths sigma_i act like the heat equation for tau = sum sigma_i^2 / 2
+    (its reflect borders on the DCT-I grid of period 2N - 2), up to the kernels' sampling: negligible from sigma = 2
+    (exp(-2 pi^2) at the Nyquist frequency), about exp(-pi^2 / 2) = 0.007 there at sigma = 1."""
+    omega = 2 * math.pi * torch.arange(62, dtype=torch.float64) / 62
+    omega = torch.minimum(omega, 2 * math.pi - omega)
+    for sigma, tolerance in ((2.0, 1e-8), (1.0, 0.008)):
+        blur = cd.GaussianBlur(20, kernel_size=31, sigma=sigma, border="reflect")
+        rows, _ = blur.transfer(32, 32, torch.device("cpu"))
+        for t in (1, 7, 20):
+            tau = t * sigma**2 / 2
+            torch.testing.assert_close(rows[t], torch.exp(-tau * omega**2), atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("border", ["circular", "reflect"])
+def test_blur_noise_without_noise_is_gaussian_blur_exactly(border):
+    T = 30
+    kw = dict(kernel_size=7, schedule="exponential", sigma=0.8, rate=0.02, border=border)
+    op = cd.BlurNoise(T, blur="kernel", alpha_bar=[1.0] * (T + 1), **kw)
+    blur = cd.GaussianBlur(T, **kw)
+    x0 = smooth_images(batch=4, size=16)
+    params = op.make_params(x0, torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1, 17, 30])
+    assert torch.equal(op(x0, t, params), blur(x0, t))
+    # and its Algorithm 2 is the blur's, noise re-estimation or not (with alpha_bar = 1 there is no noise to estimate)
+    out = sample_improved(_smoothing_restorer, op, blur(x0, T), params=params)
+    torch.testing.assert_close(out, sample_improved(_smoothing_restorer, blur, blur(x0, T)), atol=1e-6, rtol=0)
+
+
+def test_blur_noise_heat_without_noise_is_the_heat_blur():
+    T = 10
+    op = cd.BlurNoise(T, heat_sigma_max=4.0, alpha_bar=[1.0] * (T + 1))
+    x0 = smooth_images(batch=3, size=16)
+    params = op.make_params(x0)
+    for t in (1, 5, 10):
+        width = 4.0 * math.sin(math.pi * t / (2 * T)) ** 2
+        assert torch.equal(op(x0, t, params), FD.heat_blur(x0, op.heat_sigmas[t].item(), 0.001))
+        torch.testing.assert_close(op(x0, t, params), _heat_by_dct(x0.double(), width, 0.001).float(),
+                                   atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("blur", ["heat", "kernel"])
+def test_blur_noise_without_blur_is_gaussian_noise(blur):
+    T = 25
+    no_blur = {"heat_sigmas": [0.0] * (T + 1)} if blur == "heat" else {"sigmas": [0.0] * T}
+    op, noise = cd.BlurNoise(T, blur=blur, **no_blur), cd.GaussianNoise(T)
+    x0 = smooth_images(batch=3, size=16)
+    params = op.make_params(x0, torch.Generator().manual_seed(2))
+    for t in range(T + 1):
+        torch.testing.assert_close(op(x0, t, params), noise(x0, t, params), atol=1e-6, rtol=0)
+    x_T = noise.final_state(x0, params)
+    ours = sample_improved(_smoothing_restorer, op, x_T, params=params)
+    torch.testing.assert_close(ours, sample_improved(_smoothing_restorer, noise, x_T, params=params),
+                               atol=1e-5, rtol=0)
+
+
+def test_blur_noise_final_state_is_pure_noise_so_the_noise_prior_is_exact():
+    from colddiff.priors import GaussianNoisePrior
+
+    for op in (cd.BlurNoise(40), cd.BlurNoise(40, heat_schedule="ratio"), cd.BlurNoise(40, blur="kernel")):
+        assert op.alpha_bar[-1].item() == 0.0
+        start = GaussianNoisePrior().sample(3, (3, 16, 16), torch.Generator().manual_seed(0))
+        for x0 in (smooth_images(batch=3, size=16), torch.zeros(3, 3, 16, 16)):
+            assert torch.equal(op.final_state(x0, start.params), start.x_T)
+
+
+@pytest.mark.parametrize("blur", ["heat", "kernel"])
+def test_blur_noise_perfect_restorer_follows_the_forward_trajectory(blur):
+    """With x0_hat = x0, the re-estimated noise is the true noise, so every state of Algorithm 2 is D(x0, s)."""
+    T = 30
+    op = cd.BlurNoise(T, blur=blur, **({"sigma": 0.7} if blur == "kernel" else {"heat_sigma_max": 6.0})).double()
+    x0 = smooth_images(batch=2, size=16).double()
+    params = op.make_params(x0, torch.Generator().manual_seed(3))
+    states: list[tuple[int, torch.Tensor]] = []
+    out = sample_improved(lambda x_t, t: x0, op, op.final_state(x0, params), params=params,
+                          callback=lambda info: states.append((info["t_next"], info["x_next"])))
+    for level, state in states:
+        torch.testing.assert_close(state, op(x0, level, params), atol=1e-10, rtol=0)
+    torch.testing.assert_close(out, x0, atol=1e-10, rtol=0)
+
+
+def test_blur_noise_reestimation_is_ddim_of_blurring_diffusion():
+    """Algorithm 2 with re-estimated noise equals the DDIM (eta = 0) update of Blurring Diffusion's process, written
+    here in the paper's [-1, 1] units with dense DCT-II matrices: u_s = alpha_s d_s u0_hat + sigma_s eps_hat."""
+    T = 20
+    op = cd.BlurNoise(T, heat_sigma_max=5.0, min_scale=0.01, cosine_s=0.0).double()
+    a = op.alpha_bar.double()
+    widths = op.heat_sigmas.double()
+    x0 = smooth_images(batch=2, size=12).double()
+
+    def restore(x_t, t):  # an imperfect x0-predictor (a fixed, deterministic function of x_t and t)
+        return (0.6 * x_t + 0.4 * x0 + 0.01 * t[:, None, None, None] / T).clamp(0, 1)
+
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x_T = op.final_state(x0, {"noise": noise})
+    ours = sample_improved(restore, op, x_T, params={"noise": noise})
+    y = 2 * x_T - 1
+    for s in range(T, 0, -1):
+        y0_hat = 2 * restore((y + 1) / 2, torch.full((2,), s)) - 1
+        signal = a[s].sqrt() * _heat_by_dct(y0_hat, widths[s].item(), 0.01)
+        eps = (y - signal) / (1 - a[s]).sqrt()
+        y = a[s - 1].sqrt() * _heat_by_dct(y0_hat, widths[s - 1].item(), 0.01) + (1 - a[s - 1]).sqrt() * eps
+    torch.testing.assert_close(ours, (y + 1) / 2, atol=1e-10, rtol=0)
+
+
+def test_blur_noise_schedules():
+    from colddiff.schedules import blur_to_noise_sigmas, sine_blur_sigmas
+
+    sine = sine_blur_sigmas(10, 20.0)
+    assert sine[0] == 0 and sine[10] == pytest.approx(20.0) and sine[5] == pytest.approx(10.0)
+    assert torch.equal(cd.BlurNoise(10).heat_sigmas, sine.float())
+    a = cosine_alpha_bar(10)
+    ratio = blur_to_noise_sigmas(a, 2.0)
+    torch.testing.assert_close(ratio[1:-1], 2.0 * ((1 - a[1:-1]) / a[1:-1]).sqrt())
+    assert ratio[0] == 0 and ratio[-1] == math.inf
+    op = cd.BlurNoise(10, heat_schedule="ratio", blur_to_noise=2.0)
+    torch.testing.assert_close(op.heat_sigmas, blur_to_noise_sigmas(op.alpha_bar.double(), 2.0).float())
+    # a larger ratio blurs more at the same noise level; the ratio 0 is the noise alone
+    x0 = smooth_images(batch=2, size=16)
+    params = op.make_params(x0)
+    no_noise = [1.0] * 11
+    sharp = cd.BlurNoise(10, heat_sigmas=blur_to_noise_sigmas(a, 0.5).tolist(), alpha_bar=no_noise)
+    soft = cd.BlurNoise(10, heat_sigmas=blur_to_noise_sigmas(a, 4.0).tolist(), alpha_bar=no_noise)
+    assert (soft(x0, 5, params) - x0).abs().mean() > (sharp(x0, 5, params) - x0).abs().mean()
+    assert torch.equal(cd.BlurNoise(10, heat_schedule="ratio", blur_to_noise=0.0).heat_sigmas, torch.zeros(11))
+
+
+def test_blur_noise_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="blur must be 'heat' or 'kernel'"):
+        cd.BlurNoise(5, blur="box")
+    with pytest.raises(ValueError, match="heat_schedule must be"):
+        cd.BlurNoise(5, heat_schedule="cosine")
+    with pytest.raises(ValueError, match="blur='kernel' takes sigmas"):
+        cd.BlurNoise(5, blur="kernel", heat_sigmas=[0.0] * 6)
+    with pytest.raises(ValueError, match="blur='heat' takes heat_sigmas"):
+        cd.BlurNoise(5, sigmas=[1.0] * 5)
+    with pytest.raises(ValueError, match=r"one value per level \(6 values\), got 5"):
+        cd.BlurNoise(5, heat_sigmas=[0.0] * 5)
+    with pytest.raises(ValueError, match="must start at 0"):
+        cd.BlurNoise(5, heat_sigmas=[1.0] * 6)
+    with pytest.raises(ValueError, match=">= 0"):
+        cd.BlurNoise(5, heat_sigmas=[0.0, 1.0, -1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match=r"min_scale \(d_min\) must be a number in \[0, 1\]"):
+        cd.BlurNoise(5, min_scale=1.5)
+    with pytest.raises(ValueError, match="blur-to-noise ratio"):
+        cd.BlurNoise(5, heat_schedule="ratio", blur_to_noise=-1.0)
+    with pytest.raises(ValueError, match="sigma_max"):
+        cd.BlurNoise(5, heat_sigma_max=float("nan"))
+    with pytest.raises(ValueError, match="alpha_bar must lie in"):
+        cd.BlurNoise(5, alpha_bar=[0.5] * 6)
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="noise must have the shape of x"):
+        FD.blur_noise(x, torch.randn(2, 3, 4, 4), 0.5)
+    with pytest.raises(ValueError, match="blur_sigma must be >= 0"):
+        FD.heat_blur(x, -1.0)
+    with pytest.raises(ValueError, match=r"params\['noise'\] must have shape"):
+        cd.BlurNoise(5)(x, 1, {"noise": torch.randn(2, 3, 4, 8)})

@@ -15,6 +15,7 @@ Example:
 
 from colddiff.degradations.base import Degradation, Params
 from colddiff.degradations.blur import GaussianBlur
+from colddiff.degradations.blur_noise import BlurNoise
 from colddiff.degradations.compose import Compose
 from colddiff.degradations.desaturate import Desaturate
 from colddiff.degradations.mask import GaussianMask
@@ -33,5 +34,6 @@ __all__ = [
     "Desaturate",
     "Mix",
     "GaussianNoise",
+    "BlurNoise",
     "Compose",
 ]

@@ -9,6 +9,12 @@ Conventions (the same everywhere in colddiff, see README "Conventions"):
 * ``t`` is an ``int`` (same level for the whole batch) or an integer tensor of shape ``(B,)`` (one level per sample).
 * All randomness is drawn once by :meth:`Degradation.make_params` and passed explicitly; :meth:`Degradation.degrade`
   is deterministic, so ``D(x, s)`` and ``D(x, s - 1)`` inside a sampler see the same random draw.
+* Two forms of ``D(x0, t)``: the exact one, :meth:`Degradation.degrade`, which the samplers' arithmetic uses
+  (``step_difference``, ``update_params``, Algorithm 1's re-degradation, :class:`~colddiff.degradations.Compose`), and
+  the *observed* one, :meth:`Degradation.degrade_input` (the exact image passed through :meth:`Degradation.observe`),
+  which is what a network is fed or a file stores: training inputs, the start state of a restoration.  They differ
+  only for operators that model a measurement, e.g. ``quantize=True`` rounds the observed image to 8 bits.  The
+  validated call ``D(x0, t, params)`` and :meth:`Degradation.final_state` return the observed form.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 
 __all__ = [
     "Degradation", "Params", "LUMA_WEIGHTS", "check_image", "check_levels", "check_odd_kernel_size", "quantize_8bit",
+    "observe_8bit",
 ]
 
 
@@ -114,6 +121,24 @@ class Degradation(RecordsInit, nn.Module):
         """
         raise NotImplementedError
 
+    def observe(self, y: Tensor, t: Tensor) -> Tensor:
+        """The observation applied to an exact ``y = D(x0, t)``: what a network sees or a file stores (hot path).
+
+        The default is the identity.  Operators that model a measurement override this (``quantize=True`` rounds
+        levels ``t >= 1`` to 8 bits); level 0 must stay ``y`` itself, so that ``D(x0, 0) == x0`` holds in both forms.
+        Override this, not :meth:`degrade_input`, so that :class:`~colddiff.degradations.Compose` can chain it.
+        """
+        return y
+
+    def degrade_input(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
+        """``D(x0, t)`` as an observed/stored image, what the network is fed (hot path, no checks).
+
+        ``observe(degrade(x0, t, params), t)``: equal to :meth:`degrade` except for operators that model a
+        measurement (8-bit quantisation).  Training inputs and restoration start states use this form; the samplers'
+        arithmetic uses the exact :meth:`degrade`, so rounding never enters the update of Algorithm 2.
+        """
+        return self.observe(self.degrade(x0, t, params), t)
+
     def step_difference(self, x0: Tensor, t: Tensor, t_next: Tensor, params: Params) -> Tensor:
         """``D(x0, t_next) - D(x0, t)``, the update of Algorithm 2 (hot path, no checks).
 
@@ -142,11 +167,12 @@ class Degradation(RecordsInit, nn.Module):
         generator: torch.Generator | None = None,
         **context: Tensor,
     ) -> Tensor:
-        """Validated ``D(x0, t)``; draws params (from ``generator``) when none are given."""
+        """Validated ``D(x0, t)`` in its observed form (:meth:`degrade_input`); draws params (from ``generator``)
+        when none are given."""
         x0 = self.check_input(x0)
         t = self.check_t(t, x0)
         params = self.make_params(x0, generator, **context) if params is None else self.check_params(params, x0)
-        return self.degrade(x0, t, params)
+        return self.degrade_input(x0, t, params)
 
     def final_state(
         self,
@@ -155,7 +181,7 @@ class Degradation(RecordsInit, nn.Module):
         generator: torch.Generator | None = None,
         **context: Tensor,
     ) -> Tensor:
-        """``D(x0, T)``, the start state of sampling."""
+        """``D(x0, T)`` in its observed form, the start state of sampling."""
         return self(x0, self.num_steps, params, generator, **context)
 
     # ------------------------------------------------------------------ validation helpers
@@ -227,8 +253,25 @@ class Degradation(RecordsInit, nn.Module):
 
 
 def quantize_8bit(x: Tensor) -> Tensor:
-    """Round ``[0, 1]`` values to the nearest of the 256 levels of an 8-bit image (``round(255 x) / 255``)."""
+    """Round ``[0, 1]`` values to the nearest of the 256 levels of an 8-bit image (``round(255 x) / 255``).
+
+    The original Cold Diffusion code truncated instead (``int(255 x) / 255``), which biases every value down by half
+    a level (``0.5 / 255``) on average; colddiff rounds to the nearest level.
+    """
     return torch.round(x * 255.0) / 255.0
+
+
+def observe_8bit(y: Tensor, t: Tensor, quantize: bool) -> Tensor:
+    """:meth:`Degradation.observe` of the quantising operators: 8-bit rounding at levels ``t >= 1`` when
+    ``quantize`` (level 0 stays exactly ``y``).
+
+    Shape:
+        ``y``: ``(B, C, H, W)``; ``t``: ``(B,)``; output: ``(B, C, H, W)``.
+    """
+    if not quantize:
+        return y
+    compute = y if y.dtype in (torch.float32, torch.float64) else y.float()  # round half-precision values in fp32
+    return torch.where(t[:, None, None, None] == 0, y, quantize_8bit(compute).to(y.dtype))
 
 
 def check_odd_kernel_size(kernel_size: Any, who: str) -> int:

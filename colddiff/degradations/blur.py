@@ -27,7 +27,7 @@ from colddiff.degradations.base import (
     check_image,
     check_levels,
     check_odd_kernel_size,
-    quantize_8bit,
+    observe_8bit,
 )
 from colddiff.schedules import SigmaSchedule, sigma_schedule
 
@@ -54,7 +54,9 @@ def gaussian_kernel1d(sigmas: Tensor, kernel_size: int) -> Tensor:
 
 
 def _period(size: int, border: str) -> int:
-    return size if border == "circular" else 2 * size - 2
+    """Length of the circle an axis of ``size`` pixels lives on: ``N`` (circular), ``2N - 2`` (reflect: mirror about
+    the edge pixels) or ``2N`` (symmetric: mirror half a pixel outside them, the DCT-II's extension)."""
+    return {"circular": size, "reflect": 2 * size - 2, "symmetric": 2 * size}[border]
 
 
 def _cumulative_transfer(kernels: Tensor, period: int) -> Tensor:
@@ -93,17 +95,26 @@ def blur_transfer(sigmas: Tensor, kernel_size: int, height: int, width: int, bor
 
 
 def _mirror_extend(x: Tensor) -> Tensor:
-    """Even periodic extension of period ``2N - 2`` along both spatial axes."""
+    """Even periodic extension of period ``2N - 2`` along both spatial axes (whole-sample symmetric, DCT-I)."""
     x = torch.cat([x, x.flip(-2)[..., 1:-1, :]], dim=-2)
     return torch.cat([x, x.flip(-1)[..., 1:-1]], dim=-1)
 
 
+def _symmetric_extend(x: Tensor) -> Tensor:
+    """Even periodic extension of period ``2N`` along both spatial axes (half-sample symmetric, DCT-II)."""
+    x = torch.cat([x, x.flip(-2)], dim=-2)
+    return torch.cat([x, x.flip(-1)], dim=-1)
+
+
 def _forward_spectrum(x: Tensor, border: str) -> tuple[Tensor, Tensor, torch.dtype]:
-    """The ``rfft2`` of the (mirror-extended, for reflect borders) image in float32/64, the signal, and that dtype."""
+    """The ``rfft2`` of the (mirror-extended, for reflect/symmetric borders) image in float32/64, the signal, and
+    that dtype."""
     compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     signal = x.to(compute)
     if border == "reflect":
         signal = _mirror_extend(signal)
+    elif border == "symmetric":
+        signal = _symmetric_extend(signal)
     return torch.fft.rfft2(signal), signal, compute
 
 
@@ -123,17 +134,15 @@ def _apply_blur(
     cols: Tensor,
     border: str,
     final_mean: bool,
-    quantize: bool,
     num_steps: int,
 ) -> Tensor:
+    """The exact (unquantised) iterated blur at per-sample levels ``t``; level 0 returns ``x`` itself."""
     height, width = x.shape[-2:]
     spectrum, signal, compute = _forward_spectrum(x, border)
     y = _inverse_spectrum(spectrum * _transfer2d(rows, cols, t).to(compute)[:, None], signal, height, width)
     t4 = t[:, None, None, None]
     if final_mean:
         y = torch.where(t4 == num_steps, signal[..., :height, :width].mean(dim=(-2, -1), keepdim=True), y)
-    if quantize:
-        y = quantize_8bit(y)
     return torch.where(t4 == 0, x, y.to(x.dtype))
 
 
@@ -174,10 +183,24 @@ def gaussian_blur(
         kernel_size: odd kernel size ``k``; each step pads by ``(k - 1) / 2``.
         border: ``"circular"`` or ``"reflect"`` padding.
         final_mean: replace level ``T`` by the per-channel spatial mean of ``x``.
-        quantize: round outputs at levels ``t >= 1`` to 8 bits.
+        quantize: return the observed form, rounded to 8 bits at levels ``t >= 1`` (as the module's call does).
 
     Shape:
         ``x``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
+
+    Example:
+        A blur keeps the image's mass (circular borders), level 0 is the image itself, and the last level of
+        ``final_mean`` is the per-channel mean:
+
+        >>> x = torch.zeros(1, 1, 5, 5)
+        >>> x[..., 2, 2] = 1.0
+        >>> y = gaussian_blur(x, 2, sigmas=[1.0, 1.0], kernel_size=3)
+        >>> y.shape, round(y.sum().item(), 5), bool(y[0, 0, 2, 2] < 1)
+        (torch.Size([1, 1, 5, 5]), 1.0, True)
+        >>> torch.equal(gaussian_blur(x, 0, sigmas=[1.0, 1.0], kernel_size=3), x)
+        True
+        >>> gaussian_blur(x, 2, sigmas=[1.0, 1.0], kernel_size=3, final_mean=True).unique()
+        tensor([0.0400])
     """
     who = "gaussian_blur"
     x = check_image(x, who, "x")
@@ -187,7 +210,7 @@ def gaussian_blur(
     t = check_levels(t, x, sig.numel(), who)
     _check_blur_size(x.shape[-2], x.shape[-1], border, who)
     rows, cols = blur_transfer(sig.to(x.device), kernel_size, x.shape[-2], x.shape[-1], border)
-    return _apply_blur(x, t, rows, cols, border, final_mean, quantize, sig.numel())
+    return observe_8bit(_apply_blur(x, t, rows, cols, border, final_mean, sig.numel()), t, quantize)
 
 
 class GaussianBlur(Degradation):
@@ -203,15 +226,31 @@ class GaussianBlur(Degradation):
         border: ``"circular"`` or ``"reflect"`` padding of every step.
         final_mean: replace the final state ``D(x, T)`` by the per-channel spatial mean (the paper's generation
             setting; start states are then constant images, sampleable from a prior over colours).
-        quantize: round ``D(x, t)``, ``t >= 1``, to 8 bits (the paper's "discrete" generation setting).
+        quantize: the observed images (:meth:`degrade_input`, the module call, :meth:`final_state`: training inputs
+            and start states) are rounded to 8 bits at ``t >= 1``, the paper's "discrete" generation setting.  The
+            exact :meth:`degrade` that the samplers use is never rounded, as in the original code, which quantised
+            only the training inputs.  colddiff rounds to the nearest level (``round(255 x) / 255``) where the
+            original truncated (``int(255 x) / 255``, half a level too dark on average).
         channels: accepted channel count, or ``None`` for any.
+
+    The iterated blur is a discretised heat equation: ``t`` steps of widths ``sigma_i`` act like the heat equation
+    run for the dissipation time ``tau_t = sum_{i<t} sigma_i^2 / 2`` (transfer function ``exp(-tau_t omega^2)``), up to
+    the sampling and truncation of the kernels: negligible for ``sigma_i >= 2`` and ``k >= 8 sigma_i``, while at
+    ``sigma_i = 1`` the response at the Nyquist frequency is off by about ``exp(-pi^2 / 2) = 0.007`` per step.
+    ``reflect`` borders mirror about the edge pixels (the even extension of period ``2N - 2``, diagonalised by the
+    DCT-I), a Neumann (zero-flux) boundary; the heat dissipation of Rissanen et al. (arXiv 2206.13397) and Blurring
+    Diffusion (arXiv 2209.05557) uses the DCT-II, whose mirror lies half a pixel outside the edge pixels (period
+    ``2N``).  :class:`~colddiff.degradations.BlurNoise` implements that DCT-II form exactly.
 
     Shape:
         ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
 
     Example:
         >>> blur = GaussianBlur(300, kernel_size=27, schedule="exponential", sigma=1.0, rate=0.01)
-        >>> x_t = blur(torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 150, 300]))
+        >>> x0 = torch.rand(4, 3, 64, 64)
+        >>> x_t = blur(x0, torch.tensor([0, 1, 150, 300]))
+        >>> x_t.shape, torch.equal(x_t[0], x0[0]), bool(x_t[3].std() < x_t[1].std() < x0[1].std())
+        (torch.Size([4, 3, 64, 64]), True, True)
     """
 
     def __init__(
@@ -248,11 +287,16 @@ class GaussianBlur(Degradation):
         )
 
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
+        """The exact ``D(x0, t)`` (never quantised; see :meth:`degrade_input` for the observed form)."""
         rows, cols = self.transfer(x0.shape[-2], x0.shape[-1], x0.device)
-        return _apply_blur(x0, t, rows, cols, self.border, self.final_mean, self.quantize, self.num_steps)
+        return _apply_blur(x0, t, rows, cols, self.border, self.final_mean, self.num_steps)
+
+    def observe(self, y: Tensor, t: Tensor) -> Tensor:
+        """8-bit rounding at levels ``t >= 1`` when ``quantize`` (else the identity)."""
+        return observe_8bit(y, t, self.quantize)
 
     def step_difference(self, x0: Tensor, t: Tensor, t_next: Tensor, params: Params) -> Tensor:
-        if self.quantize or self.final_mean:  # rounding and the mean end state are not transfer functions
+        if self.final_mean:  # the mean end state is not a transfer function
             return super().step_difference(x0, t, t_next, params)
         rows, cols = self.transfer(x0.shape[-2], x0.shape[-1], x0.device)
         return _blur_difference(x0, t, t_next, rows, cols, self.border)

@@ -19,6 +19,12 @@ class Compose(Degradation):
     ``partner``) is routed to the parts that accept it.  During sampling only the last part can re-estimate its params
     (it is the one whose output is the current state).
 
+    Exact and observed forms: :meth:`degrade` chains the parts' exact :meth:`degrade`; the observed form
+    (:meth:`degrade_input`, the module call) applies the parts' :meth:`observe` maps, in order, to the composite's
+    exact output, never between parts.  An observation such as 8-bit rounding models how the final image is measured
+    or stored, not an intermediate image that nobody stores; so a composition with any quantising part is rounded
+    once, at the end (rounding is idempotent, so several quantising parts still round once).
+
     Args:
         degradations: the parts, in order of application; all with the same ``num_steps``.
 
@@ -80,6 +86,12 @@ class Compose(Degradation):
         for part, part_params in zip(self.degradations, self._split(params)):
             x = part.degrade(x, t, part_params)
         return x
+
+    def observe(self, y: Tensor, t: Tensor) -> Tensor:
+        """The parts' observations, in order, applied to the composite's exact output."""
+        for part in self.degradations:
+            y = part.observe(y, t)
+        return y
 
     def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
         parts = self._split(params)

@@ -49,6 +49,17 @@ def desaturate(x: Tensor, remaining: float | Tensor, grayscale: Grayscale = "mea
 
     Shape:
         ``x``: ``(B, C, H, W)``; ``remaining``: float or ``(B,)``; output: ``(B, C, H, W)``.
+
+    Example:
+        All colour kept is the image; none kept is its gray (the channel mean) in every channel:
+
+        >>> x = torch.tensor([0.9, 0.3, 0.0]).reshape(1, 3, 1, 1).expand(1, 3, 2, 2)
+        >>> torch.equal(desaturate(x, 1.0), x)
+        True
+        >>> desaturate(x, 0.0)[0, :, 0, 0]
+        tensor([0.4000, 0.4000, 0.4000])
+        >>> desaturate(x, 0.5)[0, :, 0, 0]
+        tensor([0.6500, 0.3500, 0.2000])
     """
     who = "desaturate"
     x = check_image(x, who, "x")

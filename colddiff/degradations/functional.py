@@ -5,6 +5,7 @@ functions; the test suite checks they agree.
 """
 
 from colddiff.degradations.blur import gaussian_blur, gaussian_kernel1d
+from colddiff.degradations.blur_noise import blur_noise, heat_blur
 from colddiff.degradations.desaturate import desaturate, grayscale
 from colddiff.degradations.mask import gaussian_mask
 from colddiff.degradations.mix import mix
@@ -23,4 +24,6 @@ __all__ = [
     "grayscale",
     "mix",
     "gaussian_noise",
+    "blur_noise",
+    "heat_blur",
 ]

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from colddiff._checks import rand, randint
-from colddiff.degradations.base import Degradation, Params, check_image, check_levels, quantize_8bit
+from colddiff.degradations.base import Degradation, Params, check_image, check_levels, observe_8bit
 from colddiff.schedules import SigmaSchedule, sigma_schedule
 
 __all__ = ["GaussianMask", "gaussian_mask", "mask_keep_table"]
@@ -78,12 +78,10 @@ def _offsets(size: int, center: Tensor | None, device: torch.device) -> tuple[Te
     return (pos[None, :] - center[:, None]).abs(), False
 
 
-def _apply_mask(x: Tensor, t: Tensor, table: Tensor, ay: Tensor, ax: Tensor, fill: Tensor | float,
-                quantize: bool) -> Tensor:
+def _apply_mask(x: Tensor, t: Tensor, table: Tensor, ay: Tensor, ax: Tensor, fill: Tensor | float) -> Tensor:
+    """The exact (unquantised) masked image at per-sample levels ``t``; level 0 returns ``x`` itself."""
     keep = table[t[:, None, None], ay[:, :, None], ax[:, None, :]].unsqueeze(1).to(x.dtype)
     y = keep * x + (1.0 - keep) * fill
-    if quantize:
-        y = quantize_8bit(y)
     return torch.where(t[:, None, None, None] == 0, x, y)
 
 
@@ -105,10 +103,23 @@ def gaussian_mask(
         center: ``None`` for the image centre, or integer pixel centres ``(row, col)`` per sample.
         fill: value of masked pixels, a float or a ``(B, C, 1, 1)`` tensor (a colour per sample).
         reverse: the generation form (a shrinking central disc of image).
-        quantize: round outputs at levels ``t >= 1`` to 8 bits.
+        quantize: return the observed form, rounded to 8 bits at levels ``t >= 1`` (as the module's call does).
 
     Shape:
         ``x``: ``(B, C, H, W)``; ``center``: ``(B, 2)`` long; output: ``(B, C, H, W)``.
+
+    Example:
+        Masked pixels fade to ``fill``: the pixel at the centre goes first, the corners keep most of the image:
+
+        >>> x = torch.ones(1, 1, 9, 9)
+        >>> y = gaussian_mask(x, 3, sigmas=[1.0, 1.5, 2.0], fill=0.0)
+        >>> y[0, 0, 4, 4].item(), round(y[0, 0, 0, 0].item(), 3)
+        (0.0, 0.981)
+        >>> torch.equal(gaussian_mask(x, 0, sigmas=[1.0, 1.5, 2.0]), x)
+        True
+        >>> y8 = gaussian_mask(x, 3, sigmas=[1.0, 1.5, 2.0], fill=0.0, quantize=True)
+        >>> torch.equal(y8 * 255, (y8 * 255).round())
+        True
     """
     who = "gaussian_mask"
     x = check_image(x, who, "x")
@@ -123,7 +134,8 @@ def gaussian_mask(
         ay, half_y = _offsets(height, None, x.device)
         ax, half_x = _offsets(width, None, x.device)
     table = mask_keep_table(sig.to(x.device), height, width, half_y, half_x, reverse)
-    return _apply_mask(x, t, table, ay.expand(x.shape[0], -1), ax.expand(x.shape[0], -1), fill, quantize)
+    y = _apply_mask(x, t, table, ay.expand(x.shape[0], -1), ax.expand(x.shape[0], -1), fill)
+    return observe_8bit(y, t, quantize)
 
 
 def _check_center(center: Tensor, x: Tensor) -> Tensor:
@@ -152,8 +164,16 @@ class GaussianMask(Degradation):
             random constant colour per sample (each channel uniform in ``fill_range``), as mask-based generation uses.
         fill_range: range of random fill colours.
         reverse: the generation form (see the module docstring).
-        quantize: round ``D(x, t)``, ``t >= 1``, to 8 bits (the paper's MNIST/CIFAR-10 setting).
+        quantize: the observed images (:meth:`degrade_input`, the module call, :meth:`final_state`: training inputs
+            and the inpainting start image) are rounded to 8 bits at ``t >= 1`` (the paper's MNIST/CIFAR-10
+            setting).  The exact :meth:`degrade` that the samplers use is never rounded, as in the original code.
+            colddiff rounds to the nearest level (``round(255 x) / 255``) where the original truncated
+            (``int(255 x) / 255``, half a level too dark on average).
         channels: accepted channel count, or ``None`` for any.
+
+    The centred mask (``center="center"``) is centred at ``((H - 1) / 2, (W - 1) / 2)``, the true image centre
+    (between the two middle pixels of an even size, so the mask is symmetric under flips); the original code's centre
+    is half a pixel off it.
 
     Shape:
         ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
@@ -222,7 +242,11 @@ class GaussianMask(Degradation):
         ax, half_x = _offsets(width, None if center is None else center[:, 1], x0.device)
         table = self.keep_table(height, width, half_y, half_x, x0.device)
         fill = params["fill"].to(x0.dtype) if "fill" in params else self.fill
-        return _apply_mask(x0, t, table, ay.expand(batch, -1), ax.expand(batch, -1), fill, self.quantize)
+        return _apply_mask(x0, t, table, ay.expand(batch, -1), ax.expand(batch, -1), fill)
+
+    def observe(self, y: Tensor, t: Tensor) -> Tensor:
+        """8-bit rounding at levels ``t >= 1`` when ``quantize`` (else the identity)."""
+        return observe_8bit(y, t, self.quantize)
 
     def check_params(self, params, x: Tensor) -> Params:
         params = super().check_params(params, x)

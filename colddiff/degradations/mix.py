@@ -47,6 +47,15 @@ def mix(x: Tensor, partner: Tensor, alpha_bar: float | Tensor) -> Tensor:
 
     Shape:
         ``x``, ``partner``: ``(B, C, H, W)``; ``alpha_bar``: float or ``(B,)``; output: ``(B, C, H, W)``.
+
+    Example:
+        ``alpha_bar = 1`` is the image, ``0`` the partner, and in between the blend keeps mid-grey fixed:
+
+        >>> x, z = torch.full((1, 1, 2, 2), 0.9), torch.full((1, 1, 2, 2), 0.1)
+        >>> torch.equal(mix(x, z, 1.0), x), torch.allclose(mix(x, z, 0.0), z)
+        (True, True)
+        >>> round(mix(x, z, 0.5)[0, 0, 0, 0].item(), 4)  # 0.5 + sqrt(0.5) (0.4 - 0.4)
+        0.5
     """
     x = check_image(x, "mix", "x")
     partner = check_image(partner, "mix", "partner")

@@ -23,6 +23,15 @@ def gaussian_noise(x: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tenso
 
     Shape:
         ``x``, ``noise``: ``(B, C, H, W)``; ``alpha_bar``: float or ``(B,)``; output: ``(B, C, H, W)``.
+
+    Example:
+        ``alpha_bar = 0`` is pure noise, ``0.5 + 0.5 * noise`` (standard normal in the paper's ``[-1, 1]`` units):
+
+        >>> x, noise = torch.rand(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+        >>> torch.allclose(gaussian_noise(x, noise, 0.0), 0.5 + 0.5 * noise)
+        True
+        >>> torch.equal(gaussian_noise(x, noise, 1.0), x)
+        True
     """
     x = check_image(x, "gaussian_noise", "x")
     if not isinstance(noise, Tensor) or noise.shape != x.shape:

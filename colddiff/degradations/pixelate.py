@@ -105,6 +105,21 @@ def pixelate(x: Tensor, size: int | tuple[int, int] | Tensor) -> Tensor:
 
     Shape:
         ``x``: ``(B, C, H, W)``; output: ``(B, C, H, W)``.
+
+    Example:
+        Each ``2 x 2`` block becomes its mean, at the input's size:
+
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4) / 16
+        >>> y = pixelate(x, 2)
+        >>> y.shape
+        torch.Size([1, 1, 4, 4])
+        >>> y[0, 0] * 16
+        tensor([[ 2.5000,  2.5000,  4.5000,  4.5000],
+                [ 2.5000,  2.5000,  4.5000,  4.5000],
+                [10.5000, 10.5000, 12.5000, 12.5000],
+                [10.5000, 10.5000, 12.5000, 12.5000]])
+        >>> torch.equal(pixelate(x, 4), x)  # full resolution: nothing changes
+        True
     """
     who = "pixelate"
     x = check_image(x, who, "x")

@@ -124,6 +124,18 @@ def snow(
     Shape:
         ``x``: ``(B, C, H, W)``; ``field``: ``(B, 1, H, W)``; ``vertical``, ``threshold``, ``blur_sigma``,
         ``brightness``: ``(B,)``; output: ``(B, C, H, W)``.
+
+    Example:
+        Snow only brightens, stays in ``[0, 1]``, and a threshold above every field value adds none:
+
+        >>> x = torch.full((1, 3, 16, 16), 0.3)
+        >>> field = torch.linspace(0, 1.5, 256).reshape(1, 1, 16, 16)
+        >>> vertical, sigma = torch.tensor([False]), torch.tensor([2.0])
+        >>> y = snow(x, field, vertical, threshold=torch.tensor([0.7]), blur_sigma=sigma)
+        >>> y.shape, bool((y >= x).all() and y.max() <= 1 and y.max() > 0.3)
+        (torch.Size([1, 3, 16, 16]), True)
+        >>> torch.equal(snow(x, field, vertical, threshold=torch.tensor([2.0]), blur_sigma=sigma), x)
+        True
     """
     who = "snow"
     x = check_image(x, who, "x")
