@@ -31,14 +31,13 @@ def blur_step(op: cd.GaussianBlur, x: Tensor, i: int) -> Tensor:
 
 
 def iterated_blur(op: cd.GaussianBlur, x: Tensor, t: int) -> Tensor:
-    """``t`` blur steps one after another."""
+    """``t`` blur steps one after another (exact: as the original, only training inputs are rounded to 8 bits, in
+    :func:`naive_q_sample`)."""
     out = x
     for i in range(t):
         out = blur_step(op, out, i)
     if op.final_mean and t == op.num_steps:
         out = x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
-    if op.quantize and t > 0:
-        out = torch.round(out * 255) / 255
     return out
 
 

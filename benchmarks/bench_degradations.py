@@ -1,7 +1,7 @@
 """Cost of ``D(x, t)`` at ``t = 1`` and ``t = T`` for every operator, against the original implementation's approach.
 
-    python benchmarks/bench_degradations.py                  # batch 32, 128x128, GPU if available
-    python benchmarks/bench_degradations.py --device cpu --json benchmarks/results/degradations-cpu.json
+    python -m benchmarks.bench_degradations                  # batch 32, 128x128, GPU if available
+    python -m benchmarks.bench_degradations --device cpu --json benchmarks/results/degradations-cpu.json
 
 The blur is the paper's CelebA generation blur (T 300, kernel 27, sigma_i = exp(0.01 i), circular); the other
 operators use the paper's CelebA-128 settings.  The baseline iterates per-step operators as the original code did
@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import colddiff.degradations as cd  # noqa: E402
-from benchmarks.baselines import naive_degrade  # noqa: E402
-from benchmarks.common import fmt_time, machine, pick_device, report, timeit  # noqa: E402
+import colddiff.degradations as cd
+from benchmarks.baselines import naive_degrade
+from benchmarks.common import fmt_time, machine, pick_device, report, timeit
 
 
 def operators() -> dict[str, cd.Degradation]:

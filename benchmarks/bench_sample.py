@@ -1,7 +1,7 @@
 """Sampling throughput at full T (improved sampler), against T bare network calls and the original's approach.
 
-    python benchmarks/bench_sample.py                         # GPU: CelebA-128 blur generation, batch 16 and 128
-    python benchmarks/bench_sample.py --device cpu --tiny --setups cifar10 --batches 4
+    python -m benchmarks.bench_sample                         # GPU: CelebA-128 blur generation, batch 16 and 128
+    python -m benchmarks.bench_sample --device cpu --tiny --setups cifar10 --batches 4
 
 Ours: ``colddiff.sampling.sample_improved`` (one closed-form operator call per step) with the EMA network in bf16
 autocast, channels-last and ``torch.compile`` (``--compile-mode``; CUDA graphs with ``reduce-overhead``).  "Bare"
@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.baselines import naive_sample_improved  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks.baselines import naive_sample_improved
+from benchmarks.common import (
     add_speed_arguments,
     machine,
     report,
@@ -30,8 +27,8 @@ from benchmarks.common import (  # noqa: E402
     speed_description,
     timeit,
 )
-from benchmarks.setups import SETUPS, Setup  # noqa: E402
-from colddiff.sampling import sample_improved  # noqa: E402
+from benchmarks.setups import SETUPS, Setup
+from colddiff.sampling import sample_improved
 
 
 def build(setup: Setup, device: torch.device, tiny: bool, fast: bool, compile_mode: str | None, bf16: bool = True):

@@ -1,7 +1,7 @@
 """Training throughput (images/s), peak memory and model FLOPs utilisation, ours vs the original's approach.
 
-    python benchmarks/bench_train.py                       # GPU: both paper settings, batch 32 and the largest
-    python benchmarks/bench_train.py --device cpu --tiny --setups cifar10 --batches 8
+    python -m benchmarks.bench_train                       # GPU: both paper settings, batch 32 and the largest
+    python -m benchmarks.bench_train --device cpu --tiny --setups cifar10 --batches 8
 
 Ours: the path ``ColdDiffusion.loss`` takes in training (closed-form degradation), bf16 autocast, channels-last,
 ``torch.compile`` (``--compile-mode``; CUDA graphs with ``reduce-overhead``), fused Adam.  Naive: the same network in
@@ -15,15 +15,12 @@ import argparse
 import contextlib
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.baselines import naive_q_sample  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks.baselines import naive_q_sample
+from benchmarks.common import (
     add_speed_arguments,
     machine,
     report,
@@ -31,8 +28,8 @@ from benchmarks.common import (  # noqa: E402
     speed_description,
     synchronize,
 )
-from benchmarks.setups import SETUPS, Setup  # noqa: E402
-from colddiff.module import ColdDiffusion  # noqa: E402
+from benchmarks.setups import SETUPS, Setup
+from colddiff.module import ColdDiffusion
 
 #: dense bf16 tensor-core peaks (FLOP/s) for model FLOPs utilisation
 BF16_PEAK = {"H100 SXM": 989.4e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12,

@@ -254,10 +254,11 @@ class ColdDiffusion(L.LightningModule):
     # -------------------------------------------------------------------------------------------- training
     def degrade_batch(self, x0: Tensor, context: Mapping[str, Tensor],
                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """``t ~ U{1..T}`` per sample, fresh params, and ``x_t = D(x0, t, params)``."""
+        """``t ~ U{1..T}`` per sample, fresh params, and ``x_t = D(x0, t, params)`` as the network is fed it
+        (:meth:`~colddiff.degradations.Degradation.degrade_input`: 8-bit for quantising operators)."""
         t = torch.randint(1, self.degradation.num_steps + 1, (x0.shape[0],), device=x0.device, generator=generator)
         params = self.degradation.make_params(x0, generator, **context)
-        return self.degradation.degrade(x0, t, params), t, params
+        return self.degradation.degrade_input(x0, t, params), t, params
 
     def loss(self, batch: Any, generator: torch.Generator | None = None, ema: bool = False) -> Tensor:
         """The training objective on a batch: ``|R(D(x0, t), t) - x0|`` (L1 or L2), with the training network or

@@ -68,11 +68,11 @@ def test_help_lists_components(capsys):
 
 
 def test_quickstart_fast_dev_run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the config's checkpoint folder, runs/quickstart/checkpoints, is relative
+    monkeypatch.chdir(tmp_path)
     cli = cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.fast_dev_run", "2",
                     *quiet(tmp_path)])
     assert cli.trainer.global_step == 2
-    assert not (tmp_path / "runs").exists()  # a smoke run leaves no last.ckpt for `--ckpt_path last` to pick up
+    assert not list(tmp_path.rglob("*.ckpt"))  # a smoke run leaves no last.ckpt for `--ckpt_path last` to pick up
 
 
 def _folder_data(root: Path, size: int, paired: bool = False) -> list[str]:
@@ -117,16 +117,13 @@ def test_fast_dev_run_per_operator(name, tmp_path):
 
 
 def _run(tmp_path: Path, max_steps: int, extra: list[str] = ()) -> object:
-    """The quickstart config with every output under ``tmp_path`` and intervals of 4 steps."""
+    """The quickstart config with intervals of 4 steps; every output goes under ``tmp_path`` through the one setting
+    ``--trainer.default_root_dir`` (the config names no logger folder and no checkpoint folder)."""
     override = tmp_path / "override.yaml"
     override.write_text(yaml.safe_dump({"trainer": {
-        "logger": [{"class_path": f"lightning.pytorch.loggers.{name}",
-                    "init_args": {"save_dir": str(tmp_path), "name": "", "version": None}}
-                   for name in ("TensorBoardLogger", "CSVLogger")],
         "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": str(tmp_path / "checkpoints"), "every_n_train_steps": 4, "save_last": True,
-                           "save_top_k": -1}},
+             "init_args": {"every_n_train_steps": 4, "save_last": True, "save_top_k": -1}},
             {"class_path": "colddiff.callbacks.SampleGrid", "init_args": {"every_n_steps": 4, "scale": 1}},
         ],
     }}))
@@ -155,6 +152,20 @@ def test_resume_continues_the_global_step_and_writes_run_files(tmp_path):
     assert (tmp_path / "version_1" / "grids" / "step_0000008.png").is_file()
     final = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert final["global_step"] == 8
+
+
+def test_default_root_dir_moves_every_output(tmp_path, monkeypatch):
+    """`--trainer.default_root_dir` alone moves logs, config, grids and checkpoints of an unmodified config."""
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "scratch" / "run1"
+    cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *quiet(scratch),
+              "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+              "--data.val_size", "8", "--model.val_sample_steps", "2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch"]  # nothing in ./runs/quickstart
+    assert (scratch / "checkpoints" / "last.ckpt").is_file()
+    assert (scratch / "version_0" / "config.yaml").is_file() and (scratch / "version_0" / "metrics.csv").is_file()
+    assert list((scratch / "version_0").glob("events.out.tfevents.*"))
+    assert list((scratch / "version_0" / "grids").glob("step_*.png"))
 
 
 def test_grid_scale_enlarges_images(tmp_path):

@@ -194,6 +194,23 @@ def test_cli_restoration_table(checkpoints, tmp_path):
     assert second["Degraded"]["SSIM"] == pytest.approx(payload["results"]["Degraded"]["SSIM"])
 
 
+def test_restoration_evaluation_is_a_library_function_with_known_rows(checkpoints):
+    """A notebook user calls the same procedure as evaluate.py; the Degraded row is exactly D(x0, T) measured."""
+    from colddiff.evaluation import evaluate_restoration
+    from colddiff.export import load_model
+
+    model = load_model(checkpoints["restore"])
+    images = EmbeddedMNIST("test", ImageTransform(SIZE, 1, train=False))
+    dataset = torch.utils.data.Subset(images, range(10))
+    report = evaluate_restoration(model, dataset, steps=2, batch_size=4)
+    assert list(report.rows) == ["Degraded", "Direct", "Sampled"] and report.rows["Sampled"]["N"] == 10
+    x0 = quantize(torch.stack([dataset[i] for i in range(10)]))
+    degraded = quantize(model.degradation(x0, 4))
+    expected = torch.stack([peak_signal_noise_ratio(d[None], x[None], data_range=1.0) for d, x in zip(degraded, x0)])
+    assert report.rows["Degraded"]["PSNR"] == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert "| Sampled |" in report.markdown() and report.protocol["level"] == 4
+
+
 def test_cli_generation_and_cache(checkpoints, tmp_path, capsys):
     args = ["generation", "--ckpt", str(checkpoints["generate"]), "--num", "40", "--steps", "2", "--extractor",
             "pixels", "--reference-dataset", "embedded-mnist", "--reference-size", "100", "--cache-dir",

@@ -115,6 +115,87 @@ def test_sample_with_a_perfect_restorer_and_samplers():
         model.sample(x_T, sampler="ddim")
 
 
+def test_reconstruct_is_degrade_then_direct_and_sampled():
+    model = tiny_model(sample_steps=2)
+    x0 = torch.rand(3, 1, 16, 16)
+    result = model.reconstruct(x0, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.degraded, model.degradation(x0, 3).clamp(0, 1))
+    torch.testing.assert_close(result.direct, model.sample(result.degraded, 3, sampler="direct").clamp(0, 1))
+    torch.testing.assert_close(result.sampled, model.sample(result.degraded, 3).clamp(0, 1))
+    assert result.level == 3 and result.params == {} and torch.equal(result.x0, x0)
+    model.restore = lambda x_t, t: x0  # type: ignore[method-assign]  # a perfect restorer
+    perfect = model.reconstruct(x0)
+    torch.testing.assert_close(perfect.sampled, x0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(perfect.direct, x0)
+    with pytest.raises(ValueError, match=r"level must be an int in \[0, 4\]"):
+        model.reconstruct(x0, 5)
+
+
+def test_reconstruct_draws_params_with_the_context_the_degradation_declares():
+    """Mixing partners arrive through the degradation's context_keys, also inside a Compose."""
+    degradation = cd.Compose([cd.GaussianBlur(4, kernel_size=5), cd.Mix(4)])
+    assert degradation.context_keys == ("partner",)
+    model = tiny_model(degradation=degradation)
+    x0, partner = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    result = model.reconstruct(x0, partner=partner)
+    torch.testing.assert_close(result.degraded, partner)  # D(x0, T) of a mix is the partner
+    torch.testing.assert_close(result.params["1.partner"], partner)
+    with pytest.raises(ValueError, match="Mix needs a partner image"):
+        model.reconstruct(x0)
+
+
+def test_validation_and_grids_use_reconstruct(tmp_path, monkeypatch):
+    from colddiff.callbacks import SampleGrid
+
+    calls = []
+    original = ColdDiffusion.reconstruct
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("steps"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ColdDiffusion, "reconstruct", spy)
+    model = tiny_model(val_sample_steps=2)
+    trainer(tmp_path, max_steps=1, limit_val_batches=1, callbacks=[SampleGrid(every_n_steps=1, steps=3)]).fit(
+        model, tiny_data())
+    assert 2 in calls and 3 in calls  # validation's steps and the grid's steps
+
+
+def test_training_inputs_are_quantised_when_the_degradation_says_so():
+    model = tiny_model(degradation=cd.GaussianBlur(4, kernel_size=5, quantize=True))
+    x_t, t, _ = model.degrade_batch(torch.rand(6, 1, 16, 16), {}, torch.Generator().manual_seed(0))
+    assert (t >= 1).all()
+    torch.testing.assert_close(x_t, torch.round(x_t * 255) / 255, atol=0, rtol=0)
+
+
+def test_generated_images_depend_on_the_seed_not_on_the_batch_size():
+    model = tiny_model(degradation=cd.GaussianBlur(4, kernel_size=5, final_mean=True), prior=ChannelMeanPrior(1),
+                       sample_steps=2)
+    model.prior.fit(torch.rand(32, 1, 16, 16))
+    whole, _ = model.generate(5, torch.Generator().manual_seed(7))
+    for batch_size in (1, 2, 3):
+        again, start = model.generate(5, torch.Generator().manual_seed(7), batch_size=batch_size)
+        torch.testing.assert_close(again, whole)
+        assert len(start.provenance) == 5
+
+
+def test_priors_get_what_they_need_from_the_data_through_one_hook():
+    from colddiff.datasets import DatasetSource
+    from colddiff.priors import GaussianNoisePrior, SourceImagePrior
+
+    images = torch.rand(20, 1, 8, 8) * 0.2
+    fitted = ChannelMeanPrior(1).fit_from(DatasetSource(list(images)), limit=10)
+    assert fitted.is_fitted and 0 < fitted.gmm.means.item() < 0.2
+    partners = [torch.rand(1, 8, 8) for _ in range(3)]
+    source_prior = SourceImagePrior().fit_from(DatasetSource(partners=partners))
+    assert source_prior.is_fitted and source_prior.sample(2, (1, 8, 8)).x_T.shape == (2, 1, 8, 8)
+    assert GaussianNoisePrior().fit_from(DatasetSource()).is_fitted  # needs nothing
+    with pytest.raises(ValueError, match="needs training images"):
+        ChannelMeanPrior(1).fit_from(DatasetSource())
+    with pytest.raises(ValueError, match="partner images"):
+        SourceImagePrior().fit_from(DatasetSource(list(images)))
+
+
 def test_generate_with_a_fitted_prior():
     model = tiny_model(degradation=cd.GaussianBlur(4, kernel_size=5, final_mean=True), prior=ChannelMeanPrior(1))
     model.prior.fit(torch.rand(32, 1, 16, 16))
@@ -152,6 +233,16 @@ def test_hyperparameters_are_a_config_and_reload(tmp_path):
     x, level = torch.rand(2, 1, 16, 16), torch.tensor([1, 3])
     torch.testing.assert_close(reloaded.restore(x, level), model.restore(x, level))
     torch.testing.assert_close(reloaded.prior.gmm.means, model.prior.gmm.means)
+
+
+def test_loading_never_unpickles(tmp_path):
+    path = tmp_path / "model.ckpt"
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t.fit(tiny_model(), tiny_data())
+    t.save_checkpoint(path)
+    with pytest.raises(ValueError, match="weights_only=True only"):
+        ColdDiffusion.load_from_checkpoint(path, weights_only=False)
+    assert isinstance(ColdDiffusion.load_from_checkpoint(path).degradation, cd.GaussianBlur)
 
 
 def test_networks_that_do_not_record_their_arguments_must_be_passed_on_reload(tmp_path):

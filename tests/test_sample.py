@@ -16,6 +16,7 @@ from PIL import Image
 import colddiff.degradations as cd
 from colddiff.checkpoint import AtomicCheckpointIO
 from colddiff.data import EmbeddedMNISTDataModule
+from colddiff.datasets import DatasetSource, EmbeddedMNIST, ImageTransform
 from colddiff.export import export_model, load_model
 from colddiff.module import ColdDiffusion
 from colddiff.nets import ConvNeXtUNet
@@ -124,6 +125,34 @@ def test_same_seed_same_images(ckpt, tmp_path):
     read = lambda name: np.asarray(Image.open(tmp_path / name / "generate_grid.png"))  # noqa: E731
     assert np.array_equal(read("a"), read("b"))
     assert not np.array_equal(read("a"), read("c"))
+
+
+def test_the_seed_alone_fixes_generated_images_whatever_the_batch_size(ckpt, tmp_path):
+    for name, batch in (("a", "3"), ("b", "16")):
+        run("generate", "--ckpt", str(ckpt), "--out", str(tmp_path / name), "--num", "5", "--seed", "7",
+            "--steps", "2", "--batch-size", batch, "--save-images")
+    for i in range(5):
+        a = np.asarray(Image.open(tmp_path / "a" / "images" / f"{i:06d}.png"))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / "images" / f"{i:06d}.png")))
+
+
+def test_fit_prior_writes_a_new_model_file_and_never_the_given_one(ckpt, tmp_path, capsys):
+    before = ckpt.read_bytes()
+    out = ["--out", str(tmp_path / "g"), "--steps", "2", "--num", "2"]
+    fit = ["--fit-prior", "--dataset", "embedded-mnist", "--fit-images", "50"]
+    assert "--fit-prior needs --output" in _error(capsys, "generate", "--ckpt", str(ckpt), *fit, *out)
+    assert "must be a new file" in _error(capsys, "generate", "--ckpt", str(ckpt), *fit, "--output", str(ckpt), *out)
+    with pytest.raises(SystemExit):  # a bad --num is refused while parsing, before anything is fitted or written
+        main(["generate", "--ckpt", str(ckpt), *fit, "--output", str(tmp_path / "new.ckpt"), "--num", "0"])
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before and not (tmp_path / "new.ckpt").exists()
+    run("generate", "--ckpt", str(ckpt), *fit, "--output", str(tmp_path / "new.ckpt"), *out)
+    assert ckpt.read_bytes() == before
+    refitted = load_model(tmp_path / "new.ckpt")
+    expected = ChannelMeanPrior(1).fit_from(DatasetSource(EmbeddedMNIST("train", ImageTransform(SIZE, 1, False))),
+                                            limit=50)
+    torch.testing.assert_close(refitted.prior.gmm.means, expected.gmm.means)
+    assert not torch.equal(refitted.prior.gmm.means, load_model(ckpt).prior.gmm.means)
 
 
 def test_export_then_load_gives_identical_outputs(ckpt, tmp_path):
