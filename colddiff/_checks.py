@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -46,12 +47,18 @@ def check_per_step(values: Any, num_steps: int, name: str, *, allow_zero: bool =
     return tensor
 
 
-def randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+def randn(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None,
+          like: Tensor) -> Tensor:
     """Standard normal draws on ``like``'s device and dtype, reproducible with a generator on any device.
 
     The draw happens on the generator's device (CPU generators give the same numbers whatever device the
-    images are on) and is then moved.
+    images are on) and is then moved.  ``generator`` may also be one generator per row (``shape[0]`` of them): row
+    ``i`` then depends on its own generator alone, whatever rows are drawn with it.
     """
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"one generator per row: expected {shape[0]} generators, got {len(generator)}")
+        return torch.stack([randn(tuple(shape[1:]), g, like) for g in generator])
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(like.device, like.dtype)
 

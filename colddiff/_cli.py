@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from colddiff.data import ImageDataModule, TorchvisionDataModule
 from colddiff.datasets import DatasetSource, EmbeddedMNIST, ImageFolder, ImageTransform, find_images
 from colddiff.io import load_checkpoint
 
-__all__ = ["UsageError", "device_from", "positive_int", "add_data_arguments", "dataset_from_args", "dataset_id",
-           "datamodule_from_checkpoint", "image_shape_of", "partners_from_args", "prepare_prior"]
+__all__ = ["UsageError", "device_from", "positive_int", "non_negative_float", "add_data_arguments",
+           "dataset_from_args", "dataset_id", "datamodule_from_checkpoint", "image_shape_of", "partners_from_args",
+           "prepare_prior"]
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CelebA", "Flowers102", "embedded-mnist")
 
@@ -47,6 +49,17 @@ def positive_int(text: str) -> int:
         return check_positive_int(int(text), "value")
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, split: str = "test", prefix: str = "") -> None:

@@ -35,6 +35,7 @@ from colddiff._cli import (
     dataset_id,
     device_from,
     image_shape_of,
+    non_negative_float,
     partners_from_args,
     positive_int,
     prepare_prior,
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's (improved)")
     sampling.add_argument("--steps", type=positive_int, default=None, help="sampling steps (step skipping)")
+    sampling.add_argument("--noise", type=non_negative_float, default=None,
+                          help="sampling noise delta at every level (default: the model's sample_noise)")
 
     parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +145,8 @@ def run_restoration(args: argparse.Namespace, device: torch.device) -> Path:
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     report = evaluate_restoration(
-        model, dataset, level=args.level, sampler=args.sampler, steps=args.steps, extractor=_extractor(args),
+        model, dataset, level=args.level, sampler=args.sampler, steps=args.steps, noise=args.noise,
+        extractor=_extractor(args),
         partners=partners_from_args(args, model), batch_size=args.batch_size, num_workers=args.num_workers,
         seed=args.seed, device=device, precision=args.precision, progress=True,
     )
@@ -172,8 +176,8 @@ def _generated_images(args: argparse.Namespace, device: torch.device,
         images = torch.stack([dataset[i] for i in range(len(dataset))])
         return images, _folder_provenance(Path(args.generated), files), f"folder {args.generated} ({len(files)} images)"
     images, records = generate_images(model, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                                      batch_size=args.batch_size, device=device, precision=args.precision,
-                                      progress=True)
+                                      noise=args.noise, batch_size=args.batch_size, device=device,
+                                      precision=args.precision, progress=True)
     return images, records, f"checkpoint {args.ckpt}"
 
 
@@ -203,7 +207,7 @@ def run_generation(args: argparse.Namespace, device: torch.device) -> Path:
         kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, seed=args.seed,
         batch_size=args.batch_size, num_workers=args.num_workers, device=device, progress=True,
         protocol={"generated": source, "seed": args.seed, "sampler": args.sampler or "model default",
-                  "steps": args.steps or "all levels", "precision": args.precision},
+                  "steps": args.steps or "all levels", "noise": args.noise, "precision": args.precision},
     )
     return _write(Path(args.out), "generation", report.markdown(), {"protocol": report.protocol,
                                                                     "results": report.rows})

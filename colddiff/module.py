@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from colddiff._checks import check_positive_int
+from colddiff._checks import check_positive_int, randn
 from colddiff._config import describe_or_mark, model_kwargs
 from colddiff._lightning import built_by_cli, fit_loop_dataloader
 from colddiff.datasets import DatasetSource, unpack_batch
@@ -31,6 +31,7 @@ from colddiff.degradations.base import Degradation
 from colddiff.io import load_checkpoint
 from colddiff.priors import Prior, PriorSample
 from colddiff.sampling import SAMPLERS, SamplerName, sample
+from colddiff.schedules import level_values
 
 __all__ = ["ColdDiffusion", "Reconstruction", "paper_adam", "NonFiniteLossError"]
 
@@ -97,6 +98,12 @@ class ColdDiffusion(L.LightningModule):
             skips such batches (the update is dropped) and counts them in ``train/skipped_batches``.
         seed: seed of the validation degradations (levels, random params), so validation is comparable across
             epochs.
+        train_noise: noise-augmented training (Inverse Heat Dissipation, Rissanen et al., arXiv 2206.13397: the
+            forward process ``q(u_k | u_0) = N(F(t_k) u_0, sigma^2 I)``, their sigma = 0.01): the network sees
+            ``D(x0, t) + sigma_t * eps``.  A number (the same ``sigma`` at every level ``t >= 1``) or ``T + 1``
+            per-level values; ``None``: none (the paper's deterministic training).
+        sample_noise: default sampling noise ``delta`` of the samplers (see :mod:`colddiff.sampling`): a number or
+            ``T + 1`` per-level values; ``None``: deterministic sampling.
     """
 
     def __init__(
@@ -121,6 +128,8 @@ class ColdDiffusion(L.LightningModule):
         compile: bool | CompileMode = False,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
         seed: int = 0,
+        train_noise: float | list[float] | None = None,
+        sample_noise: float | list[float] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(degradation, Degradation):
@@ -158,6 +167,10 @@ class ColdDiffusion(L.LightningModule):
         self.prior_fit_images = prior_fit_images
         self.channels_last, self.compile_network = channels_last, compile
         self.nonfinite_loss, self.seed = nonfinite_loss, seed
+        T = degradation.num_steps
+        self.register_buffer("train_noise_std", None if train_noise is None else
+                             level_values(train_noise, T, "train_noise").float(), persistent=False)
+        self.sample_noise = None if sample_noise is None else level_values(sample_noise, T, "sample_noise").tolist()
         self._compiled: list[Callable] = []  # compiled networks are kept out of the module tree and the state dict
         self._compiled_ema: list[Callable] = []
         self.register_buffer("_nonfinite_at", torch.tensor(-1, dtype=torch.long), persistent=False)
@@ -255,10 +268,15 @@ class ColdDiffusion(L.LightningModule):
     def degrade_batch(self, x0: Tensor, context: Mapping[str, Tensor],
                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``t ~ U{1..T}`` per sample, fresh params, and ``x_t = D(x0, t, params)`` as the network is fed it
-        (:meth:`~colddiff.degradations.Degradation.degrade_input`: 8-bit for quantising operators)."""
+        (:meth:`~colddiff.degradations.Degradation.degrade_input`: 8-bit for quantising operators), plus
+        ``sigma_t * eps`` with ``train_noise``."""
         t = torch.randint(1, self.degradation.num_steps + 1, (x0.shape[0],), device=x0.device, generator=generator)
         params = self.degradation.make_params(x0, generator, **context)
-        return self.degradation.degrade_input(x0, t, params), t, params
+        x_t = self.degradation.degrade_input(x0, t, params)
+        if self.train_noise_std is not None:
+            sigma = self.train_noise_std.index_select(0, t).to(x_t.dtype)[:, None, None, None]
+            x_t = x_t + sigma * randn(tuple(x_t.shape), generator, x_t)
+        return x_t, t, params
 
     def loss(self, batch: Any, generator: torch.Generator | None = None, ema: bool = False) -> Tensor:
         """The training objective on a batch: ``|R(D(x0, t), t) - x0|`` (L1 or L2), with the training network or
@@ -372,6 +390,7 @@ class ColdDiffusion(L.LightningModule):
         steps: int | Sequence[int] | None = None,
         callback: Callable[[dict], None] | None = None,
         generator: torch.Generator | None = None,
+        noise: float | Sequence[float] | None = None,
         **context: Tensor,
     ) -> Tensor:
         """Restore ``x_t`` (at level ``t``, default ``T``) with the chosen sampler and the EMA weights.
@@ -384,7 +403,8 @@ class ColdDiffusion(L.LightningModule):
             steps: levels to visit (an int for evenly spaced skipping; default: the module's ``sample_steps``;
                 the direct sampler ignores it).
             callback: per-step callback (see :mod:`colddiff.sampling`).
-            generator: random generator for params.
+            generator: random generator for params and sampling noise.
+            noise: sampling noise ``delta`` (default: the module's ``sample_noise``; see :mod:`colddiff.sampling`).
             context: degradation context, e.g. ``partner=`` for :class:`~colddiff.degradations.Mix`.
         """
         sampler = sampler or self.sampler
@@ -393,8 +413,9 @@ class ColdDiffusion(L.LightningModule):
         if params is None and context:
             params = self.degradation.make_params(x_t, generator, **context)
         steps = self.sample_steps if steps is None else steps
+        noise = self.sample_noise if noise is None else noise
         with self._precision_context():
-            return sample(sampler, self.restore, self.degradation, x_t, t, params, steps, callback, generator)
+            return sample(sampler, self.restore, self.degradation, x_t, t, params, steps, callback, generator, noise)
 
     @torch.no_grad()
     def reconstruct(
@@ -407,6 +428,7 @@ class ColdDiffusion(L.LightningModule):
         generator: torch.Generator | None = None,
         params: Mapping[str, Tensor] | None = None,
         callback: Callable[[dict], None] | None = None,
+        noise: float | Sequence[float] | None = None,
         **context: Tensor,
     ) -> Reconstruction:
         """Degrade clean images to a level and restore them: the one-shot restoration and the sampler's.
@@ -423,6 +445,7 @@ class ColdDiffusion(L.LightningModule):
             generator: random generator for the params.
             params: use these params instead of drawing them.
             callback: per-step callback of the sampler (see :mod:`colddiff.sampling`).
+            noise: sampling noise (default: the module's ``sample_noise``).
             context: degradation context (the names in ``degradation.context_keys``, e.g. ``partner=`` for
                 :class:`~colddiff.degradations.Mix`; a data module's dict batch provides them).
 
@@ -440,7 +463,7 @@ class ColdDiffusion(L.LightningModule):
         x_t = degradation(x0, level, params)
         direct = self.sample(x_t, level, params, sampler="direct")
         sampled = self.sample(x_t, level, params, sampler=sampler, steps=steps, callback=callback,
-                              generator=generator)
+                              generator=generator, noise=noise)
         return Reconstruction(x0=x0, degraded=x_t.clamp(0, 1), direct=direct.clamp(0, 1),
                               sampled=sampled.clamp(0, 1), params=params, level=level)
 
@@ -453,11 +476,14 @@ class ColdDiffusion(L.LightningModule):
         steps: int | Sequence[int] | None = None,
         callback: Callable[[dict], None] | None = None,
         batch_size: int | None = None,
+        noise: float | Sequence[float] | None = None,
     ) -> tuple[Tensor, PriorSample]:
         """Unconditional generation: draw ``n`` start states from the prior and sample.
 
         The ``n`` start states (and any params) are drawn in one draw before sampling in batches of ``batch_size``
-        (default: all at once), so the seed of ``generator`` alone fixes the images, whatever the batch size.
+        (default: all at once), and every image draws its sampling ``noise`` (default: the module's
+        ``sample_noise``) from its own generator, so the seed of ``generator`` alone fixes the images, whatever the
+        batch size.
 
         Returns:
             The generated images (clamped to ``[0, 1]``) and the prior draw (start states, params, provenance).
@@ -474,11 +500,14 @@ class ColdDiffusion(L.LightningModule):
         params = {k: v.to(self.device) for k, v in start.params.items()}
         if not params and self.degradation.param_keys:
             params = self.degradation.make_params(x_T, generator)
-        images = [
-            self.sample(x_T[i:i + batch_size], params={k: v[i:i + batch_size] for k, v in params.items()} or None,
-                        sampler=sampler, steps=steps, callback=callback, generator=generator).clamp(0, 1)
-            for i in range(0, n, batch_size)
-        ]
+        # sampling noise: one generator per image, seeded in one draw, so each image's noise is its own
+        seeds = torch.randint(2**62, (n,), generator=generator, device=generator.device if generator else "cpu")
+        images = []
+        for i in range(0, n, batch_size):
+            noise_generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds[i:i + batch_size]]
+            images.append(self.sample(x_T[i:i + batch_size], params={k: v[i:i + batch_size] for k, v in params.items()},
+                                      sampler=sampler, steps=steps, callback=callback, generator=noise_generators,
+                                      noise=noise).clamp(0, 1))
         return torch.cat(images), start
 
     # ------------------------------------------------------------------------------------------- loading

@@ -33,6 +33,7 @@ from colddiff._cli import (
     add_data_arguments,
     dataset_from_args,
     device_from,
+    non_negative_float,
     partners_from_args,
     positive_int,
     prepare_prior,
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--steps", type=positive_int, default=None,
                         help="sampling steps, evenly spaced levels (step skipping); default: every level")
     common.add_argument("--batch-size", type=positive_int, default=16)
+    common.add_argument("--noise", type=non_negative_float, default=None,
+                        help="sampling noise delta added at every level (IHDM-style ancestral sampling); default: "
+                             "the model's sample_noise (none unless it was trained with one)")
     common.add_argument("--seed", type=int, default=0, help="seed of degradation params and prior draws")
     common.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1 ...")
     common.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
@@ -150,7 +154,7 @@ def _sample(model: ColdDiffusion, args: argparse.Namespace, device: torch.device
     bar, step = _progress(args, model, level, callback)
     with bar, autocast(device, args.precision):
         out = model.sample(x_t.to(device), t=level, params=params, sampler=args.sampler, steps=args.steps,
-                           callback=step, generator=generator)
+                           callback=step, generator=generator, noise=args.noise)
     return out.float().clamp(0, 1)
 
 
@@ -185,7 +189,8 @@ def run_reconstruct(args: argparse.Namespace, model: ColdDiffusion, device: torc
         bar, step = _progress(args, model, level)
         with bar, autocast(device, args.precision):
             result = model.reconstruct(x0, level, sampler=args.sampler, steps=args.steps, generator=generator,
-                                       callback=step, **{k: v.to(device) for k, v in context.items()})
+                                       callback=step, noise=args.noise,
+                                       **{k: v.to(device) for k, v in context.items()})
         for column, images in zip(columns, (result.degraded, result.direct, result.sampled, result.x0)):
             column.append(images.float().cpu())
     grid = [torch.cat(c) for c in columns]
@@ -256,7 +261,7 @@ def run_generate(args: argparse.Namespace, model: ColdDiffusion, device: torch.d
               f"{save_model_as(model, args.ckpt, args.output)}")
     with autocast(device, args.precision):
         images, draw = model.generate(args.num, torch.Generator().manual_seed(args.seed), sampler=args.sampler,
-                                      steps=args.steps, batch_size=args.batch_size)
+                                      steps=args.steps, batch_size=args.batch_size, noise=args.noise)
     images = images.float().cpu()
     records = [{"index": i, "seed": args.seed, "start_state": p} for i, p in enumerate(draw.provenance)]
     nrow = args.nrow or max(1, round(len(images) ** 0.5))

@@ -11,6 +11,15 @@ the degradation's ``params`` (drawn with ``generator`` when not given), an optio
   both terms.  With a perfect ``R`` it returns ``x0`` exactly; for :class:`~colddiff.degradations.GaussianNoise`
   with ``reestimate=True`` it is deterministic DDIM.
 * :func:`sample_direct`: the one-shot reconstruction ``R(x_t, t)``.
+
+**Sampling noise** (``noise=``, every iterative sampler): ``delta_{s'} * eps`` with fresh standard normal ``eps`` is
+added to the new state at every level ``s' > 0``; ``noise`` is a number (the same ``delta`` at every level) or
+``T + 1`` per-level values.  Algorithm 1 with this noise is the ancestral sampler of Inverse Heat Dissipation
+(Rissanen et al., arXiv 2206.13397: the reverse step ``p(u_{k-1} | u_k) = N(mu_theta(u_k, k), delta^2 I)``, i.e.
+``u_{k-1} = mu_theta(u_k, k) + delta * eps``, where their ``mu_theta`` predicts the less degraded image, here
+``D(x0_hat, k - 1)``); a network trained on noisy inputs (``ColdDiffusion(train_noise=sigma)``, their forward
+``q(u_k | u_0) = N(F(t_k) u_0, sigma^2 I)``) is the matching model.
+The draws come from ``generator``, so a seeded generator reproduces the samples.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
+from colddiff._checks import randn
 from colddiff.degradations.base import Degradation, Params
+from colddiff.schedules import level_values
 
 __all__ = ["Restore", "SamplerName", "SAMPLERS", "Precision", "timesteps", "sample", "sample_naive",
            "sample_improved", "sample_direct", "autocast"]
@@ -32,6 +43,7 @@ Restore = Callable[[Tensor, Tensor], Tensor]
 SamplerName = Literal["naive", "improved", "direct"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 Callback = Callable[[dict[str, Any]], None]
+Noise = float | Sequence[float] | Tensor | None
 Precision = Literal["32", "bf16", "16"]
 
 
@@ -105,10 +117,12 @@ def _run(
     steps: int | Sequence[int] | Tensor | None,
     callback: Callback | None,
     generator: torch.Generator | None,
+    noise: Noise,
 ) -> Tensor:
     _check_restore(restore)
     x, start, params = _prepare(degradation, x_t, t, params, generator)
     levels = timesteps(start, steps)
+    deltas = None if noise is None else level_values(noise, degradation.num_steps, "noise").tolist()
     batch = x.shape[0]
     for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
         level = torch.full((batch,), s, dtype=torch.long, device=x.device)
@@ -121,6 +135,8 @@ def _run(
             x_next = degradation.degrade(x0_hat, level_next, params)
         else:
             x_next = x + degradation.step_difference(x0_hat, level, level_next, params)
+        if deltas is not None and s_next > 0 and deltas[s_next] > 0:
+            x_next = x_next + deltas[s_next] * randn(tuple(x.shape), generator, x)
         if callback is not None:
             callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
         x = x_next
@@ -137,6 +153,7 @@ def sample_naive(
     steps: int | Sequence[int] | Tensor | None = None,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    noise: Noise = None,
 ) -> Tensor:
     """Algorithm 1: ``x0_hat = R(x_s, s)``, ``x_{s'} = D(x0_hat, s')``.
 
@@ -148,12 +165,14 @@ def sample_naive(
         params: the degradation's params (drawn with ``generator`` if ``None``).
         steps: levels to visit (see :func:`timesteps`).
         callback: called after each step with a dict ``i, t, t_next, x, x0_hat, x_next``.
-        generator: random generator for params that are not given.
+        generator: random generator for params that are not given, and for the sampling noise (for the noise, also
+            a sequence of one generator per image).
+        noise: sampling noise ``delta`` (see the module docstring), ``None`` for none.
 
     Shape:
         ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
     """
-    return _run("naive", restore, degradation, x_t, t, params, steps, callback, generator)
+    return _run("naive", restore, degradation, x_t, t, params, steps, callback, generator, noise)
 
 
 @torch.no_grad()
@@ -166,6 +185,7 @@ def sample_improved(
     steps: int | Sequence[int] | Tensor | None = None,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    noise: Noise = None,
 ) -> Tensor:
     """Algorithm 2: ``x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')`` (same params for both terms).
 
@@ -174,7 +194,7 @@ def sample_improved(
     Shape:
         ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
     """
-    return _run("improved", restore, degradation, x_t, t, params, steps, callback, generator)
+    return _run("improved", restore, degradation, x_t, t, params, steps, callback, generator, noise)
 
 
 @torch.no_grad()
@@ -187,9 +207,10 @@ def sample_direct(
     steps: int | Sequence[int] | Tensor | None = None,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    noise: Noise = None,
 ) -> Tensor:
-    """One-shot reconstruction ``R(x_t, t)`` (``params``, ``steps`` and ``generator`` are accepted and ignored, so
-    every sampler takes the same arguments).
+    """One-shot reconstruction ``R(x_t, t)`` (``params``, ``steps``, ``generator`` and ``noise`` are accepted and
+    ignored, so every sampler takes the same arguments).
 
     Shape:
         ``x_t``: ``(B, C, H, W)``; output: ``(B, C, H, W)``.
@@ -216,11 +237,12 @@ def sample(
     steps: int | Sequence[int] | Tensor | None = None,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    noise: Noise = None,
 ) -> Tensor:
     """Run the sampler named ``sampler`` (``"naive"``, ``"improved"`` or ``"direct"``)."""
     if sampler not in _SAMPLER_FUNCTIONS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    return _SAMPLER_FUNCTIONS[sampler](restore, degradation, x_t, t, params, steps, callback, generator)
+    return _SAMPLER_FUNCTIONS[sampler](restore, degradation, x_t, t, params, steps, callback, generator, noise)
 
 
 def autocast(device: torch.device | str, precision: Precision = "32") -> contextlib.AbstractContextManager:

@@ -11,6 +11,7 @@ Two kinds, named by what they index (see :mod:`colddiff.degradations.base` for t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -188,3 +189,30 @@ def check_level_sigmas(values: list[float] | Tensor, num_steps: int, name: str) 
     if tensor[0] != 0:
         raise ValueError(f"{name} must start at 0 (level 0 is the clean image), got {tensor[0].item()}")
     return tensor
+
+
+def level_values(value: float | Sequence[float] | Tensor, num_steps: int, name: str = "schedule") -> Tensor:
+    """A per-level schedule of non-negative amounts (e.g. a noise standard deviation), from a number or a list.
+
+    A number ``v`` gives ``0`` at level 0 and ``v`` at every level ``1 .. T``; a sequence must have ``T + 1``
+    values (entry ``t`` for level ``t``).
+
+    Shape:
+        ``(T + 1,)`` float64.
+    """
+    num_steps = check_num_steps(num_steps)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        values = torch.full((num_steps + 1,), float(value), dtype=torch.float64)
+        values[0] = 0.0
+    else:
+        try:
+            values = torch.as_tensor(value, dtype=torch.float64).flatten().clone()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be a number or {num_steps + 1} numbers (one per level), got {value!r}") \
+                from err
+        if values.numel() != num_steps + 1:
+            raise ValueError(f"{name} must be a number or have one value per level ({num_steps + 1} values), "
+                             f"got {values.numel()}")
+    if not torch.isfinite(values).all() or values.min() < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {values.tolist()}")
+    return values

@@ -168,9 +168,24 @@ def test_training_inputs_are_quantised_when_the_degradation_says_so():
     torch.testing.assert_close(x_t, torch.round(x_t * 255) / 255, atol=0, rtol=0)
 
 
-def test_generated_images_depend_on_the_seed_not_on_the_batch_size():
+def test_training_noise_adds_sigma_eps_to_the_network_input():
+    model = tiny_model(train_noise=0.05)
+    x0 = torch.rand(64, 1, 16, 16)
+    noisy, t, params = model.degrade_batch(x0, {}, torch.Generator().manual_seed(0))
+    residual = noisy - model.degradation.degrade_input(x0, t, params)
+    assert abs(residual.std().item() - 0.05) < 0.003
+    per_level = tiny_model(train_noise=[0, 0, 0, 0, 0.1])  # noise at level T only
+    noisy, t, params = per_level.degrade_batch(x0, {}, torch.Generator().manual_seed(0))
+    residual = (noisy - per_level.degradation.degrade_input(x0, t, params)).flatten(1).std(dim=1)
+    assert (residual[t < 4] == 0).all() and (residual[t == 4] > 0.08).all()
+    with pytest.raises(ValueError, match="train_noise must be a number or have one value per level"):
+        tiny_model(train_noise=[0.1, 0.2])
+
+
+@pytest.mark.parametrize("noise", [None, 0.02])
+def test_generated_images_depend_on_the_seed_not_on_the_batch_size(noise):
     model = tiny_model(degradation=cd.GaussianBlur(4, kernel_size=5, final_mean=True), prior=ChannelMeanPrior(1),
-                       sample_steps=2)
+                       sample_steps=2, sample_noise=noise)
     model.prior.fit(torch.rand(32, 1, 16, 16))
     whole, _ = model.generate(5, torch.Generator().manual_seed(7))
     for batch_size in (1, 2, 3):

@@ -157,3 +157,38 @@ def test_samplers_do_not_track_gradients():
     net = torch.nn.Conv2d(3, 3, 3, padding=1)
     out = sample_improved(lambda x, t: net(x), op, smooth_images(batch=1, size=8))
     assert not out.requires_grad
+
+
+def test_sampling_noise_is_added_at_every_level_but_the_last():
+    """Algorithm 1 with noise (IHDM's ancestral step): with a perfect restorer each state is D(x0, s') + delta eps,
+    and the final image (level 0) is x0 exactly."""
+    op = cd.GaussianBlur(6, kernel_size=5)
+    x0 = smooth_images(batch=4, size=16)
+    states = []
+    out = sample_naive(lambda x, t: x0, op, op(x0, 6), noise=0.05, generator=torch.Generator().manual_seed(0),
+                       callback=lambda info: states.append((info["t_next"], info["x_next"])))
+    torch.testing.assert_close(out, x0)
+    for level, state in states[:-1]:
+        residual = state - op(x0, level)
+        assert abs(residual.std().item() - 0.05) < 0.005 and abs(residual.mean().item()) < 0.005
+    again = sample_naive(lambda x, t: x0 + 0.01 * x, op, op(x0, 6), noise=0.05,
+                         generator=torch.Generator().manual_seed(0))
+    same = sample_naive(lambda x, t: x0 + 0.01 * x, op, op(x0, 6), noise=0.05,
+                        generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, same)  # a seeded generator reproduces the noise
+    silent = sample_improved(lambda x, t: x0 + 0.01 * x, op, op(x0, 6), noise=0.0)
+    torch.testing.assert_close(silent, sample_improved(lambda x, t: x0 + 0.01 * x, op, op(x0, 6)))
+
+
+def test_sampling_noise_per_level_and_per_image_generators():
+    op = cd.GaussianBlur(4, kernel_size=5)
+    x0 = smooth_images(batch=2, size=8)
+    restore = lambda x, t: 0.9 * x  # noqa: E731
+    both = sample_naive(restore, op, op(x0, 4), noise=[0, 0.1, 0.1, 0.1, 0.1],
+                        generator=[torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    first = sample_naive(restore, op, op(x0, 4)[:1], noise=0.1, generator=[torch.Generator().manual_seed(1)])
+    torch.testing.assert_close(both[:1], first)  # an image's noise depends on its own generator only
+    with pytest.raises(ValueError, match=r"noise must be a number or have one value per level \(5 values\)"):
+        sample_naive(restore, op, op(x0, 4), noise=[0.1, 0.1])
+    with pytest.raises(ValueError, match="noise must be finite and >= 0"):
+        sample_naive(restore, op, op(x0, 4), noise=-0.1)

@@ -37,6 +37,7 @@ def generate_images(
     seed: int = 0,
     sampler: SamplerName | None = None,
     steps: int | None = None,
+    noise: float | None = None,
     batch_size: int = 64,
     device: torch.device | str | None = None,
     precision: Precision = "32",
@@ -65,7 +66,7 @@ def generate_images(
     batches = -(-num // batch_size)
     with tqdm(total=batches * levels, desc="generate", disable=not progress) as bar, autocast(device, precision):
         images, draw = model.generate(num, torch.Generator().manual_seed(seed), sampler=sampler, steps=steps,
-                                      callback=lambda info: bar.update(1), batch_size=batch_size)
+                                      callback=lambda info: bar.update(1), batch_size=batch_size, noise=noise)
     records = [{"index": i, "seed": seed, "start_state": p} for i, p in enumerate(draw.provenance)]
     return quantize(images).cpu(), records
 

@@ -62,6 +62,7 @@ def evaluate_restoration(
     level: int | None = None,
     sampler: SamplerName | None = None,
     steps: int | None = None,
+    noise: float | None = None,
     extractor: FeatureExtractor | None = None,
     partners: Dataset | None = None,
     batch_size: int = 64,
@@ -80,7 +81,7 @@ def evaluate_restoration(
         model: a :class:`~colddiff.module.ColdDiffusion` (its EMA network restores).
         dataset: clean images (items as colddiff's batch format allows: tensors or ``{"image", ...}`` dicts).
         level: the degradation level (default ``T``).
-        sampler, steps: the sampler and its levels (defaults: the model's).
+        sampler, steps, noise: the sampler, its levels and its sampling noise (defaults: the model's).
         extractor: adds a Fréchet-distance column in its feature space.
         partners: partner images for mixing models whose batches carry none.
         batch_size, num_workers: the data loader's.
@@ -112,7 +113,8 @@ def evaluate_restoration(
             context["partner"] = unpack_batch(random_items(partners, len(x0), generator))[0]
         context = {k: v.to(device) for k, v in context.items()}
         with autocast(device, precision):
-            result = model.reconstruct(x0, level, sampler=sampler, steps=steps, generator=generator, **context)
+            result = model.reconstruct(x0, level, sampler=sampler, steps=steps, generator=generator, noise=noise,
+                                       **context)
         metrics.update("Degraded", result.degraded, x0, targets_are_new=True)
         metrics.update("Direct", result.direct, x0)
         metrics.update("Sampled", result.sampled, x0)
@@ -123,7 +125,7 @@ def evaluate_restoration(
     columns = ([extractor.metric_names()[0]] if extractor is not None else []) + ["SSIM", "PSNR", "RMSE"]
     protocol = {
         "images": seen, "degradation": type(model.degradation).__name__, "level": level, "num_steps": T,
-        "sampler": sampler, "steps": steps or "all levels", "seed": seed,
+        "sampler": sampler, "steps": steps or "all levels", "noise": noise, "seed": seed,
         "quantisation": "8-bit (round(255 x) / 255) for every image before metrics",
         "SSIM": "Gaussian window 11, sigma 1.5, data range 1, mean over images",
         "PSNR": "per image (data range 1), mean over images", "RMSE": "over all pixels, [0, 1] units",
