@@ -7,6 +7,7 @@ them, ``--print_config`` shows the resolved config, and every run saves it as ``
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import sys
@@ -18,10 +19,14 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from colddiff.data import ImageDataModule
-from colddiff.io import unsafe_checkpoint_error
+from colddiff.io import load_checkpoint
 from colddiff.module import ColdDiffusion
 
-__all__ = ["ColdDiffusionCLI", "cli_main"]
+__all__ = ["ColdDiffusionCLI", "cli_main", "SetupError"]
+
+
+class SetupError(Exception):
+    """A run that cannot start as asked (reported as one line, before anything is built or written)."""
 
 
 class ColdDiffusionCLI(LightningCLI):
@@ -32,14 +37,48 @@ class ColdDiffusionCLI(LightningCLI):
         parser.link_arguments("data.init_args.channels", "model.channels")
         parser.link_arguments("data.init_args.image_size", "model.network.init_args.image_size")
         parser.link_arguments("data.init_args.channels", "model.network.init_args.in_channels")
+        parser.add_argument(
+            "--resume_with_config_changes", type=bool, default=False,
+            help="resume from --ckpt_path although the model config differs from the checkpoint's: the new config "
+                 "is used (the changed degradation/prior buffers and optimiser settings replace the checkpoint's)")
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads --ckpt_path (weights_only) to recover the model's hyper-parameters: same message as ours
+        """Check a resume before anything is built, instead of LightningCLI's merging of the checkpoint's config.
+
+        LightningCLI would build whatever classes the checkpoint's config names (code from a file) and silently
+        let it replace the YAML's model.  Here the checkpoint is read safely, ``last`` means the newest complete
+        checkpoint of the run (by its recorded step), and a model config that differs from the checkpoint's is
+        refused, naming the fields, unless ``--resume_with_config_changes true`` (then the new config is used).
+        """
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        self.config_changes: dict[str, list[str]] = {}
+        if config is None or not config.get("ckpt_path"):
+            return
+        trainer = config.get("trainer")
+        if trainer is not None:
+            place_run_outputs(trainer)
         try:
-            super()._parse_ckpt_path()
-        except pickle.UnpicklingError as err:
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            raise unsafe_checkpoint_error(path, err) from err
+            path = resolve_resume_checkpoint(str(config["ckpt_path"]), trainer)
+            checkpoint = None if path is None else load_checkpoint(path, mmap=True)
+        except (ValueError, OSError) as err:
+            raise SetupError(str(err)) from err
+        if path is None:
+            return
+        config["ckpt_path"] = str(path)
+        saved = checkpoint.get("hyper_parameters")
+        if not isinstance(saved, dict) or "state_dict" not in checkpoint:
+            raise SetupError(f"--ckpt_path {str(path)!r} is not a colddiff training checkpoint (it has no model "
+                             "hyper-parameters or no state_dict)")
+        changes = config_changes(saved, config["model"].as_dict() if hasattr(config["model"], "as_dict")
+                                 else dict(config["model"]))
+        if changes and not config.get("resume_with_config_changes"):
+            fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in changes.items())
+            raise SetupError(
+                f"--ckpt_path {str(path)!r} was trained with another model config than this run's ({fields}). "
+                "Resume with the config it was trained with, or pass --resume_with_config_changes true to train on "
+                "with the new config (the changed parts replace the checkpoint's)")
+        self.config_changes = changes
 
     def before_fit(self) -> None:
         # Lightning's ModelCheckpoint skips every save under fast_dev_run except save_last at the end of training,
@@ -48,6 +87,20 @@ class ColdDiffusionCLI(LightningCLI):
         if self.trainer.fast_dev_run:
             for callback in self.trainer.checkpoint_callbacks:
                 callback.save_last = False
+        self.model.resume_changes = set(getattr(self, "config_changes", {}))
+        if self.trainer.is_global_zero:
+            self._lock = lock_run_folder(Path(self.trainer.default_root_dir))
+            for callback in self.trainer.checkpoint_callbacks:
+                if callback.dirpath:
+                    remove_orphaned_temporary_files(Path(callback.dirpath))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # the run folder is free again when the run ends, however it ends
+            lock = getattr(self, "_lock", None)
+            if lock is not None:
+                lock.release()
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -59,6 +112,126 @@ class ColdDiffusionCLI(LightningCLI):
 def _next_version(folder: Path) -> int:
     versions = [int(m.group(1)) for p in folder.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
     return max(versions, default=-1) + 1
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[str]]:
+    """The fields where two model configs differ, grouped by top-level argument (``{"degradation": ["init_args.
+    sigma: 1.5 -> 3.0"]}``); entries starting with ``_`` (Lightning's bookkeeping) are ignored."""
+    changes: dict[str, list[str]] = {}
+
+    def walk(a: Any, b: Any, where: str, group: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{where}.{key}" if where else key, group)
+        elif a != b:
+            changes.setdefault(group, []).append(f"{where or group} {a!r} -> {b!r}")
+
+    saved, current = _plain(saved), _plain(current)
+    for key in sorted(set(saved) | set(current)):
+        walk(saved.get(key), current.get(key), "", key)
+    return changes
+
+
+def _checkpoint_folders(trainer_config: Any) -> list[Path]:
+    folders = []
+    for callback in (trainer_config or {}).get("callbacks") or []:
+        init_args = getattr(callback, "init_args", None)
+        if str(getattr(callback, "class_path", "")).endswith(".ModelCheckpoint") and init_args is not None \
+                and init_args.get("dirpath"):
+            folders.append(Path(str(init_args["dirpath"])))
+    return folders
+
+
+def resolve_resume_checkpoint(ckpt_path: str, trainer_config: Any) -> Path | None:
+    """The file a resume reads: a given path (checked to exist), or for ``last`` the newest complete checkpoint of
+    the run's checkpoint folders by its recorded global step (``last.ckpt`` on a tie).
+
+    ``last.ckpt`` can be older than the newest periodic checkpoint when a run was killed while writing it (the
+    write is atomic, so the previous ``last.ckpt`` survives); resuming from it would lose an interval.  Returns
+    ``None`` for ``last`` when the run has no checkpoint yet (training then starts from scratch, as Lightning does).
+    """
+    if ckpt_path in ("best", "hpc", "registry"):
+        return None
+    if ckpt_path != "last":
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise SetupError(f"--ckpt_path {ckpt_path!r} does not exist or is not a file")
+        return path
+    best: tuple[int, int, Path] | None = None
+    for folder in _checkpoint_folders(trainer_config):
+        for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+            try:
+                step = int(load_checkpoint(path, mmap=True).get("global_step", -1))
+            except (ValueError, OSError, pickle.UnpicklingError) as err:
+                print(f"colddiff: skipping {path} when looking for the newest checkpoint: {err}", file=sys.stderr)
+                continue
+            candidate = (step, path.name.startswith("last"), path)
+            if best is None or candidate[:2] > best[:2]:
+                best = candidate
+    return None if best is None else best[2]
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder, held by one training at a time (released when the process ends)."""
+
+    def __init__(self, folder: Path) -> None:
+        import fcntl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / ".colddiff-train.lock"
+        self._handle = open(self.path, "a+")  # noqa: SIM115 - held open for the life of the run
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            owner = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise SetupError(
+                f"another training is running in {str(folder)!r} ({owner}); two runs in one folder would mix their "
+                "logs and checkpoints: wait for it, or give this run its own --trainer.default_root_dir") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"pid {os.getpid()}")
+        self._handle.flush()
+
+    def release(self) -> None:
+        """Release the lock (closing the file releases it; the file itself stays)."""
+        if not self._handle.closed:
+            self._handle.close()
+
+
+def lock_run_folder(folder: Path) -> RunFolderLock | None:
+    """Lock the run folder where the platform can (POSIX ``flock``); elsewhere, no lock."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return RunFolderLock(folder)
+
+
+def remove_orphaned_temporary_files(folder: Path) -> list[Path]:
+    """Delete temporary files that interrupted checkpoint writes left in ``folder`` (``.<name>.<pid>.tmp``).
+
+    Called while this run holds the run folder's lock, so no other training is writing there.
+    """
+    removed = []
+    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        print(f"colddiff: removed {len(removed)} temporary file(s) of interrupted checkpoint writes in {folder}",
+              file=sys.stderr)
+    return removed
 
 
 def place_run_outputs(trainer_config: Any) -> None:
@@ -125,3 +298,6 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> ColdDiffusionCL
         print("colddiff: received SIGTERM; the checkpoint callbacks saved the run (resume with --ckpt_path last)",
               file=sys.stderr)
         sys.exit(143)
+    except (SetupError, pickle.UnpicklingError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -94,15 +94,25 @@ def unsafe_checkpoint_error(path: str | os.PathLike, err: Exception) -> UnsafeCh
     )
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with clear errors for a missing, truncated or unsafe file."""
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with clear errors for a missing, empty, truncated, foreign or unsafe
+    file.  ``mmap=True`` maps tensor data instead of reading it (cheap when only the metadata is needed)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: the file is empty (0 bytes)")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):  # zip (torch.save) or legacy pickle
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: it is not a PyTorch checkpoint (a checkpoint is a "
+                         f"zip archive written by torch.save; this file starts with {head!r})")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and head.startswith(b"PK"))
     except pickle.UnpicklingError as err:
         raise unsafe_checkpoint_error(path, err) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: the file is truncated or not a checkpoint ({err})") \
-            from err
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError ... for broken files
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise ValueError(f"cannot read checkpoint {str(path)!r} ({size} bytes): the file is truncated or not a "
+                         f"checkpoint ({type(err).__name__}: {detail})") from err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -167,10 +168,12 @@ class ColdDiffusion(L.LightningModule):
         self.prior_fit_images = prior_fit_images
         self.channels_last, self.compile_network = channels_last, compile
         self.nonfinite_loss, self.seed = nonfinite_loss, seed
-        T = degradation.num_steps
+        #: model-config groups a resume changed on purpose (set by train.py; see on_load_checkpoint)
+        self.resume_changes: set[str] = set()
         self.register_buffer("train_noise_std", None if train_noise is None else
-                             level_values(train_noise, T, "train_noise").float(), persistent=False)
-        self.sample_noise = None if sample_noise is None else level_values(sample_noise, T, "sample_noise").tolist()
+                             level_values(train_noise, degradation.num_steps, "train_noise").float(), persistent=False)
+        self.sample_noise = None if sample_noise is None else \
+            level_values(sample_noise, degradation.num_steps, "sample_noise").tolist()
         self._compiled: list[Callable] = []  # compiled networks are kept out of the module tree and the state dict
         self._compiled_ema: list[Callable] = []
         self.register_buffer("_nonfinite_at", torch.tensor(-1, dtype=torch.long), persistent=False)
@@ -203,8 +206,9 @@ class ColdDiffusion(L.LightningModule):
             self.save_hyperparameters()
             return
         config: dict[str, Any] = {}
+        parameters = inspect.signature(type(self).__init__).parameters
         for key, value in arguments.items():
-            if key in ("self", "__class__", "optimizer", "lr_scheduler"):
+            if key not in parameters or key in ("self", "optimizer", "lr_scheduler"):
                 continue
             config[key] = describe_or_mark(value) if isinstance(value, nn.Module) else value
         self.save_hyperparameters(config)
@@ -326,6 +330,25 @@ class ColdDiffusion(L.LightningModule):
                 f"training loss became NaN or infinite at global step {at}; lower the learning rate, check the data, "
                 "use precision 32-true, or set model.nonfinite_loss: skip to skip such batches"
             )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """On a resume that changed the model config (``train.py --resume_with_config_changes true``), the new config
+        is the one used: the changed parts' buffers (degradation schedules, the prior's fit) and the optimiser's
+        settings replace the checkpoint's; a changed prior is refitted when training starts."""
+        changed = getattr(self, "resume_changes", set())
+        state = checkpoint.get("state_dict", {})
+        for group in ("degradation", "prior"):
+            if group not in changed:
+                continue
+            for key in [k for k in state if k.startswith(f"{group}.")]:
+                del state[key]
+            part = getattr(self, group)
+            for key, value in (part.state_dict() if part is not None else {}).items():
+                state[f"{group}.{key}"] = value.detach().clone()
+        if "optimizer" in changed and checkpoint.get("optimizer_states"):
+            fresh = self.optimizer_factory(self.network.parameters()).param_groups
+            for saved_group, new_group in zip(checkpoint["optimizer_states"][0]["param_groups"], fresh):
+                saved_group.update({k: v for k, v in new_group.items() if k != "params"})
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_finite()  # never write weights that a NaN step has corrupted

@@ -18,7 +18,7 @@ from PIL import Image
 
 from colddiff.checkpoint import AtomicCheckpointIO
 from colddiff.cli import cli_main
-from colddiff.io import UnsafeCheckpointError, load_checkpoint
+from colddiff.io import load_checkpoint
 from tests.probes import tensor_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def run_config(tmp_path: Path, max_steps: int, every: int, grid_every: int = 0, 
                                 "init_args": {"save_dir": str(tmp_path), "name": "", "version": None}}
                                for name in ("TensorBoardLogger", "CSVLogger")],
                     "callbacks": callbacks, **(extra_trainer or {})},
-        "model": {"network": {"class_path": "colddiff.nets.UNet",
+        "model": {"network": {"class_path": "colddiff.nets.ConvNeXtUNet",
                               "init_args": {"dim": 8, "dim_mults": [1, 2], "num_blocks": 1, "attention": "none"}},
                   "ema_start": 2, "ema_every": 1, "val_sample_steps": 2, "sample_steps": 2},
         "data": {"init_args": {"image_size": 16, "batch_size": 8, "val_size": 8}},
@@ -90,10 +90,13 @@ def test_sigkill_mid_run_then_resume_restores_everything(tmp_path):
     finally:
         process.kill()  # SIGKILL: no handler runs
         process.wait()
-    last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")  # intact and loadable
+    load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")  # intact and loadable
+    # the kill may land while last.ckpt is being rewritten (the previous one survives): `--ckpt_path last` resumes
+    # from the newest complete checkpoint by its recorded step
+    saved = [load_checkpoint(p) for p in (tmp_path / "checkpoints").glob("*.ckpt")]
+    last = max(saved, key=lambda c: c["global_step"])
     step = last["global_step"]
     assert step >= 10 and step % 5 == 0
-    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
     rng_state = next(v for k, v in last["callbacks"].items() if "RNGState" in k)
 
     resumed = subprocess.run(train_command(override, "--ckpt_path", "last", "--trainer.max_steps", str(step + 5)),
@@ -143,15 +146,36 @@ class _Payload:
         return (Path.touch, (Path("/tmp/colddiff_pwned_on_resume"),))
 
 
-def test_resuming_from_a_hostile_checkpoint_is_refused(tmp_path):
+def test_resuming_from_a_hostile_checkpoint_is_refused(tmp_path, capsys):
     marker = Path("/tmp/colddiff_pwned_on_resume")
     marker.unlink(missing_ok=True)
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "global_step": 3, "payload": _Payload()}, evil)
     override = run_config(tmp_path, max_steps=5, every=5, probe=False)
-    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+    with pytest.raises(SystemExit):
         cli_main(["fit", "--config", str(QUICKSTART), "--config", str(override), "--ckpt_path", str(evil)])
+    assert "refusing to load" in capsys.readouterr().err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "the file is empty (0 bytes)"),
+    (b"epoch: 3\nthis is a text file\n", "it is not a PyTorch checkpoint"),
+    ("truncated", "the file is truncated or not a checkpoint"),
+])
+def test_unreadable_resume_files_get_one_line_naming_the_file(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.ckpt"
+    if content == "truncated":
+        override = run_config(tmp_path / "good", max_steps=2, every=2, probe=False)
+        cli_main(["fit", "--config", str(QUICKSTART), "--config", str(override)])
+        content = (tmp_path / "good" / "checkpoints" / "last.ckpt").read_bytes()[:4000]
+    bad.write_bytes(content)
+    override = run_config(tmp_path, max_steps=4, every=2, probe=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(QUICKSTART), "--config", str(override), "--ckpt_path", str(bad)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and str(bad) in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("override,match", [
@@ -168,6 +192,62 @@ def test_resuming_from_a_hostile_checkpoint_is_refused(tmp_path):
 def test_invalid_configs_fail_before_training_naming_the_field(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         cli_main(["fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path), *override])
+
+
+def _fit(folder: Path, max_steps: int, *extra: str) -> object:
+    override = run_config(folder, max_steps=max_steps, every=2, probe=False)
+    return cli_main(["fit", "--config", str(QUICKSTART), "--config", str(override), *extra])
+
+
+def test_a_resume_with_a_changed_model_config_is_refused_or_uses_the_new_config(tmp_path, capsys):
+    _fit(tmp_path, 2)
+    with pytest.raises(SystemExit):
+        _fit(tmp_path, 4, "--ckpt_path", "last", "--model.degradation.init_args.sigma", "3.0")
+    err = capsys.readouterr().err
+    assert "another model config" in err and "degradation: init_args.sigma 1.5 -> 3.0" in err
+    assert not (tmp_path / "checkpoints" / "step0000004.ckpt").exists()  # nothing trained
+    cli = _fit(tmp_path, 4, "--ckpt_path", "last", "--model.degradation.init_args.sigma", "3.0",
+               "--resume_with_config_changes", "true")
+    assert cli.trainer.global_step == 4
+    assert torch.allclose(cli.model.degradation.sigmas, torch.full((10,), 3.0))  # trained with what it records
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert saved["hyper_parameters"]["degradation"]["init_args"]["sigma"] == 3.0
+    assert torch.allclose(saved["state_dict"]["degradation.sigmas"], torch.full((10,), 3.0))
+
+
+def test_a_resume_from_another_models_checkpoint_is_refused(tmp_path, capsys):
+    _fit(tmp_path / "other", 2, "--model.degradation", "colddiff.degradations.GaussianMask",
+         "--model.degradation.init_args.num_steps", "10")
+    with pytest.raises(SystemExit):
+        _fit(tmp_path / "mine", 2, "--ckpt_path", str(tmp_path / "other" / "checkpoints" / "last.ckpt"))
+    err = capsys.readouterr().err
+    assert "another model config" in err and "colddiff.degradations.GaussianMask" in err
+
+
+def test_last_resumes_from_the_newest_complete_checkpoint_and_cleans_orphans(tmp_path):
+    """A kill while last.ckpt was being written leaves the previous last.ckpt (older than the newest periodic one)
+    and a temporary file: the resume continues from the newest step and removes the orphan."""
+    _fit(tmp_path, 4)
+    folder = tmp_path / "checkpoints"
+    (folder / "last.ckpt").write_bytes((folder / "step0000002.ckpt").read_bytes())  # last.ckpt one interval behind
+    orphan = folder / ".last.ckpt.99999.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    cli = _fit(tmp_path, 6, "--ckpt_path", "last")
+    assert cli.trainer.global_step == 6
+    assert not orphan.exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt",
+                                                         "step0000006.ckpt"]  # no step0000004-v1.ckpt
+
+
+def test_two_trainings_cannot_share_a_run_folder(tmp_path, capsys):
+    from colddiff.cli import RunFolderLock
+
+    held = RunFolderLock(tmp_path)  # another training holds the folder
+    with pytest.raises(SystemExit):
+        _fit(tmp_path, 2)
+    assert "another training is running" in capsys.readouterr().err
+    assert not list(tmp_path.glob("version_*")) and not (tmp_path / "checkpoints").exists()
+    del held
 
 
 def test_unknown_sampler_fails_at_parse_time(capsys):
