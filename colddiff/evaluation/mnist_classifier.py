@@ -4,16 +4,20 @@ The standard Inception-v3 FID network is an ImageNet model and its weights are n
 digits colddiff measures generation quality in the feature space of this domain classifier instead, reported under
 its own name (``FD-mnist-cnn``, ``KD-mnist-cnn``), never as FID.
 
-Network (:class:`MnistCNN`, 93,962 parameters, inputs ``(B, 1, 28, 28)`` in ``[0, 1]``, normalised inside with the
+Network (:class:`MnistCNN`, 131,050 parameters, inputs ``(B, 1, 28, 28)`` in ``[0, 1]``, normalised inside with the
 MNIST training mean 0.1307 and std 0.3081)::
 
-    conv3x3(1->32) BN ReLU, maxpool 2      28 -> 14
-    conv3x3(32->64) BN ReLU, maxpool 2     14 -> 7
-    conv3x3(64->128) BN ReLU, global average pool  -> 128-d features (the penultimate layer)
-    linear(128->10)                                 -> class logits
+    conv3x3(1->32) BN ReLU maxpool2       28 -> 14
+    conv3x3(32->64) BN ReLU maxpool2      14 -> 7
+    conv3x3(64->64) BN ReLU maxpool2       7 -> 3
+    flatten (576) -> linear(576->128) ReLU -> 128-d features (the penultimate layer)
+    linear(128->10)                        -> class logits
+
+(A first version with global average pooling instead of the flatten + linear layer reached only 98.77% test
+accuracy in 4 epochs, underfitting at 98.86% training accuracy.)
 
 Training (:func:`train`): the 60,000 official MNIST training images (``torchvision.datasets.MNIST(root,
-train=True, download=False)``), AdamW (lr 3e-3, weight decay 1e-4, one-cycle schedule), batch 128, 4 epochs,
+train=True, download=False)``), AdamW (lr 3e-3, weight decay 1e-4, one-cycle schedule), batch 128, 3 epochs,
 random affine augmentation (rotation up to 10 degrees, scale 0.9-1.1, shift up to 2 pixels), everything seeded
 (seed 0) and deterministic algorithms on; evaluated on the 10,000 official test images.
 
@@ -22,8 +26,11 @@ The shipped weights ``colddiff/assets/mnist_classifier.safetensors`` (safetensor
     python /work/shared/tools/prepare_data.py mnist data
     python -m colddiff.evaluation.mnist_classifier --root data --out colddiff/assets/mnist_classifier.safetensors
 
-RESULT_PLACEHOLDER
-"""
+Result (2026-11-30, torch 2.14.1 CPU, 2 threads on a 2-core machine shared with other jobs, 687 s): test accuracy
+99.45% (9,945 / 10,000), training accuracy 99.45% (unaugmented), 131,050 parameters, file 527,360 bytes, sha256
+``13229f78c3b244acbd944f9aa129cfb1a6b48518e39559cc7b829a41359bcf55``.  Per epoch: test accuracy 96.85%, 99.24%,
+99.45%.  The embedded digits of ``colddiff/assets/mnist_subset.npz`` are official train images 0-5,999 (seen in
+training) and official test images 0-999 (not seen)."""
 
 from __future__ import annotations
 
@@ -48,7 +55,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class MnistCNN(nn.Module):
-    """Three conv blocks, global average pooling (128-d features) and a linear classifier (10 logits).
+    """Three conv blocks, a 128-d fully connected feature layer and a linear classifier (10 logits).
 
     Takes images in ``[0, 1]``, ``(B, 1, 28, 28)``; normalisation is part of the network.
     """
@@ -59,21 +66,22 @@ class MnistCNN(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                 nn.MaxPool2d(2))
 
-        self.block1, self.block2, self.block3 = block(1, 32), block(32, 64), block(64, self.num_features)
+        self.block1, self.block2, self.block3 = block(1, 32), block(32, 64), block(64, 64)
+        self.fc = nn.Linear(64 * 3 * 3, self.num_features)
         self.linear = nn.Linear(self.num_features, self.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate features.
+        """Penultimate features (after the ReLU).
 
         Shape:
             ``(B, 1, 28, 28)`` in ``[0, 1]`` -> ``(B, 128)``.
         """
         x = (x - MNIST_MEAN) / MNIST_STD
-        x = F.max_pool2d(self.block1(x), 2)
-        x = F.max_pool2d(self.block2(x), 2)
-        return self.block3(x).mean(dim=(2, 3))
+        x = self.block3(self.block2(self.block1(x)))
+        return F.relu(self.fc(x.flatten(1)))
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits.
@@ -120,7 +128,7 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return correct / len(labels)
 
 
-def fit(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int = 4, batch_size: int = 128,
+def fit(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int = 3, batch_size: int = 128,
         lr: float = 3e-3, seed: int = 0, test: tuple[Tensor, Tensor] | None = None) -> nn.Module:
     """Train ``model`` in place: AdamW (weight decay 1e-4) with a one-cycle schedule, seeded shuffling and
     augmentation (:func:`_augment`); prints the loss (and the test accuracy, if ``test`` is given) every epoch.
@@ -161,7 +169,7 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int = 4, ba
     return model
 
 
-def train(root: str | os.PathLike, out: str | os.PathLike, *, epochs: int = 4, batch_size: int = 128,
+def train(root: str | os.PathLike, out: str | os.PathLike, *, epochs: int = 3, batch_size: int = 128,
           lr: float = 3e-3, seed: int = 0, threads: int | None = 2) -> dict[str, Any]:
     """Train :class:`MnistCNN` on the official 60k training images, test it on the 10k test images, save it.
 
@@ -214,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="data", help="torchvision MNIST root (ROOT/MNIST/raw/*-ubyte)")
     parser.add_argument("--out", default=str(MNIST_CLASSIFIER_WEIGHTS), help="weights file to write (safetensors)")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
