@@ -47,8 +47,7 @@ from colddiff.checkpoint import AtomicCheckpointIO
 from colddiff.data import EmbeddedMNISTDataModule
 from colddiff.datasets import EmbeddedMNIST, ImageTransform
 from colddiff.evaluation import build_extractor, generate_images
-from colddiff.evaluation.generation import class_entropy, generation_metrics
-from colddiff.evaluation.metrics import extract_features_and_logits
+from colddiff.evaluation.metrics import class_entropy, extract_features_and_logits, generation_metrics
 from colddiff.io import save_png_atomic
 from colddiff.module import ColdDiffusion
 from colddiff.nets import ConvNeXtUNet

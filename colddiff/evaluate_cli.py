@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from colddiff._cli import (
@@ -98,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num", type=positive_int, default=6400, help="images to generate (the paper: 6,400)")
     add_data_arguments(gen, split="train", prefix="reference-")
     gen.add_argument("--reference-size", type=positive_int, default=None, help="reference images used (default: all)")
-    gen.add_argument("--extractor", default="inception", help="inception (FID/KID), resnet20..resnet110, pixels")
+    add_data_arguments(gen, split="test", prefix="floor-")
+    gen.add_argument("--no-floor", action="store_true",
+                     help="skip the real-vs-real floor (default: as many held-out real images as generated ones, "
+                          "from --floor-folder/--floor-dataset or the reference's source at --floor-split)")
+    gen.add_argument("--extractor", default="inception",
+                     help="inception (FID/KID), mnist-cnn (colddiff's MNIST classifier), resnet20..resnet110, pixels")
     gen.add_argument("--kid-subsets", type=positive_int, default=100)
     gen.add_argument("--kid-subset-size", type=positive_int, default=1000)
     gen.add_argument("--cache-dir", default=None, help="reference feature cache (default ~/.cache/colddiff)")
@@ -191,6 +196,26 @@ def _folder_provenance(folder: Path, files: list[Path]) -> list[dict]:
     return [records.get(str(f.relative_to(sidecar.parent)), {"file": str(f)}) for f in files]
 
 
+def _floor(args: argparse.Namespace, size: int, channels: int) -> Dataset | None:
+    """Held-out real images for the floor row: --floor-folder/--floor-dataset, else the reference's own source at
+    --floor-split (``None`` with --no-floor, or where that would be the reference split itself)."""
+    if args.no_floor:
+        return None
+    if not (args.floor_folder or args.floor_dataset):
+        if args.floor_split == args.reference_split:
+            return None
+        for name in ("folder", "dataset", "root", "download"):
+            setattr(args, f"floor_{name}", getattr(args, f"reference_{name}"))
+        if args.floor_folder:  # a reference folder has no other split
+            return None
+    try:
+        return dataset_from_args(args, size, channels, args.ckpt, prefix="floor_")
+    except (UsageError, ValueError) as err:
+        print(f"evaluate.py generation: no real-vs-real floor ({err}); pass --floor-folder or --floor-dataset",
+              file=sys.stderr)
+        return None
+
+
 def run_generation(args: argparse.Namespace, device: torch.device) -> Path:
     model = _generating_model(args, device)
     extractor = _extractor(args)
@@ -203,7 +228,8 @@ def run_generation(args: argparse.Namespace, device: torch.device) -> Path:
         reference = torch.utils.data.Subset(reference, range(min(args.reference_size, len(reference))))
     reference_id = f"{dataset_id(args, args.ckpt, prefix='reference_')} ({args.reference_split})"
     report = evaluate_generation(
-        images, reference, extractor, reference_id=reference_id, cache=ReferenceCache(args.cache_dir),
+        images, reference, extractor, floor=_floor(args, size, channels), reference_id=reference_id,
+        split=args.reference_split, cache=ReferenceCache(args.cache_dir),
         kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, seed=args.seed,
         batch_size=args.batch_size, num_workers=args.num_workers, device=device, progress=True,
         protocol={"generated": source, "seed": args.seed, "sampler": args.sampler or "model default",

@@ -217,13 +217,21 @@ def test_cli_generation_and_cache(checkpoints, tmp_path, capsys):
             str(tmp_path / "cache"), "--kid-subsets", "5", "--kid-subset-size", "20", "--out", str(tmp_path)]
     main(args)
     payload = json.loads((tmp_path / "generation.json").read_text())
-    assert set(payload["results"]["generated"]) == {"FD-pixels", "KD-pixels", "KD-pixels std"}
-    assert payload["protocol"]["reference_features"] == "computed" and payload["protocol"]["N_generated"] == 40
+    assert set(payload["results"]["generated"]) == {"FD-pixels", "KD-pixels", "KD-pixels std", "precision", "recall",
+                                                    "N"}
+    floor = payload["results"]["real vs real (floor)"]  # 40 held-out test digits against the same reference
+    assert floor["N"] == 40 and floor["FD-pixels"] < payload["results"]["generated"]["FD-pixels"]
+    assert payload["protocol"]["reference_features"].startswith("computed and stored as ")
+    assert payload["protocol"]["N_generated"] == 40
     assert len(list((tmp_path / "cache" / "reference").glob("*.safetensors"))) == 1
     main(args)
     again = json.loads((tmp_path / "generation.json").read_text())
-    assert again["protocol"]["reference_features"] == "cache"
+    assert again["protocol"]["reference_features"].startswith("cache ")
     assert again["results"] == payload["results"]
+    main([*args, "--extractor", "mnist-cnn", "--no-floor"])
+    classifier = json.loads((tmp_path / "generation.json").read_text())["results"]
+    assert list(classifier) == ["generated"] and 0 <= classifier["generated"]["class entropy"] <= 1
+    assert "FD-mnist-cnn" in classifier["generated"]
 
 
 def test_cli_replication_on_a_generated_folder(checkpoints, tmp_path):

@@ -9,8 +9,15 @@ with any other extractor they are reported under its own name, e.g. ``FD-resnet5
   local file (``weights_path``) or torch-fidelity's own download on a connected machine.
 * :class:`CifarResNetFeatures`: the penultimate (64-d) features of a CIFAR-10 ResNet-20/32/44/56/110 with option-A
   shortcuts (e.g. the pretrained checkpoints of ``akamaster/pytorch_resnet_cifar10``).
+* :class:`MnistClassifierFeatures`: the penultimate (128-d) features of colddiff's own MNIST classifier
+  (:mod:`~colddiff.evaluation.mnist_classifier`, weights shipped in the package), for the digits; metric names
+  ``FD-mnist-cnn`` / ``KD-mnist-cnn``.
 * :class:`PixelFeatures`: the flattened pixels (centred), for pixel-space cosine similarity.
 * :class:`ModuleFeatures`: wrap any ``nn.Module`` of your own.
+
+Classifiers (``num_classes > 0``: the CIFAR ResNets and the MNIST classifier) also give class logits, through
+:meth:`FeatureExtractor.logits` or, in one pass, :meth:`FeatureExtractor.features_and_logits`; ``forward`` always
+returns the features only.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ __all__ = [
     "InceptionV3Features",
     "CifarResNet",
     "CifarResNetFeatures",
+    "MnistClassifierFeatures",
     "PixelFeatures",
     "ModuleFeatures",
     "FeatureWeightsError",
@@ -39,16 +47,48 @@ class FeatureWeightsError(RuntimeError):
 
 
 class FeatureExtractor(nn.Module):
-    """Base class: ``forward(images in [0, 1]) -> (B, D)`` features, with a ``name`` and ``num_features``."""
+    """Base class: ``forward(images in [0, 1]) -> (B, D)`` features, with a ``name`` and ``num_features``.
+
+    Classifiers set ``num_classes`` and override :meth:`features_and_logits`.
+    """
 
     name: str = "features"
     num_features: int = 0
+    #: number of classes of a classifier extractor (0: not a classifier, no logits)
+    num_classes: int = 0
     #: True only for the standard FID network: distances are then called FID and KID
     is_fid_inception: bool = False
+    #: how images are prepared for the network (for reports)
+    preprocessing: str = "none"
 
     def metric_names(self) -> tuple[str, str]:
         """``("FID", "KID")`` for the standard Inception network, else ``("FD-<name>", "KD-<name>")``."""
         return ("FID", "KID") if self.is_fid_inception else (f"FD-{self.name}", f"KD-{self.name}")
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether :meth:`logits` is available."""
+        return self.num_classes > 0
+
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and class logits of the same images in one pass (classifiers only).
+
+        Shape:
+            ``(B, C, H, W)`` in ``[0, 1]`` -> ``((B, num_features), (B, num_classes))``.
+
+        Raises:
+            TypeError: the extractor is not a classifier.
+        """
+        raise TypeError(f"the {self.name!r} feature extractor is not a classifier: it has no class logits "
+                        "(classifiers: mnist-cnn, resnet20/32/44/56/110)")
+
+    def logits(self, images: Tensor) -> Tensor:
+        """Class logits (classifiers only).
+
+        Shape:
+            ``(B, C, H, W)`` in ``[0, 1]`` -> ``(B, num_classes)``.
+        """
+        return self.features_and_logits(images)[1]
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         return super().train(False)  # extractors never train (batch norm stays frozen)
@@ -71,6 +111,7 @@ class InceptionV3Features(FeatureExtractor):
     """
 
     name, num_features, is_fid_inception = "inception-v3", 2048, True
+    preprocessing = "RGB uint8, bilinear resize to 299 (TensorFlow-1 compatible, as the standard FID)"
 
     def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
@@ -152,7 +193,8 @@ class CifarResNetFeatures(FeatureExtractor):
         depth: 20, 32, 44, 56 or 110.
     """
 
-    num_features = 64
+    num_features, num_classes = 64, 10
+    preprocessing = "RGB, bilinear (antialiased) resize to 32, ImageNet normalisation"
 
     def __init__(self, weights_path: str | os.PathLike, depth: int = 56) -> None:
         super().__init__()
@@ -174,11 +216,94 @@ class CifarResNetFeatures(FeatureExtractor):
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         self.eval()
 
-    def forward(self, images: Tensor) -> Tensor:
+    def _prepare(self, images: Tensor) -> Tensor:
         x = _to_rgb(images).float()
         if x.shape[-2:] != (32, 32):
             x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
-        return self.net.features((x - self.mean) / self.std)
+        return (x - self.mean) / self.std
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Penultimate features.
+
+        Shape:
+            ``(B, 1 or 3, H, W)`` in ``[0, 1]`` -> ``(B, 64)``.
+        """
+        return self.net.features(self._prepare(images))
+
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and CIFAR-10 logits in one pass.
+
+        Shape:
+            ``(B, 1 or 3, H, W)`` in ``[0, 1]`` -> ``((B, 64), (B, 10))``.
+        """
+        features = self.net.features(self._prepare(images))
+        return features, self.net.linear(features)
+
+
+class MnistClassifierFeatures(FeatureExtractor):
+    """Penultimate (128-d) features and 10 logits of colddiff's MNIST classifier (:class:`MnistCNN`).
+
+    Trained on the 60,000 official MNIST training images (see :mod:`colddiff.evaluation.mnist_classifier` for the
+    recipe, test accuracy and the weights' sha256).  Inputs are 1-channel images in ``[0, 1]``; other sizes than
+    28x28 are resized (bilinear, antialiased).  3-channel images are rejected: MNIST is grayscale, and a silent
+    conversion would hide a mix-up of data sets; convert explicitly (``images.mean(1, keepdim=True)``) if you mean it.
+
+    Args:
+        weights_path: a safetensors state dict of :class:`MnistCNN`; default: the weights shipped with colddiff.
+    """
+
+    name, num_features, num_classes = "mnist-cnn", 128, 10
+    preprocessing = "1 channel, bilinear (antialiased) resize to 28, MNIST mean/std normalisation"
+
+    def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from colddiff.evaluation.mnist_classifier import MNIST_CLASSIFIER_WEIGHTS, MnistCNN
+
+        path = Path(weights_path) if weights_path is not None else MNIST_CLASSIFIER_WEIGHTS
+        if not path.is_file():
+            raise FeatureWeightsError(f"MNIST classifier weights file {str(path)!r} does not exist")
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise FeatureWeightsError(f"{str(path)!r} is not a safetensors file: {err}") from err
+        self.net = MnistCNN()
+        try:
+            self.net.load_state_dict(state)
+        except RuntimeError as err:
+            raise FeatureWeightsError(f"{str(path)!r} is not a colddiff MNIST classifier state dict: {err}") from err
+        self.weights_path = path
+        self.eval()
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        if images.ndim != 4 or images.shape[1] != 1:
+            shape = tuple(images.shape)
+            hint = (" (3 channels: MNIST is grayscale; convert explicitly with images.mean(1, keepdim=True) if these "
+                    "are grayscale digits stored as RGB)") if images.ndim == 4 and images.shape[1] == 3 else ""
+            raise ValueError(f"the mnist-cnn extractor takes 1-channel images (B, 1, H, W), got {shape}{hint}")
+        x = images.float()
+        if x.shape[-2:] != (28, 28):
+            x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Penultimate features.
+
+        Shape:
+            ``(B, 1, H, W)`` in ``[0, 1]`` -> ``(B, 128)``.
+        """
+        return self.net.features(self._prepare(images))
+
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and digit logits in one pass.
+
+        Shape:
+            ``(B, 1, H, W)`` in ``[0, 1]`` -> ``((B, 128), (B, 10))``.
+        """
+        features = self.net.features(self._prepare(images))
+        return features, self.net.linear(features)
 
 
 class PixelFeatures(FeatureExtractor):
@@ -203,13 +328,23 @@ class ModuleFeatures(FeatureExtractor):
 
 
 def build_extractor(kind: str, weights: str | os.PathLike | None = None) -> FeatureExtractor:
-    """``"inception"``, ``"resnet20"`` … ``"resnet110"`` (weights required) or ``"pixels"``."""
+    """An extractor by name.
+
+    Args:
+        kind: ``"inception"`` (standard FID network; weights from ``weights`` or torch-fidelity's download),
+            ``"resnet20"`` … ``"resnet110"`` (CIFAR-10 ResNets; ``weights`` required), ``"mnist-cnn"`` (alias
+            ``"mnist"``: colddiff's MNIST classifier; ``weights`` optional, default the packaged file) or
+            ``"pixels"``.
+        weights: the weights file, where the extractor takes one.
+    """
     if kind == "inception":
         return InceptionV3Features(weights)
+    if kind in ("mnist-cnn", "mnist"):
+        return MnistClassifierFeatures(weights)
     if kind.startswith("resnet") and kind[6:].isdigit():
         if weights is None:
             raise FeatureWeightsError(f"the {kind} extractor needs its weights file: pass --extractor-weights PATH")
         return CifarResNetFeatures(weights, int(kind[6:]))
     if kind == "pixels":
         return PixelFeatures()
-    raise ValueError(f"unknown feature extractor {kind!r}: use inception, resnet20/32/44/56/110 or pixels")
+    raise ValueError(f"unknown feature extractor {kind!r}: use inception, resnet20/32/44/56/110, mnist-cnn or pixels")

@@ -19,14 +19,21 @@ from tqdm.auto import tqdm
 from colddiff._checks import check_positive_int
 from colddiff.datasets import unpack_batch
 from colddiff.evaluation.features import FeatureExtractor
-from colddiff.evaluation.metrics import ReferenceCache, extract_features, frechet_distance, kernel_distance, quantize
+from colddiff.evaluation.metrics import (
+    CachedFeatures,
+    ReferenceCache,
+    class_entropy,
+    extract_features_and_logits,
+    generation_metrics,
+    quantize,
+)
 from colddiff.evaluation.restoration import markdown_table
 from colddiff.sampling import Precision, SamplerName, autocast, timesteps
 
 if TYPE_CHECKING:
     from colddiff.module import ColdDiffusion
 
-__all__ = ["GenerationReport", "generate_images", "reference_features", "evaluate_generation", "preprocessing"]
+__all__ = ["GenerationReport", "generate_images", "reference_features", "evaluate_generation"]
 
 
 @torch.no_grad()
@@ -71,46 +78,33 @@ def generate_images(
     return quantize(images).cpu(), records
 
 
-def preprocessing(extractor: FeatureExtractor) -> str:
-    """How the extractor prepares images (written into every report)."""
-    if extractor.is_fid_inception:
-        return "RGB uint8, bilinear resize to 299 (TensorFlow-1 compatible, as the standard FID)"
-    if extractor.name.startswith("resnet"):
-        return "RGB, bilinear (antialiased) resize to 32, ImageNet normalisation"
-    return "none"
-
-
 @torch.no_grad()
 def reference_features(
     extractor: FeatureExtractor,
     dataset: Dataset,
     *,
     reference_id: str,
+    split: str = "",
     cache: ReferenceCache | None = None,
-    description: dict[str, Any] | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
-) -> tuple[Tensor, str]:
-    """Features of a reference dataset, from ``cache`` when it holds them (else computed and stored).
-
-    Returns:
-        The features ``(N, D)`` and how they were obtained (``"cache"`` or ``"computed"``).
-    """
+) -> CachedFeatures:
+    """Features (and a classifier's logits) of a reference dataset, from ``cache`` when it holds features of the
+    same content, else computed (and stored in ``cache``).  ``.describe()`` says which."""
     size, channels = _shape_of(dataset)
-    key = cache.key(reference_id, "", size, channels, extractor, len(dataset)) if cache is not None else None
+
+    def compute() -> tuple[Tensor, Tensor | None]:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        batches = (unpack_batch(b)[0] for b in tqdm(loader, desc="reference", disable=not progress))
+        return extract_features_and_logits(extractor, batches, device)
+
     if cache is not None:
-        features = cache.get(key)
-        if features is not None:
-            return features.to(device), "cache"
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    features = extract_features(extractor, (unpack_batch(b)[0] for b in tqdm(loader, desc="reference",
-                                                                               disable=not progress)), device)
-    if cache is not None:
-        cache.put(key, features, {"dataset": reference_id, "size": size, "extractor": extractor.name,
-                                  "count": len(dataset), **(description or {})})
-    return features, "computed"
+        return cache.load_or_compute(dataset, extractor, compute, dataset_id=reference_id, split=split, size=size,
+                                     channels=channels)
+    features, logits = compute()
+    return CachedFeatures(features, logits, "", None, False, "")
 
 
 def _shape_of(dataset: Dataset) -> tuple[int, int]:
@@ -122,7 +116,8 @@ def _shape_of(dataset: Dataset) -> tuple[int, int]:
 
 @dataclass
 class GenerationReport:
-    """The scores (``rows["generated"][metric]``), their columns, and the protocol."""
+    """The scores (``rows["generated"][metric]``, and ``rows["real vs real (floor)"]``), their columns, and the
+    protocol."""
 
     rows: dict[str, dict[str, float]]
     columns: list[str]
@@ -137,13 +132,26 @@ class GenerationReport:
         ])
 
 
+def _scores(reference: CachedFeatures, features: Tensor, logits: Tensor | None, fd: str, kd: str,
+            kid_subsets: int, kid_subset_size: int, seed: int) -> dict[str, float]:
+    metrics = generation_metrics(reference.features, features, kid_subsets=kid_subsets,
+                                 kid_subset_size=kid_subset_size, seed=seed)
+    row = {fd: metrics["FD"], kd: metrics["KD"], f"{kd} std": metrics["KD_std"], "precision": metrics["precision"],
+           "recall": metrics["recall"], "N": metrics["N_fake"]}
+    if logits is not None:
+        row["class entropy"] = class_entropy(logits)["entropy_fraction"]
+    return row
+
+
 @torch.no_grad()
 def evaluate_generation(
     generated: Tensor,
     reference: Dataset,
     extractor: FeatureExtractor,
     *,
+    floor: Dataset | None = None,
     reference_id: str = "reference",
+    split: str = "",
     cache: ReferenceCache | None = None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
@@ -154,14 +162,22 @@ def evaluate_generation(
     progress: bool = False,
     protocol: dict[str, Any] | None = None,
 ) -> GenerationReport:
-    """Fréchet and kernel distances between ``generated`` images and a ``reference`` dataset.
+    """Score ``generated`` images against a ``reference`` dataset in the feature space of ``extractor``.
+
+    Rows: ``generated`` and, with ``floor`` (real images the reference does not hold, e.g. the test split when the
+    reference is the training split), ``real vs real (floor)``: the same metrics for as many real images as there
+    are generated ones (precision and recall depend on the set sizes), i.e. what a perfect generator would score.
+    Columns: Fréchet and kernel distance (``FID``/``KID`` only with the standard Inception-v3, else
+    ``FD-<name>``/``KD-<name>``), improved precision and recall (k = 3), and for a classifier extractor the entropy of
+    the predicted-class histogram as a fraction of ``log K`` (1: every class equally often).
 
     Args:
         generated: ``(N, C, H, W)`` images in ``[0, 1]`` (quantised to 8 bits here), at the reference's size.
         reference: the reference images (quantised to 8 bits here).
         extractor: the feature space.
-        reference_id: a description of the reference for the report and the cache key.
-        cache: reference-feature cache (``None``: always computed).
+        floor: held-out real images for the floor row (``None``: no floor).
+        reference_id, split: a description of the reference for the report and the cache key.
+        cache: reference-feature cache keyed on content (``None``: always computed).
         kid_subsets, kid_subset_size, seed: the kernel distance's random subsets.
         batch_size, num_workers, device, progress: how features are computed.
         protocol: extra entries for the report's protocol (e.g. the sampler used).
@@ -172,19 +188,30 @@ def evaluate_generation(
     if tuple(generated.shape[1:]) != (channels, size, size):
         raise ValueError(f"generated images are {tuple(generated.shape[1:])} but the reference images are "
                          f"{(channels, size, size)}: compare images of the same size and channels")
-    fd_name, kd_name = extractor.metric_names()
-    ref, origin = reference_features(extractor, reference, reference_id=reference_id, cache=cache,
-                                     batch_size=batch_size, num_workers=num_workers, device=device, progress=progress)
-    fake = extract_features(extractor, generated.split(batch_size), torch.device(device))
-    fd = frechet_distance(ref, fake)
-    kd_mean, kd_std = kernel_distance(ref, fake, kid_subsets, kid_subset_size, seed=seed)
-    rows = {"generated": {fd_name: fd, kd_name: kd_mean, f"{kd_name} std": kd_std}}
-    report_protocol = {
-        "generated": "images", **(protocol or {}), "N_generated": len(generated), "reference": reference_id,
-        "N_reference": len(reference), "image_size": size, "channels": channels, "extractor": extractor.name,
-        "extractor_preprocessing": preprocessing(extractor),
+    fd, kd = extractor.metric_names()
+    ref = reference_features(extractor, reference, reference_id=reference_id, split=split, cache=cache,
+                             batch_size=batch_size, num_workers=num_workers, device=device, progress=progress)
+    scores = dict(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
+    features, logits = extract_features_and_logits(extractor, generated.split(batch_size), device)
+    rows = {"generated": _scores(ref, features, logits, fd, kd, **scores)}
+    report_protocol = {"generated": "images", **(protocol or {})}
+    if floor is not None:
+        count = min(len(floor), len(generated))
+        real = torch.stack([unpack_batch(floor[i])[0] for i in range(count)])
+        if tuple(real.shape[1:]) != (channels, size, size):
+            raise ValueError(f"floor images are {tuple(real.shape[1:])}, the reference images {(channels, size, size)}")
+        real_features, real_logits = extract_features_and_logits(extractor, real.split(batch_size), device)
+        rows = {"real vs real (floor)": _scores(ref, real_features, real_logits, fd, kd, **scores), **rows}
+        report_protocol["floor"] = f"{count} held-out real images vs the same reference"
+    columns = [fd, kd, f"{kd} std", "precision", "recall"] + (["class entropy"] if logits is not None else [])
+    report_protocol.update({
+        "N_generated": len(generated), "reference": reference_id, "N_reference": len(reference),
+        "image_size": size, "channels": channels, "extractor": extractor.name,
+        "extractor_preprocessing": extractor.preprocessing,
         "quantisation": "8-bit (round(255 x) / 255) before feature extraction, generated and reference alike",
         "KID": f"polynomial kernel, {kid_subsets} subsets of {min(kid_subset_size, len(generated))}, seed {seed}",
-        "reference_features": origin,
-    }
-    return GenerationReport(rows, [fd_name, kd_name, f"{kd_name} std"], report_protocol)
+        "precision/recall": "improved precision and recall (Kynkäänniemi et al. 2019), k = 3",
+        "class entropy": "entropy of the predicted-class histogram / log K" if logits is not None else "n/a",
+        "reference_features": ref.describe() if cache is not None else "computed (no cache)",
+    })
+    return GenerationReport(rows, columns, report_protocol)
