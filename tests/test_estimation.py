@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -233,3 +235,13 @@ def test_sample_at_levels_restores_each_image_from_its_own_level():
         sample_at_levels("improved", restore, blur, y, [0, 13, 1, 1, 1])
     with pytest.raises(ValueError, match="steps must be None or a positive int"):
         sample_at_levels("improved", restore, blur, y, t, steps=[12, 0])
+
+
+def test_estimation_tiling_and_image_reading_do_not_import_lightning():
+    code = (
+        "import sys, colddiff.estimation, colddiff.tiling, colddiff.io, colddiff.datasets; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'torchmetrics')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
