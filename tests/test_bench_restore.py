@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -32,12 +33,17 @@ def test_bench_restore_writes_its_tables_json_and_picture(tiny_export, tmp_path)
     estimation = saved["estimation"]
     assert estimation["num_images"] == 6 and estimation["num_steps"] == 4 and estimation["candidate_levels"] == 5
     assert 0 <= estimation["median_abs_error"] <= 4 and estimation["evaluations_per_image_max"] <= 5
-    rows = {r["row"] for r in saved["results"]}
-    assert rows == {"degraded (no restoration)"} | {f"{s} | {level}" for s in ("improved", "direct")
-                                                    for level in ("true t", "estimated t_hat", "fixed T", "fixed T/2")}
-    assert all(r["N"] == 6 for r in saved["results"])
+    rows = {(r["sampler"], r["level"]) for r in saved["results"]}
+    assert rows == {("-", "none (the degraded input)")} | {(s, level) for s in ("improved", "direct")
+                                                           for level in ("true t", "estimated t_hat", "fixed T",
+                                                                         "fixed T/2")}
+    degraded = sum(e["n"] for level, e in estimation["by_true_level"].items() if level != "0")
+    assert all(r["N"] == degraded for r in saved["results"]) and degraded + estimation["clean_inputs"] == 6
+    assert all(r["PSNR"] < float("inf") for r in saved["results"])
     assert [b["blur"] for b in saved["other_blurs"]] == ["box blur 7x7", "motion blur 1x9"]
-    assert "| improved | estimated t_hat |" in saved["table"]
+    assert re.search(r"\| improved +\| estimated t_hat +\|", saved["table"])
+    true_row = next(r for r in saved["results"] if (r["sampler"], r["level"]) == ("improved", "true t"))
+    assert true_row["psnr_minus_true_level_psnr"] == 0.0
     assert Image.open(picture).size == (3 * (16 * 3 + 2) + 2, 3 * (16 * 3 + 2) + 2)
 
 
