@@ -47,6 +47,17 @@ def check_per_step(values: Any, num_steps: int, name: str, *, allow_zero: bool =
     return tensor
 
 
+def as_pair(value: Any, name: str) -> tuple[int, int]:
+    """``int`` or ``(h, w)`` to ``(h, w)`` (e.g. a tile size; the caller checks the range)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+
+
 def randn(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None,
           like: Tensor) -> Tensor:
     """Standard normal draws on ``like``'s device and dtype, reproducible with a generator on any device.

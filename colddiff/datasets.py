@@ -19,10 +19,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+
+from colddiff.io import DEFAULT_MAX_PIXELS, ImageReadError, image_to_tensor, match_channels, read_image
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,16 @@ EMBEDDED_MNIST = Path(__file__).resolve().parent / "assets" / "mnist_subset.npz"
 
 
 class ImageTransform:
-    """PIL image or ``uint8``/float tensor -> float tensor ``(channels, size, size)`` in ``[0, 1]``.
+    """An image -> float tensor ``(channels, size, size)`` in ``[0, 1]``, for training and evaluation data.
+
+    Accepts a float tensor ``(C, H, W)`` in ``[0, 1]`` (what :func:`colddiff.io.read_image` returns), a ``uint8``
+    tensor (scaled by ``1 / 255``), or a PIL image (read by :func:`colddiff.io.image_to_tensor`: 8-bit, 16-bit and
+    float pixels scaled to ``[0, 1]``, never clipped; transparent images refused).
+
+    Training and evaluation data are **converted** to ``channels``: grayscale images are replicated to RGB and RGB
+    images turned into ITU-R 601-2 luma (so an RGB folder can train a grayscale model).  This conversion is for
+    datasets only; reading a user's images for restoration is strict (``read_image(path, channels)`` refuses a
+    mismatch unless asked to convert).
 
     Training: optional centre pre-crop, resize of the shorter side to ``round(crop_scale * size)``, random crop to
     ``size``, optional horizontal flip.  Evaluation: pre-crop, resize to ``size``, centre crop.
@@ -73,12 +84,18 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image | Tensor) -> Tensor:
         if isinstance(image, Image.Image):
-            image = image.convert("L" if self.channels == 1 else "RGB")
-        elif isinstance(image, Tensor):
-            if image.ndim == 2:
-                image = image[None]
-            if image.shape[0] != self.channels:
-                image = image.expand(3, -1, -1) if self.channels == 3 else image.float().mean(0, keepdim=True)
+            image = image_to_tensor(image, name=getattr(image, "filename", "") or "<PIL image>")
+        elif not isinstance(image, Tensor):
+            raise TypeError(f"ImageTransform expects a PIL image or a tensor, got {type(image).__name__}")
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"ImageTransform expects an image (C, H, W) with 1 or 3 channels, got shape "
+                             f"{tuple(image.shape)}")
+        if image.shape[0] != self.channels:
+            if not image.is_floating_point():
+                image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+            image = match_channels(image, self.channels)
         return self.transform(image).clamp(0.0, 1.0)
 
 
@@ -96,33 +113,34 @@ def find_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTEN
     return files
 
 
-def _check_image_file(path: Path) -> str | None:
-    """``None`` if the file decodes, else the reason."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        return str(err) or type(err).__name__
-    return None
-
-
 class ImageFolder(Dataset):
-    """Images from a list of files; a file that cannot be read raises an error naming it.
+    """Images from a list of files, read by :func:`colddiff.io.read_image`; a file that cannot be read raises an
+    error naming it.
+
+    Each file is read at its own channels and bit depth (16-bit and float files scaled to ``[0, 1]``, never
+    clipped) and passed to ``transform`` as a float tensor ``(C, H, W)``; :class:`ImageTransform` then converts to
+    the model's channels (see there).
 
     Args:
         files: image paths.
-        transform: applied to each PIL image.
-        skip_bad: check every file up front and drop those that do not decode, logging how many (off: the first
-            unreadable file raises when it is read).
+        transform: applied to each image, a float tensor ``(C, H, W)`` in ``[0, 1]``.
+        skip_bad: check every file up front and drop those that :func:`~colddiff.io.read_image` refuses (they do not
+            decode, exceed ``max_pixels``, hold values outside ``[0, 1]``, or are transparent without
+            ``alpha_background``), logging how many (off: the first such file raises when it is read).
+        max_pixels: the pixel limit of :func:`~colddiff.io.read_image` (``None``: no limit).
+        alpha_background: grey level to composite transparent images onto (``None``: refuse them).
     """
 
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Tensor], skip_bad: bool = False):
+    def __init__(self, files: Sequence[Path], transform: Callable[[Tensor], Tensor], skip_bad: bool = False, *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, alpha_background: float | None = None) -> None:
         files = list(files)
+        self.max_pixels = max_pixels
+        self.alpha_background = alpha_background
         self.skipped: list[tuple[Path, str]] = []
         if skip_bad:
             kept = []
             for path in files:
-                reason = _check_image_file(path)
+                reason = self._check(path)
                 if reason is None:
                     kept.append(path)
                 else:
@@ -136,20 +154,33 @@ class ImageFolder(Dataset):
         self.files = files
         self.transform = transform
 
+    def _read(self, path: Path) -> Tensor:
+        return read_image(path, max_pixels=self.max_pixels, alpha_background=self.alpha_background)
+
+    def _check(self, path: Path) -> str | None:
+        """``None`` if the file reads, else the reason."""
+        try:
+            self._read(path)
+        except ImageReadError as err:
+            return err.reason
+        except OSError as err:  # vanished or unreadable (permissions)
+            return str(err) or type(err).__name__
+        return None
+
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> Tensor:
         path = self.files[index]
         try:
-            with Image.open(path) as img:
-                img.load()
-                return self.transform(img)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            image = self._read(path)
+        except (ImageReadError, OSError) as err:
+            reason = err.reason if isinstance(err, ImageReadError) else (str(err) or type(err).__name__)
             raise ValueError(
-                f"cannot read image file {str(path)!r}: {err or type(err).__name__} "
+                f"cannot read image file {str(path)!r}: {reason} "
                 "(remove it, or set skip_bad: true to skip unreadable files)"
             ) from err
+        return self.transform(image)
 
 
 class EmbeddedMNIST(Dataset):

@@ -15,7 +15,7 @@ PACKAGE = Path(colddiff.__file__).resolve().parent
 #: file input/output (torch alone), and the evaluation library (torch and torchmetrics)
 TORCH_ONLY = [
     "colddiff.degradations", "colddiff.degradations.functional", "colddiff.sampling", "colddiff.schedules",
-    "colddiff.priors", "colddiff.nets", "colddiff.datasets", "colddiff.io",
+    "colddiff.priors", "colddiff.nets", "colddiff.datasets", "colddiff.io", "colddiff.estimation", "colddiff.tiling",
 ]
 WITHOUT_LIGHTNING = ["colddiff.evaluation"]
 

@@ -1,0 +1,405 @@
+"""Estimating the unknown degradation level of a given image, and restoring each image at its own level.
+
+A user's degraded image comes without its level ``t``.  Cold Diffusion's restorer gives a natural estimator that
+needs no extra training: for a candidate level ``s``, restore ``x0_hat = R(y, s)`` and measure how well degrading it
+again explains the input,
+
+    r(s) = || D(R(y, s), s) - y ||   (root mean square over the pixels, per image),
+
+then take the candidate with the smallest residual.  With a perfect restorer (``R`` returns the true ``x0``) and an
+operator whose levels differ (blur, centred masks, pixelation, desaturation), ``r(t) = 0`` and ``r(s) > 0``
+elsewhere, so the true level is found exactly.  This is the data-consistency idea of Cold Diffusion's samplers
+(Bansal et al., arXiv 2208.09392, Algorithm 2 re-degrades ``x0_hat`` at the current level) used as a criterion over
+levels; the search below is ours.
+
+**Search** (:func:`estimate_level`), ``O(log T)`` network calls per image instead of ``T + 1``:
+
+1. a coarse grid of ``G`` evenly spaced candidates, ``G = max(3, ceil(log2(n)) + 1)`` for ``n`` candidates;
+2. around each of the ``starts`` best *local minima* of the grid values, a bracketed integer search: a bracket
+   ``(a, m, b)`` of evaluated candidates with ``r(m) <= r(a), r(b)``; probe the middle of the larger half, keep the
+   better point as the new middle, until both halves are one candidate wide;
+3. the answer is the best of every candidate evaluated (ties: the lower level).
+
+A bracket shrinks to at most three quarters of its width every two probes, so each start costs ``O(log(n / G))``
+evaluations and the whole search ``G + starts * O(log n) = O(log T)``.  The residual curve of a real network need not
+be unimodal: the grid sees every basin wider than its spacing ``n / G``, and refining the ``starts`` best grid
+minima (default 2) keeps a second basin whose grid point was unlucky.  A minimum narrower than the grid spacing can
+still be missed; ``grid=n`` evaluates every candidate (an exhaustive scan).  All images are searched together: each
+round evaluates one probe per image and bracket in one batched call of ``restore``, every image at its own level.
+
+**Level 0** (a clean input) is a candidate like any other: ``r(0) = ||R(y, 0) - y||`` calls the restorer at level 0.
+(Taking ``x0_hat = y`` at level 0, as the samplers do, would make ``r(0) = 0`` for every image.)  Networks trained on
+``t`` in ``{1, ..., T}`` never saw level 0; how they behave there is measured by ``benchmarks/bench_restore.py``.
+
+**Randomness that a given image does not reveal** (:func:`check_estimable`).  Re-degrading needs the degradation's
+params.  Deterministic operators (:class:`~colddiff.degradations.GaussianBlur`, centred
+:class:`~colddiff.degradations.GaussianMask` with a fixed fill, :class:`~colddiff.degradations.Pixelate`,
+:class:`~colddiff.degradations.Desaturate`) need none.  For random ones the estimator refuses, naming the operator
+and why, unless the caller passes the params (e.g. a synthetic test that knows them):
+
+* ``GaussianMask(center="random")``: each image's mask centre is unknown; re-degrading at another centre explains
+  nothing.  (``fill="random"``, mask-based generation: the fill colour is unknown.)
+* :class:`~colddiff.degradations.Snow`: the snow field and its direction in the image are unknown and cannot be
+  redrawn to match.
+* :class:`~colddiff.degradations.Mix`: undoing a mix needs the partner image that was mixed in.
+* :class:`~colddiff.degradations.GaussianNoise`: the noise is unknown, and re-estimating it from ``y`` (what the
+  samplers do) explains every level exactly, so the residual cannot tell levels apart.
+
+No Lightning; torch only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from colddiff.degradations.base import Degradation, Params
+from colddiff.sampling import SamplerName, sample
+
+__all__ = ["LevelEstimate", "estimate_level", "check_estimable", "level_residuals", "sample_at_levels",
+           "default_grid_size"]
+
+Restore = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class LevelEstimate:
+    """The result of :func:`estimate_level`.
+
+    Attributes:
+        levels: the estimated level of each image, ``(B,)`` long.
+        residuals: the residual ``r`` at that level, ``(B,)`` float64 (root mean square, ``[0, 1]`` units).
+        curves: for each image, every level evaluated and its residual, in increasing level order.
+        network_calls: how many times ``restore`` was called (each call a batch of (image, level) pairs).
+    """
+
+    levels: Tensor
+    residuals: Tensor
+    curves: tuple[dict[int, float], ...]
+    network_calls: int
+
+    @property
+    def evaluations(self) -> list[int]:
+        """How many levels were evaluated for each image."""
+        return [len(curve) for curve in self.curves]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per image: ``level``, ``residual`` and ``curve`` (``[[level, residual], ...]``)."""
+        return [{"level": int(level), "residual": float(res), "curve": [[s, r] for s, r in curve.items()]}
+                for level, res, curve in zip(self.levels.tolist(), self.residuals.tolist(), self.curves)]
+
+
+# ------------------------------------------------------------------------------------------------ policy
+def _unknown_params_reason(degradation: Degradation) -> str | None:
+    """Why the params of ``degradation`` cannot be known for a given image (``None``: it needs none)."""
+    # local imports: keep this module's import light and avoid cycles
+    from colddiff.degradations import Compose, GaussianMask, GaussianNoise, Mix, Snow
+
+    name = type(degradation).__name__
+    if isinstance(degradation, Compose):
+        for i, part in enumerate(degradation.degradations):
+            reason = _unknown_params_reason(part)
+            if reason is not None:
+                return f"Compose part {i}: {reason}"
+        return None
+    if not degradation.param_keys:
+        return None
+    if isinstance(degradation, GaussianMask):
+        reasons = []
+        if "center" in degradation.param_keys:
+            reasons.append("its masks are centred at a random pixel per image (center='random') and the centre of a "
+                           "given image is unknown; re-degrading at another centre explains nothing. Models trained "
+                           "with centred masks (center='center') are supported")
+        if "fill" in degradation.param_keys:
+            reasons.append("its fill colour is drawn at random per image (fill='random') and is unknown for a given "
+                           "image")
+        return f"{name}: " + "; and ".join(reasons)
+    if isinstance(degradation, Snow):
+        return (f"{name}: the snow field and its direction are drawn at random per image; the snow in a given image "
+                "is unknown and cannot be redrawn to match, so re-degrading cannot explain it")
+    if isinstance(degradation, Mix):
+        return f"{name}: undoing a mix needs the partner image that was mixed in, which a given image does not reveal"
+    if isinstance(degradation, GaussianNoise):
+        return (f"{name}: the noise of a given image is unknown, and re-estimating it from the image (as the samplers "
+                "do) explains every level exactly, so the residual cannot tell levels apart")
+    return f"{name}: it draws random params {list(degradation.param_keys)} that are unknown for a given image"
+
+
+def check_estimable(degradation: Degradation, params: Mapping[str, Tensor] | None = None) -> None:
+    """Raise ``ValueError`` if :func:`estimate_level` cannot work for ``degradation`` without the given ``params``.
+
+    Deterministic operators always pass; random ones pass only with their params (see the module docstring).
+    """
+    if not isinstance(degradation, Degradation):
+        raise TypeError(f"degradation must be a colddiff Degradation, got {type(degradation).__name__}")
+    if params is not None:
+        return
+    reason = _unknown_params_reason(degradation)
+    if reason is not None:
+        keys = ", ".join(repr(k) for k in degradation.param_keys)
+        raise ValueError(
+            f"cannot estimate the level for this degradation: {reason}. Pass params={{{keys}: ...}} if you know "
+            "them (e.g. for synthetic tests), or give the level yourself")
+
+
+# ------------------------------------------------------------------------------------------------ residuals
+def _check_restore(restore: Any) -> None:
+    if not callable(restore):
+        raise TypeError(f"restore must be a callable restore(x_t, t) -> x0_hat, got {type(restore).__name__}")
+
+
+def _prepare(degradation: Degradation, y: Any, params: Mapping[str, Tensor] | None) -> tuple[Tensor, Params]:
+    check_estimable(degradation, params)
+    y = degradation.check_input(y, "y")
+    return y, ({} if params is None else degradation.check_params(params, y))
+
+
+def _evaluate(restore: Restore, degradation: Degradation, y: Tensor, params: Params, rows: Tensor, levels: Tensor,
+              batch_size: int | None) -> tuple[Tensor, int]:
+    """``r(levels[k])`` for image ``rows[k]``, in calls of at most ``batch_size`` pairs; the residuals and calls."""
+    step = batch_size or rows.numel()
+    out, calls = [], 0
+    for i in range(0, rows.numel(), step):
+        r, s = rows[i: i + step], levels[i: i + step]
+        x = y.index_select(0, r)
+        p = {k: v.index_select(0, r) for k, v in params.items()}
+        x0_hat = restore(x, s).to(x.dtype)
+        calls += 1
+        back = degradation.degrade(x0_hat, s, p)
+        out.append((back - x).double().pow(2).flatten(1).mean(1).sqrt())
+    return torch.cat(out).cpu(), calls
+
+
+@torch.no_grad()
+def level_residuals(
+    restore: Restore,
+    degradation: Degradation,
+    y: Tensor,
+    levels: Sequence[int] | None = None,
+    *,
+    params: Mapping[str, Tensor] | None = None,
+    batch_size: int | None = None,
+) -> Tensor:
+    """The whole residual curve ``r(s) = ||D(R(y, s), s) - y||`` (RMS per image) at every level of ``levels``.
+
+    ``len(levels)`` network calls per image: for plots and checks; :func:`estimate_level` needs ``O(log T)``.
+
+    Args:
+        restore: ``restore(x_t, t) -> x0_hat``.
+        degradation: the operator ``D``.
+        y: the degraded images.
+        levels: the levels to evaluate (default ``0 .. T``).
+        params: the degradation's params, when it has any (see :func:`check_estimable`).
+        batch_size: (image, level) pairs per ``restore`` call (default: all at once).
+
+    Shape:
+        ``y``: ``(B, C, H, W)``; output: ``(B, len(levels))`` float64.
+    """
+    _check_restore(restore)
+    y, params = _prepare(degradation, y, params)
+    candidates = _candidates(levels, degradation.num_steps)
+    batch = y.shape[0]
+    rows = torch.arange(batch, device=y.device).repeat_interleave(len(candidates))
+    s = torch.tensor(candidates, device=y.device).repeat(batch)
+    values, _ = _evaluate(restore, degradation, y, params, rows, s, _check_batch_size(batch_size))
+    return values.view(batch, len(candidates))
+
+
+# ------------------------------------------------------------------------------------------------ search
+def default_grid_size(n: int) -> int:
+    """``G = max(3, ceil(log2(n)) + 1)`` grid candidates for ``n`` candidates (all of them when ``n`` is smaller)."""
+    return min(n, max(3, math.ceil(math.log2(max(n, 2))) + 1))
+
+
+def _candidates(levels: Sequence[int] | None, num_steps: int) -> list[int]:
+    if levels is None:
+        return list(range(num_steps + 1))
+    values = levels.tolist() if isinstance(levels, Tensor) else list(levels)
+    if not values or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"levels must be a non-empty sequence of ints (candidate levels), got {levels!r}")
+    values = [int(v) for v in values]
+    if any(a >= b for a, b in zip(values, values[1:])) or values[0] < 0 or values[-1] > num_steps:
+        raise ValueError(f"levels must increase strictly within [0, {num_steps}] (num_steps), got {values}")
+    return values
+
+
+def _check_batch_size(batch_size: Any) -> int | None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size <= 0):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    return batch_size
+
+
+def _grid_indices(n: int, size: int) -> list[int]:
+    return sorted({round(i * (n - 1) / (size - 1)) for i in range(size)}) if size > 1 else [0]
+
+
+def _next_probe(bracket: list[int]) -> int | None:
+    """The candidate to evaluate next in bracket ``(a, m, b)``, or ``None`` when it is resolved."""
+    a, m, b = bracket
+    if max(m - a, b - m) <= 1:
+        return None
+    return (m + b) // 2 if b - m >= m - a else (a + m + 1) // 2
+
+
+def _update(bracket: list[int], x: int, curve: dict[int, float]) -> None:
+    """Shrink ``(a, m, b)`` with the evaluated probe ``x`` (strictly better than ``m``: it becomes the middle)."""
+    a, m, b = bracket
+    better = (curve[x], x) < (curve[m], m)
+    if x > m:
+        bracket[:] = [m, x, b] if better else [a, m, x]
+    else:
+        bracket[:] = [a, x, m] if better else [x, m, b]
+
+
+@torch.no_grad()
+def estimate_level(
+    restore: Restore,
+    degradation: Degradation,
+    y: Tensor,
+    *,
+    params: Mapping[str, Tensor] | None = None,
+    levels: Sequence[int] | None = None,
+    grid: int | None = None,
+    starts: int = 2,
+    batch_size: int | None = None,
+) -> LevelEstimate:
+    """Estimate each image's degradation level: the level whose restoration, degraded again, best explains it.
+
+    Minimises ``r(s) = ||D(R(y, s), s) - y||`` (RMS per image) over the candidate levels with a coarse grid and
+    bracketed integer searches around the best grid minima: ``O(log T)`` evaluations per image, batched over images
+    (see the module docstring for the search, its guarantees and the operators it refuses).
+
+    Args:
+        restore: ``restore(x_t, t) -> x0_hat`` with ``t`` a ``(N,)`` long tensor (e.g. ``model.restore``, wrapped by
+            :func:`colddiff.tiling.any_size` for other sizes).
+        degradation: the operator ``D`` the restorer was trained for.
+        y: the degraded images, each at its own unknown level.
+        params: the degradation's params when it has random ones and they are known (see :func:`check_estimable`).
+        levels: the candidate levels, strictly increasing (default ``0 .. T``).
+        grid: coarse-grid size (default :func:`default_grid_size`; ``len(levels)`` for an exhaustive scan).
+        starts: how many of the grid's best local minima are refined (``>= 1``).
+        batch_size: the most (image, level) pairs per ``restore`` call (default: a whole round at once).
+
+    Returns:
+        A :class:`LevelEstimate`: the levels, their residuals, every residual evaluated, the number of calls.
+
+    Shape:
+        ``y``: ``(B, C, H, W)``; ``levels`` of the result: ``(B,)``.
+    """
+    _check_restore(restore)
+    y, params = _prepare(degradation, y, params)
+    candidates = _candidates(levels, degradation.num_steps)
+    n = len(candidates)
+    if grid is None:
+        grid = default_grid_size(n)
+    if isinstance(grid, bool) or not isinstance(grid, numbers.Integral) or grid < 2:
+        raise ValueError(f"grid must be an int >= 2 (coarse-grid candidates), got {grid!r}")
+    if isinstance(starts, bool) or not isinstance(starts, numbers.Integral) or starts < 1:
+        raise ValueError(f"starts must be an int >= 1 (grid minima to refine), got {starts!r}")
+    batch_size = _check_batch_size(batch_size)
+    batch = y.shape[0]
+    curves: list[dict[int, float]] = [{} for _ in range(batch)]  # candidate index -> residual
+    calls = 0
+
+    def run(pairs: list[tuple[int, int]]) -> None:
+        nonlocal calls
+        if not pairs:
+            return
+        rows = torch.tensor([b for b, _ in pairs], device=y.device)
+        s = torch.tensor([candidates[i] for _, i in pairs], device=y.device)
+        values, made = _evaluate(restore, degradation, y, params, rows, s, batch_size)
+        calls += made
+        for (b, i), value in zip(pairs, values.tolist()):
+            curves[b][i] = value
+
+    grid_idx = _grid_indices(n, min(int(grid), n))
+    run([(b, i) for b in range(batch) for i in grid_idx])
+    brackets: list[list[list[int]]] = []
+    for b in range(batch):
+        values = [curves[b][i] for i in grid_idx]
+        minima = [k for k in range(len(grid_idx))
+                  if (k == 0 or values[k] <= values[k - 1]) and (k == len(grid_idx) - 1 or values[k] <= values[k + 1])]
+        minima.sort(key=lambda k: (values[k], k))
+        brackets.append([[grid_idx[max(k - 1, 0)], grid_idx[k], grid_idx[min(k + 1, len(grid_idx) - 1)]]
+                         for k in minima[: int(starts)]])
+    while True:
+        pairs: list[tuple[int, int]] = []
+        for b in range(batch):
+            wanted = set()
+            for bracket in brackets[b]:
+                probe = _next_probe(bracket)
+                while probe is not None and probe in curves[b]:  # already known (another bracket): no call
+                    _update(bracket, probe, curves[b])
+                    probe = _next_probe(bracket)
+                if probe is not None:
+                    wanted.add(probe)
+            pairs += [(b, i) for i in sorted(wanted)]
+        if not pairs:
+            break
+        run(pairs)
+        for b in range(batch):
+            for bracket in brackets[b]:
+                probe = _next_probe(bracket)
+                if probe is not None and probe in curves[b]:
+                    _update(bracket, probe, curves[b])
+    best = [min(curve, key=lambda i: (curve[i], i)) for curve in curves]
+    return LevelEstimate(
+        levels=torch.tensor([candidates[i] for i in best], dtype=torch.long, device=y.device),
+        residuals=torch.tensor([curve[i] for curve, i in zip(curves, best)], dtype=torch.float64),
+        curves=tuple({candidates[i]: curve[i] for i in sorted(curve)} for curve in curves),
+        network_calls=calls,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ restoration
+@torch.no_grad()
+def sample_at_levels(
+    sampler: SamplerName,
+    restore: Restore,
+    degradation: Degradation,
+    y: Tensor,
+    levels: Tensor | Sequence[int],
+    *,
+    params: Mapping[str, Tensor] | None = None,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Restore each image from its own level (e.g. :attr:`LevelEstimate.levels`) with a sampler of
+    :mod:`colddiff.sampling`: one sampler run per distinct level; images at level 0 are returned unchanged.
+
+    Args:
+        sampler: ``"naive"``, ``"improved"`` or ``"direct"``.
+        restore: ``restore(x_t, t) -> x0_hat``.
+        degradation: the operator ``D``.
+        y: the degraded images.
+        levels: one level per image, ``0 <= level <= T``.
+        params: the degradation's params (the samplers draw them with ``generator`` when ``None``).
+        steps: ``None`` for every level, or an int: that many evenly spaced steps (fewer for lower levels).
+        generator: random generator for params that are not given.
+
+    Shape:
+        ``y``: ``(B, C, H, W)``; ``levels``: ``(B,)``; output: ``(B, C, H, W)``.
+    """
+    y = degradation.check_input(y, "y")
+    t = degradation.check_t(torch.as_tensor(levels) if not isinstance(levels, Tensor) else levels, y)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+        raise ValueError(f"steps must be None or a positive int (per-image levels differ), got {steps!r}")
+    if params is not None:
+        params = degradation.check_params(params, y)
+    out = y.clone()
+    for level in sorted(set(t.tolist())):
+        if level == 0:
+            continue
+        index = (t == level).nonzero().flatten()
+        part = {k: v.index_select(0, index) for k, v in params.items()} if params is not None else None
+        group_steps = None if steps is None or sampler == "direct" else min(int(steps), level)
+        out[index] = sample(sampler, restore, degradation, y.index_select(0, index), level, part, group_steps,
+                            None, generator).to(out.dtype)
+    return out
