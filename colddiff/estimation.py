@@ -370,6 +370,7 @@ def sample_at_levels(
     params: Mapping[str, Tensor] | None = None,
     steps: int | None = None,
     generator: torch.Generator | None = None,
+    noise: float | None = None,
 ) -> Tensor:
     """Restore each image from its own level (e.g. :attr:`LevelEstimate.levels`) with a sampler of
     :mod:`colddiff.sampling`: one sampler run per distinct level; images at level 0 are returned unchanged.
@@ -382,7 +383,8 @@ def sample_at_levels(
         levels: one level per image, ``0 <= level <= T``.
         params: the degradation's params (the samplers draw them with ``generator`` when ``None``).
         steps: ``None`` for every level, or an int: that many evenly spaced steps (fewer for lower levels).
-        generator: random generator for params that are not given.
+        generator: random generator for params that are not given (and for sampling noise).
+        noise: sampling noise ``delta`` (see :mod:`colddiff.sampling`), ``None`` for none.
 
     Shape:
         ``y``: ``(B, C, H, W)``; ``levels``: ``(B,)``; output: ``(B, C, H, W)``.
@@ -401,5 +403,5 @@ def sample_at_levels(
         part = {k: v.index_select(0, index) for k, v in params.items()} if params is not None else None
         group_steps = None if steps is None or sampler == "direct" else min(int(steps), level)
         out[index] = sample(sampler, restore, degradation, y.index_select(0, index), level, part, group_steps,
-                            None, generator).to(out.dtype)
+                            None, generator, noise).to(out.dtype)
     return out

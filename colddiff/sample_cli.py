@@ -39,10 +39,19 @@ from colddiff._cli import (
     prepare_prior,
 )
 from colddiff.datasets import ImageTransform, find_images, random_items, stack_items, unpack_batch
+from colddiff.estimation import check_estimable, estimate_level, sample_at_levels
 from colddiff.export import load_model, save_model_as
-from colddiff.io import atomic_write_bytes, restoration_grid, save_png_atomic
+from colddiff.io import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    atomic_write_bytes,
+    read_image,
+    restoration_grid,
+    save_png_atomic,
+)
 from colddiff.module import ColdDiffusion
 from colddiff.sampling import SAMPLERS, autocast, timesteps
+from colddiff.tiling import any_size
 
 __all__ = ["main", "build_parser"]
 
@@ -81,9 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--save-images", action="store_true", help="also write every sampled image as a PNG")
     res = modes.add_parser("restore", parents=[common], help="restore your own degraded images")
     res.add_argument("--input", required=True, help="a degraded image file or a folder of them")
-    res.add_argument("--level", type=int, required=True, help="the level t your images are at")
+    res.add_argument("--level", type=_level_argument, required=True,
+                     help="the level t your images are at, or 'auto': estimate each image's level (written to "
+                          "restore.json)")
+    res.add_argument("--tile", type=positive_int, default=None,
+                     help="restore images larger than this in overlapping tiles blended without seams (default: "
+                          "whole images, at their own size)")
+    res.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile / 4)")
+    res.add_argument("--channels", choices=("strict", "convert"), default="strict",
+                     help="a grayscale image for an RGB model (or the reverse): refuse (strict, default) or convert "
+                          "(grey replicated to RGB, RGB to luma)")
+    res.add_argument("--alpha-background", type=float, default=None,
+                     help="composite transparent images onto this grey level in [0, 1] (default: refuse them)")
+    res.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                     help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,} pixels)")
     res.add_argument("--resize", action="store_true",
-                     help="resize and centre-crop inputs to the model's size (default: sizes must match)")
+                     help="resize and centre-crop inputs to the model's size (default: restore at their own size)")
     gen = modes.add_parser("generate", parents=[common, data], help="generate new images from the prior")
     gen.add_argument("--num", type=positive_int, default=64, help="number of images")
     gen.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: square)")
@@ -201,42 +223,95 @@ def run_reconstruct(args: argparse.Namespace, model: ColdDiffusion, device: torc
     return path
 
 
-def run_restore(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
-    level = _check_level(model, args.level)
-    if "partner" in model.degradation.context_keys:
-        raise UsageError("restore cannot serve a mixing model: undoing a mix needs the partner image that was mixed "
-                         "in; use reconstruct (with --partner-root) instead")
+def _level_argument(text: str) -> int | str:
+    """argparse type of ``restore --level``: an integer >= 0 or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a level (an integer >= 0) or 'auto', got {text!r}")
+    return value
+
+
+def _read_inputs(args: argparse.Namespace, model: ColdDiffusion) -> tuple[Path, list[Path], list[Tensor]]:
     source = Path(args.input)
     if not source.exists():
         raise UsageError(f"--input {str(source)!r} does not exist")
     files = [source] if source.is_file() else find_images(source)
-    from PIL import Image
-
-    transform = ImageTransform(model.image_size, model.channels, train=False)
-    tensors = []
+    images = []
     for path in files:
         try:
-            with Image.open(path) as img:
-                img.load()
-                if not args.resize and img.size != (model.image_size, model.image_size):
-                    raise UsageError(
-                        f"{str(path)!r} is {img.size[0]}x{img.size[1]} but the model works at "
-                        f"{model.image_size}x{model.image_size}; pass --resize to resize and centre-crop")
-                tensors.append(transform(img))
-        except (OSError, SyntaxError) as err:
-            raise UsageError(f"cannot read image file {str(path)!r}: {err}") from err
-    x_all = torch.stack(tensors)
+            image = read_image(path, model.channels, convert_channels=args.channels == "convert",
+                               max_pixels=args.max_pixels, alpha_background=args.alpha_background)
+        except ImageReadError as err:  # the library's advice names its arguments: say it with this tool's flags
+            reason = err.reason.split(";")[0]
+            if "alpha" in reason or "transparen" in reason:
+                reason += "; pass --alpha-background G to composite it onto the grey level G in [0, 1]"
+            elif "expected" in reason and "channel" in reason:
+                reason += "; pass --channels convert to convert it (grey replicated to RGB, RGB to luma)"
+            raise UsageError(f"cannot read image file {err.path!r}: {reason}") from err
+        if args.resize:
+            image = ImageTransform(model.image_size, model.channels, train=False)(image)
+        try:
+            model.degradation.check_image_size(image.shape[-2], image.shape[-1])
+        except ValueError as err:
+            raise UsageError(f"{str(path)!r} is {image.shape[-1]}x{image.shape[-2]}: {err} (or pass --resize)") \
+                from err
+        images.append(image)
+    return source, files, images
+
+
+def run_restore(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+    degradation = model.degradation
+    if "partner" in degradation.context_keys:
+        raise UsageError("restore cannot serve a mixing model: undoing a mix needs the partner image that was mixed "
+                         "in; use reconstruct (with --partner-root) instead")
+    if args.level != "auto":
+        _check_level(model, args.level)
+    else:
+        try:
+            check_estimable(degradation)
+        except ValueError as err:
+            raise UsageError(f"--level auto: {err}; give the level with --level N") from err
+    source, files, images = _read_inputs(args, model)
+    restore = any_size(model.restore, multiple=getattr(model.network, "size_multiple", 1), tile=args.tile,
+                       overlap=args.overlap)
+    sampler = args.sampler or model.sampler
     generator = torch.Generator().manual_seed(args.seed)
-    restored = []
-    for start, stop in tqdm(_batches(len(x_all), args.batch_size), desc="restore"):
-        restored.append(_sample(model, args, device, x_all[start:stop], level, None, generator).cpu())
-    restored_all = torch.cat(restored)
+    restored: list[Tensor | None] = [None] * len(images)
+    records: list[dict[str, Any]] = [{} for _ in images]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):  # images of one size are restored together, in batches
+        groups.setdefault(tuple(image.shape), []).append(i)
+    batches = [(shape, index[i:i + args.batch_size]) for shape, index in groups.items()
+               for i in range(0, len(index), args.batch_size)]
+    for _, index in tqdm(batches, desc="restore"):
+        y = torch.stack([images[i] for i in index]).to(device)
+        with autocast(device, args.precision):
+            if args.level == "auto":
+                estimate = estimate_level(restore, degradation, y)
+                levels, notes = estimate.levels, estimate.to_records()
+            else:
+                levels, notes = torch.full((len(index),), args.level, dtype=torch.long), [{} for _ in index]
+            result = sample_at_levels(sampler, restore, degradation, y, levels, steps=args.steps,
+                                      generator=generator,
+                                      noise=args.noise if args.noise is not None else model.sample_noise)
+        for i, image, level, note in zip(index, result.float().clamp(0, 1).cpu(), levels.tolist(), notes):
+            restored[i] = image
+            records[i] = {"file": str(files[i]), "height": image.shape[-2], "width": image.shape[-1],
+                          "level": int(level), "level_source": "estimated" if args.level == "auto" else "given",
+                          **({"estimate": note} if note else {})}
     names = [str(p.relative_to(source).with_suffix(".png")) if source.is_dir() else p.with_suffix(".png").name
              for p in files]
-    _save_each(restored_all, out / "restored", names)
-    path = save_png_atomic(restoration_grid([x_all, restored_all]), out / "restore_grid.png", nrow=2,
-                           scale=args.scale)
-    _write_settings(out, "restore", args, model, level=level, files=[str(f) for f in files])
+    _save_each(restored, out / "restored", names)
+    pairs = [torch.stack(pair) for pair in zip(images, restored)]
+    height, width = max(p.shape[-2] for p in pairs), max(p.shape[-1] for p in pairs)
+    padded = [torch.nn.functional.pad(p, (0, width - p.shape[-1], 0, height - p.shape[-2]), value=1.0) for p in pairs]
+    path = save_png_atomic(torch.cat(padded), out / "restore_grid.png", nrow=2, scale=args.scale)
+    _write_settings(out, "restore", args, model, sampler=sampler, images=records)
     return path
 
 

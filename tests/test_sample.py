@@ -96,6 +96,56 @@ def test_restore_own_images(restoration_ckpt, tmp_path):
     assert size_of(path) == grid_size(2, 3)
 
 
+def _digits(folder: Path, sizes: list[tuple[int, int]], levels: list[int], model) -> list[Path]:
+    """Embedded test digits resized to ``sizes`` and blurred by ``model``'s degradation to ``levels``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ((h, w), level) in enumerate(zip(sizes, levels)):
+        digit = EmbeddedMNIST("test", ImageTransform(SIZE, 1, train=False))[i][None]
+        x0 = torch.nn.functional.interpolate(digit, size=(h, w), mode="bilinear", align_corners=False)
+        y = model.degradation(x0, level)[0, 0]
+        Image.fromarray((y.clamp(0, 1).numpy() * 255).round().astype(np.uint8), "L").save(folder / f"d{i}.png")
+        paths.append(folder / f"d{i}.png")
+    return paths
+
+
+def test_restore_at_any_size_with_estimated_levels(ckpt, tmp_path):
+    """Images of other sizes are restored at their own size (padded for the network, cropped back; in tiles when
+    larger than --tile), and --level auto writes each image's estimate into restore.json."""
+    model = load_model(ckpt)
+    _digits(tmp_path / "in", [(16, 16), (20, 28), (40, 36)], [2, 4, 6], model)
+    run("restore", "--ckpt", str(ckpt), "--out", str(tmp_path / "out"), "--input", str(tmp_path / "in"),
+        "--level", "auto", "--tile", "16", "--steps", "2")
+    for name, size in (("d0.png", (16, 16)), ("d1.png", (28, 20)), ("d2.png", (36, 40))):
+        assert size_of(tmp_path / "out" / "restored" / name) == size
+    records = json.loads((tmp_path / "out" / "restore.json").read_text())["images"]
+    assert [r["level_source"] for r in records] == ["estimated"] * 3
+    assert all(0 <= r["level"] <= 6 and r["estimate"]["curve"] for r in records)
+    assert [(r["height"], r["width"]) for r in records] == [(16, 16), (20, 28), (40, 36)]
+
+
+def test_restore_refuses_what_it_cannot_read_faithfully(ckpt, restoration_ckpt, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "out"), "--level", "3"]
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8), "RGB").save(rgb)
+    message = _error(capsys, "restore", "--ckpt", str(ckpt), "--input", str(rgb), *out)
+    assert str(rgb) in message and "--channels convert" in message
+    run("restore", "--ckpt", str(ckpt), "--input", str(rgb), "--channels", "convert", *out)
+    alpha = tmp_path / "alpha.png"
+    Image.fromarray(np.full((16, 16, 2), 128, np.uint8), "LA").save(alpha)
+    message = _error(capsys, "restore", "--ckpt", str(ckpt), "--input", str(alpha), *out)
+    assert str(alpha) in message and "--alpha-background" in message
+    run("restore", "--ckpt", str(ckpt), "--input", str(alpha), "--alpha-background", "0", *out)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((16, 16), 31411, np.uint16)).save(deep)  # 16-bit: 31411 / 65535 = 0.479
+    run("restore", "--ckpt", str(ckpt), "--input", str(deep), "--level", "0", "--out", str(tmp_path / "o16"))
+    restored = np.asarray(Image.open(tmp_path / "o16" / "restored" / "deep.png"))
+    assert abs(restored.mean() / 255 - 0.479) < 0.01  # level 0: the image itself, read at its true intensity
+    message = _error(capsys, "restore", "--ckpt", str(restoration_ckpt), "--input", str(deep), "--level", "auto",
+                     "--out", str(tmp_path / "o"))
+    assert "--level auto" in message and "GaussianMask" in message and "--level N" in message
+
+
 def test_generate_with_provenance(ckpt, tmp_path):
     path = run("generate", "--ckpt", str(ckpt), "--out", str(tmp_path), "--num", "6", "--batch-size", "4",
                "--save-images", "--steps", "3")
@@ -207,13 +257,11 @@ def test_clear_errors(ckpt, restoration_ckpt, tmp_path, capsys):
                                                                     str(restoration_ckpt), *out)
     assert "--level must lie in [0, 6]" in _error(capsys, "reconstruct", "--ckpt", str(ckpt), "--level", "7",
                                                    "--dataset", "embedded-mnist", *out)
-    bad = tmp_path / "wrong_size.png"
-    Image.fromarray(np.zeros((20, 20), np.uint8), "L").save(bad)
-    assert "is 20x20 but the model works at 16x16" in _error(capsys, "restore", "--ckpt", str(ckpt), "--input",
-                                                             str(bad), "--level", "3", *out)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")
-    assert "refusing to load" in _error(capsys, "generate", "--ckpt", str(garbage), *out)
+    assert "not a PyTorch checkpoint" in _error(capsys, "generate", "--ckpt", str(garbage), *out)
+    assert "expected a positive integer, got '0'" in _error(capsys, "generate", "--ckpt", str(ckpt), "--scale", "0",
+                                                            *out)
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(ckpt.read_bytes()[:5000])
     assert "truncated or not a checkpoint" in _error(capsys, "generate", "--ckpt", str(truncated), *out)
