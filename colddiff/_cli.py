@@ -16,12 +16,12 @@ from torch.utils.data import Dataset
 from colddiff._checks import check_positive_int
 from colddiff._config import resolve_component
 from colddiff.data import ImageDataModule, TorchvisionDataModule
-from colddiff.datasets import DatasetSource, EmbeddedMNIST, ImageFolder, ImageTransform, find_images
+from colddiff.datasets import DatasetSource, EmbeddedMNIST, ImageFolder, ImageTransform, find_images, native_shapes
 from colddiff.io import load_checkpoint
 
 __all__ = ["UsageError", "device_from", "positive_int", "non_negative_float", "add_data_arguments",
            "dataset_from_args", "dataset_id", "datamodule_from_checkpoint", "image_shape_of", "partners_from_args",
-           "prepare_prior"]
+           "prepare_prior", "conversion_of"]
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CelebA", "Flowers102", "embedded-mnist")
 
@@ -142,6 +142,20 @@ def datamodule_from_checkpoint(path: str | None, image_size: int, channels: int)
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
     kwargs.update(image_size=image_size, channels=channels, num_workers=0)
     return cls(**kwargs)
+
+
+def conversion_of(dataset: Dataset, size: int, channels: int) -> str | None:
+    """What loading ``dataset`` at ``size``/``channels`` changes in its images (``None``: nothing, or unknown)."""
+    shapes = native_shapes(dataset)
+    changes = []
+    sizes = sorted({(h, w) for h, w, _ in shapes if (h, w) != (size, size)})
+    if sizes:
+        shown = ", ".join(f"{w}x{h}" for h, w in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
+        changes.append(f"resized (shorter side) and centre-cropped from {shown} to {size}x{size}")
+    kinds = {c for _, _, c in shapes} - {channels}
+    if kinds:
+        changes.append("converted from " + ("RGB to grayscale (luma)" if channels == 1 else "grayscale to RGB"))
+    return "; ".join(changes) or None
 
 
 def partners_from_args(args: argparse.Namespace, model: Any) -> ImageFolder | None:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from colddiff._checks import check_positive_int
 from colddiff.datasets import (
     IMAGE_EXTENSIONS,
     EmbeddedMNIST,
@@ -36,6 +37,7 @@ from colddiff.datasets import (
     stack_items,
     unpack_batch,
 )
+from colddiff.io import DEFAULT_MAX_PIXELS
 
 __all__ = [
     # the data modules
@@ -177,8 +179,7 @@ class ImageDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
         for name, value in (("image_size", image_size), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
+            check_positive_int(value, name, type(self).__name__)
         if channels not in (1, 3):
             raise ValueError(f"{type(self).__name__}: channels must be 1 or 3, got {channels!r}")
         if num_workers < 0:
@@ -351,19 +352,29 @@ class ImageFolderDataModule(ImageDataModule):
         val_fraction: fraction of ``root`` held out for validation when there is no ``val_root`` (0: none).
         split_seed: seed of that split (deterministic).
         extensions: file suffixes to read.
-        skip_bad: drop unreadable files (logged) instead of failing on the first one.
+        skip_bad: drop unreadable files (logged) instead of failing on the first one; files over ``max_pixels`` and
+            images with transparency count as unreadable.
+        max_pixels: refuse images with more pixels (width x height) than this, naming the file, before decoding
+            them (decompression bombs); default :data:`colddiff.io.DEFAULT_MAX_PIXELS` (about 89.5 megapixels),
+            ``null`` for no limit.
         (others as :class:`ImageDataModule`)
     """
 
     def __init__(self, root: str, val_root: str | None = None, test_root: str | None = None,
                  val_fraction: float = 0.05, split_seed: int = 0, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 skip_bad: bool = False, image_size: int = 32, channels: int = 3, **kwargs: Any) -> None:
+                 skip_bad: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, image_size: int = 32,
+                 channels: int = 3, **kwargs: Any) -> None:
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"ImageFolderDataModule: val_fraction must lie in [0, 1), got {val_fraction}")
         super().__init__(image_size, channels, **kwargs)
         self.root, self.val_root, self.test_root = root, val_root, test_root
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.extensions, self.skip_bad = tuple(extensions), skip_bad
+        self.max_pixels = None if max_pixels is None else \
+            check_positive_int(max_pixels, "max_pixels", type(self).__name__)
+
+    def _folder(self, files: Sequence[Path], transform: ImageTransform) -> ImageFolder:
+        return ImageFolder(files, transform, self.skip_bad, max_pixels=self.max_pixels)
 
     def _split_files(self) -> dict[str, list[Path]]:
         files = find_images(self.root, self.extensions)
@@ -378,12 +389,12 @@ class ImageFolderDataModule(ImageDataModule):
     def make_dataset(self, split: Split, transform: ImageTransform) -> Dataset | None:
         if split == "test":
             if self.test_root is not None:
-                return ImageFolder(find_images(self.test_root, self.extensions), transform, self.skip_bad)
+                return self._folder(find_images(self.test_root, self.extensions), transform)
             split = "val"
         files = self._split_files()[split]
         if not files:
             return None
-        return ImageFolder(files, transform, self.skip_bad)
+        return self._folder(files, transform)
 
 
 class PairedFolderDataModule(ImageFolderDataModule):
@@ -406,12 +417,12 @@ class PairedFolderDataModule(ImageFolderDataModule):
     def partner_dataset(self, split: Split = "train") -> ImageFolder:
         """The partner images of a split, without augmentation (for :class:`~colddiff.priors.SourceImagePrior`)."""
         root = self.partner_root if split == "train" else (self.partner_val_root or self.partner_root)
-        return ImageFolder(find_images(root, self.extensions), self.transform(train=False), self.skip_bad)
+        return self._folder(find_images(root, self.extensions), self.transform(train=False))
 
     def make_dataset(self, split: Split, transform: ImageTransform) -> Dataset | None:
         target = super().make_dataset(split, transform)
         if target is None:
             return None
         partner_root = self.partner_root if split == "train" else (self.partner_val_root or self.partner_root)
-        partner = ImageFolder(find_images(partner_root, self.extensions), transform, self.skip_bad)
+        partner = self._folder(find_images(partner_root, self.extensions), transform)
         return PairedDataset(target, partner, random_pairs=split == "train", seed=self.split_seed)

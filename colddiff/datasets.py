@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from colddiff.io import DEFAULT_MAX_PIXELS, ImageReadError, image_to_tensor, match_channels, read_image
@@ -37,6 +37,7 @@ __all__ = [
     "ImagesOnly",
     "PairedDataset",
     "DatasetSource",
+    "native_shapes",
     "find_images",
     "unpack_batch",
     "stack_items",
@@ -265,6 +266,43 @@ def random_items(dataset: Dataset, n: int, generator: torch.Generator | None = N
         raise ValueError("cannot draw items from an empty dataset")
     index = torch.randint(len(dataset), (n,), generator=generator)
     return stack_items([dataset[int(i)] for i in index])
+
+
+def _file_shape(path: Path) -> tuple[int, int, int]:
+    with Image.open(path) as image:  # the header only: nothing is decoded
+        width, height = image.size
+        bands = image.getbands()
+    colour = len([b for b in bands if b != "A"]) >= 3 and bands != ("P",)
+    return height, width, 3 if colour or bands == ("P",) else 1
+
+
+def native_shapes(dataset: Dataset, limit: int = 256) -> set[tuple[int, int, int]]:
+    """The shapes ``(height, width, channels)`` of a dataset's images as stored, before its transform resizes or
+    converts them (from up to ``limit`` items; palette images count as colour).  Empty when unknown.
+
+    Tools use it to refuse, or to report, a resize or a grayscale/RGB conversion that a user did not ask for.
+    """
+    if isinstance(dataset, Subset):
+        return native_shapes(dataset.dataset, limit)
+    if isinstance(dataset, PairedDataset):
+        return native_shapes(dataset.target, limit)
+    if isinstance(dataset, ImageFolder):
+        return {_file_shape(path) for path in dataset.files[:limit]}
+    if isinstance(dataset, EmbeddedMNIST):
+        return {(int(dataset.images.shape[-2]), int(dataset.images.shape[-1]), 1)}
+    if isinstance(dataset, ImagesOnly):
+        shapes = set()
+        for index in range(min(limit, len(dataset.dataset))):
+            item = dataset.dataset[index]
+            image = item[0] if isinstance(item, (tuple, list)) else item
+            if isinstance(image, Image.Image):
+                bands = image.getbands()
+                shapes.add((image.size[1], image.size[0], 3 if len(bands) >= 3 else 1))
+            elif isinstance(image, Tensor):
+                shape = image.shape if image.ndim == 3 else (1, *image.shape)
+                shapes.add((int(shape[-2]), int(shape[-1]), int(shape[0])))
+        return shapes
+    return set()
 
 
 class DatasetSource:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from colddiff._cli import (
     UsageError,
     add_data_arguments,
+    conversion_of,
     dataset_from_args,
     dataset_id,
     device_from,
@@ -155,7 +156,9 @@ def run_restoration(args: argparse.Namespace, device: torch.device) -> Path:
         partners=partners_from_args(args, model), batch_size=args.batch_size, num_workers=args.num_workers,
         seed=args.seed, device=device, precision=args.precision, progress=True,
     )
-    protocol = {"checkpoint": str(args.ckpt), "split": args.split, **report.protocol}
+    protocol = {"checkpoint": str(args.ckpt), "split": args.split, **report.protocol,
+                "image_conversion": conversion_of(dataset, model.image_size, model.channels) or
+                "none (same size and channels)"}
     return _write(Path(args.out), "restoration", report.markdown(), {"protocol": protocol, "results": report.rows})
 
 
@@ -227,12 +230,17 @@ def run_generation(args: argparse.Namespace, device: torch.device) -> Path:
     if args.reference_size is not None:
         reference = torch.utils.data.Subset(reference, range(min(args.reference_size, len(reference))))
     reference_id = f"{dataset_id(args, args.ckpt, prefix='reference_')} ({args.reference_split})"
+    conversion = conversion_of(reference, size, channels)
+    if conversion:
+        print(f"evaluate.py generation: note: the reference images are {conversion} to match the generated "
+              "images (written into the report)", file=sys.stderr)
     report = evaluate_generation(
         images, reference, extractor, floor=_floor(args, size, channels), reference_id=reference_id,
         split=args.reference_split, cache=ReferenceCache(args.cache_dir),
         kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, seed=args.seed,
         batch_size=args.batch_size, num_workers=args.num_workers, device=device, progress=True,
-        protocol={"generated": source, "seed": args.seed, "sampler": args.sampler or "model default",
+        protocol={"generated": source, "reference_conversion": conversion or "none (same size and channels)",
+                  "seed": args.seed, "sampler": args.sampler or "model default",
                   "steps": args.steps or "all levels", "noise": args.noise, "precision": args.precision},
     )
     return _write(Path(args.out), "generation", report.markdown(), {"protocol": report.protocol,

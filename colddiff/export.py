@@ -102,6 +102,7 @@ def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu
         model.prior.load_state_dict(groups["prior"])
     elif groups["prior"]:
         raise ValueError("the export has prior tensors but its config has no prior")
+    model.check_weights_finite(folder)
     return model.to(map_location).eval()
 
 

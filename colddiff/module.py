@@ -574,7 +574,16 @@ class ColdDiffusion(L.LightningModule):
                              "(no state_dict/hyper_parameters)")
         model = cls(**model_kwargs(hparams, overrides, allow))
         model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        model.check_weights_finite(checkpoint_path)
         return model.to(map_location) if map_location is not None else model
+
+    def check_weights_finite(self, source: Any = "the model") -> None:
+        """Raise ``ValueError`` if a weight or buffer holds NaN or infinite values (a corrupt file, or one saved
+        from a diverged run), naming the first such tensor: such a model would write NaN images silently."""
+        for name, tensor in self.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{str(source)!r}: {name} holds NaN or infinite values; the model file is corrupt "
+                                 "or was saved from a diverged run")
 
 
 def _compile(network: nn.Module, mode: str | None = None) -> Callable:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from colddiff._checks import rand, randint, randn
+from colddiff._checks import check_positive_int, rand, randint, randn
 from colddiff._config import RecordsInit
 from colddiff.datasets import unpack_batch
 
@@ -62,8 +62,8 @@ class GaussianMixture(RecordsInit, nn.Module):
     def __init__(self, num_components: int = 1, dim: int = 3, reg_covar: float = 1e-6, max_iter: int = 200,
                  tol: float = 1e-6) -> None:
         super().__init__()
-        if num_components < 1 or dim < 1:
-            raise ValueError(f"GaussianMixture needs num_components >= 1 and dim >= 1, got {num_components}, {dim}")
+        check_positive_int(num_components, "num_components", "GaussianMixture")
+        check_positive_int(dim, "dim", "GaussianMixture")
         self.num_components, self.dim = int(num_components), int(dim)
         self.reg_covar, self.max_iter, self.tol = reg_covar, max_iter, tol
         self.register_buffer("weights", torch.full((num_components,), 1.0 / num_components))
@@ -212,8 +212,7 @@ class Prior(RecordsInit, nn.Module):
         if not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted: fit it on training images first "
                                "(training does this automatically; sample.py has --fit-prior)")
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"{type(self).__name__}.sample: n must be a positive int, got {n!r}")
+        check_positive_int(n, "n", f"{type(self).__name__}.sample")
         if len(shape) != 3:
             raise ValueError(f"{type(self).__name__}.sample: shape must be (C, H, W), got {tuple(shape)}")
         c, h, w = (int(s) for s in shape)

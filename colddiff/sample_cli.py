@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from colddiff._cli import (
     UsageError,
     add_data_arguments,
+    conversion_of,
     dataset_from_args,
     device_from,
     non_negative_float,
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", default=None,
                      help="with --fit-prior: the new model file (.ckpt) or export folder to write")
     gen.add_argument("--fit-images", type=positive_int, default=10_000, help="images used by --fit-prior")
+    gen.add_argument("--fit-resize", action="store_true",
+                     help="with --fit-prior: resize and convert --folder/--dataset images that differ from the "
+                          "model's size or channels (default: refuse them)")
     traj = modes.add_parser("trajectory", parents=[common, data], help="forward and reverse strips")
     traj.add_argument("--num", type=positive_int, default=4, help="number of images (two strips each)")
     traj.add_argument("--columns", type=int, default=8, help="levels shown per strip")
@@ -330,6 +334,12 @@ def _check_generate_arguments(args: argparse.Namespace) -> None:
 
 def run_generate(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
     fit_images = _dataset(args, model, split="train") if args.fit_prior else None
+    if fit_images is not None and (args.folder or args.dataset) and not args.fit_resize:
+        change = conversion_of(fit_images, model.image_size, model.channels)
+        if change:
+            raise UsageError(f"--fit-prior: these images do not match the model ({model.image_size}x"
+                             f"{model.image_size}, {model.channels} channel(s)); they would be {change}. Fit the "
+                             "prior on images like the model's training images, or pass --fit-resize to accept that")
     prepare_prior(model, args, fit_images, limit=args.fit_images)
     if args.fit_prior:
         print(f"saved the model with its refitted {type(model.prior).__name__} as "

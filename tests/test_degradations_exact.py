@@ -86,10 +86,15 @@ def test_blur_final_mean_and_quantize():
     torch.testing.assert_close(levels, torch.round(levels))
 
 
-def test_blur_zero_sigma_step_is_identity():
+def test_blur_zero_sigma_step_is_identity_in_the_functional_and_refused_by_the_operator():
+    from colddiff.degradations.functional import gaussian_blur
+
     x = torch.rand(2, 3, 16, 16)
-    blur = cd.GaussianBlur(3, kernel_size=5, sigmas=[0.0, 0.0, 1.0])
-    torch.testing.assert_close(blur(x, 2), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(gaussian_blur(x, 2, [0.0, 0.0, 1.0], 5), x, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"GaussianBlur: every step's sigma must be > 0 \(a step with sigma 0"):
+        cd.GaussianBlur(3, kernel_size=5, sigma=0)
+    with pytest.raises(ValueError, match="every step's sigma must be > 0"):
+        cd.GaussianBlur(3, kernel_size=5, sigmas=[0.0, 0.0, 1.0])
 
 
 def test_blur_in_half_precision_stays_close():

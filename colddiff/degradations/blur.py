@@ -274,6 +274,9 @@ class GaussianBlur(Degradation):
         self.final_mean = bool(final_mean)
         self.quantize = bool(quantize)
         schedule_values = sigma_schedule(self.num_steps, sigmas, schedule, sigma, sigma_step, rate)
+        if schedule_values.min() <= 0:  # a step with sigma 0 is the identity: a "blur" that trains on clean images
+            raise ValueError(f"{who}: every step's sigma must be > 0 (a step with sigma 0 does not blur), got "
+                             f"{schedule_values.tolist()[:8]}{' ...' if self.num_steps > 8 else ''}")
         self.register_buffer("sigmas", schedule_values.to(torch.float32))
 
     def check_image_size(self, height: int, width: int) -> None:

@@ -58,7 +58,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from colddiff._checks import randn
 from colddiff.degradations.base import Degradation, Params, check_image, check_odd_kernel_size
 from colddiff.degradations.blur import (
     Border,
@@ -69,6 +68,7 @@ from colddiff.degradations.blur import (
     blur_transfer,
 )
 from colddiff.degradations.mix import _per_sample
+from colddiff.degradations.noise import NoiseParams
 from colddiff.schedules import (
     SigmaSchedule,
     blur_to_noise_sigmas,
@@ -206,7 +206,7 @@ def _mix(blurred: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
     return signal * blurred + (1 - signal) * 0.5 + (0.5 * (1 - a).sqrt()) * noise
 
 
-class BlurNoise(Degradation):
+class BlurNoise(NoiseParams, Degradation):
     """Blur plus Gaussian noise (Blurring Diffusion's forward process, or Cold Diffusion's blur with noise):
     ``D(x0, t) = 0.5 + sqrt(alpha_bar_t) (B_t x0 - 0.5) + sqrt(1 - alpha_bar_t) * 0.5 * eps``.
 
@@ -252,7 +252,6 @@ class BlurNoise(Degradation):
         (True, True)
     """
 
-    param_keys = ("noise",)
 
     def __init__(
         self,
@@ -353,17 +352,6 @@ class BlurNoise(Degradation):
         return torch.where(identity.index_select(0, t)[:, None, None, None], x, y)
 
     # ------------------------------------------------------------------ degradation
-    def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
-        self._check_context(context)
-        return {"noise": randn(tuple(x0.shape), generator, x0)}
-
-    def check_params(self, params, x: Tensor) -> Params:
-        params = super().check_params(params, x)
-        if params["noise"].shape != x.shape:
-            raise ValueError(f"BlurNoise: params['noise'] must have shape {tuple(x.shape)}, "
-                             f"got {tuple(params['noise'].shape)}")
-        return params
-
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
         y = _mix(self.blurred(x0, t), params["noise"].to(x0.dtype), self.alpha_bar.index_select(0, t))
         return torch.where(t[:, None, None, None] == 0, x0, y)

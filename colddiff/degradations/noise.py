@@ -15,7 +15,7 @@ from colddiff._checks import randn
 from colddiff.degradations.base import Params, check_image
 from colddiff.degradations.mix import _Blend, _blend, _per_sample
 
-__all__ = ["GaussianNoise", "gaussian_noise"]
+__all__ = ["GaussianNoise", "NoiseParams", "gaussian_noise"]
 
 
 def gaussian_noise(x: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tensor:
@@ -40,7 +40,25 @@ def gaussian_noise(x: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tenso
     return _blend(x, 0.5 + 0.5 * noise.to(x.dtype), _per_sample(alpha_bar, x, "gaussian_noise", "alpha_bar"))
 
 
-class GaussianNoise(_Blend):
+class NoiseParams:
+    """Mixin for operators whose randomness is one standard-normal image per sample: params ``{"noise": eps}``
+    (the form :class:`~colddiff.priors.GaussianNoisePrior` draws)."""
+
+    param_keys = ("noise",)
+
+    def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
+        self._check_context(context)
+        return {"noise": randn(tuple(x0.shape), generator, x0)}
+
+    def check_params(self, params, x: Tensor) -> Params:
+        params = super().check_params(params, x)
+        if params["noise"].shape != x.shape:
+            raise ValueError(f"{type(self).__name__}: params['noise'] must have shape {tuple(x.shape)}, "
+                             f"got {tuple(params['noise'].shape)}")
+        return params
+
+
+class GaussianNoise(NoiseParams, _Blend):
     """Gaussian noise, the "hot" diffusion baseline; ``D(x, T) = 0.5 + 0.5 * noise``.
 
     Args:
@@ -55,8 +73,6 @@ class GaussianNoise(_Blend):
         ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
     """
 
-    param_keys = ("noise",)
-
     def __init__(
         self,
         num_steps: int,
@@ -66,17 +82,6 @@ class GaussianNoise(_Blend):
         channels: int | None = None,
     ) -> None:
         super().__init__(num_steps, alpha_bar, cosine_s, reestimate, channels)
-
-    def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
-        self._check_context(context)
-        return {"noise": randn(tuple(x0.shape), generator, x0)}
-
-    def check_params(self, params, x: Tensor) -> Params:
-        params = super().check_params(params, x)
-        if params["noise"].shape != x.shape:
-            raise ValueError(f"GaussianNoise: params['noise'] must have shape {tuple(x.shape)}, "
-                             f"got {tuple(params['noise'].shape)}")
-        return params
 
     def _partner(self, params: Params) -> Tensor:
         return 0.5 + 0.5 * params["noise"]
