@@ -20,8 +20,9 @@ against the first 4,000 training digits as the reference set:
 
 Methods (each a configuration of the library, see ``METHODS``): the generation quickstart as configured in
 ``configs/quickstart_generate.yaml`` and its earlier configuration; cold blur as the paper (channel-mean end state,
-fitted colour prior, 0.002 noise, Algorithm 2); cold mask-based generation; IHDM-style noise-augmented blur (the
-same blur, trained on inputs with sigma = 0.01 noise, Algorithm 1 with a sweep of sampling noise delta); the blur +
+fitted colour prior, 0.002 noise, Algorithm 2); cold mask-based generation; IHDM-style noise-augmented ("warm") blur
+(the same blur, trained on inputs with sigma = 0.01 noise, Algorithm 2 with a sweep of sampling noise delta, and
+IHDM's own ancestral step, Algorithm 1 with noise); the blur +
 noise hybrid of Blurring Diffusion (``BlurNoise``, DDIM by noise re-estimation); and hot diffusion
 (``GaussianNoise``, DDIM).  Writes a JSON file, a Markdown table (``--results`` replaces this benchmark's section in
 ``benchmarks/RESULTS.md``) and a picture with one row of samples per method.
@@ -57,7 +58,11 @@ from colddiff.priors import ChannelMeanPrior, ConstantColourPrior, GaussianNoise
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart_generate.yaml"
-START, END = "<!-- bench_generation:start -->", "<!-- bench_generation:end -->"
+
+
+def _markers(steps: int) -> tuple[str, str]:
+    """Each budget has its own section of RESULTS.md, so a 4x run does not replace the default one."""
+    return f"<!-- bench_generation:{steps}:start -->", f"<!-- bench_generation:{steps}:end -->"
 
 
 # ------------------------------------------------------------------------------------------------- methods
@@ -65,7 +70,8 @@ START, END = "<!-- bench_generation:start -->", "<!-- bench_generation:end -->"
 class Method:
     """One way to generate: a degradation, its prior, the sampler, and the training/sampling noise.
 
-    ``samplings`` lists the sampling variants scored for the same trained model: ``(label, noise delta)``.
+    ``samplings`` lists the sampling variants scored for the same trained model: ``(label, sampler, noise delta)``
+    (``None`` for the sampler: the method's).
     """
 
     name: str
@@ -74,8 +80,10 @@ class Method:
     prior: Callable[[], Prior]
     sampler: str
     train_noise: float | None = None
-    samplings: list[tuple[str, float | None]] = field(default_factory=lambda: [("", None)])
+    samplings: list[tuple[str, str | None, float | None]] = field(default_factory=lambda: [("", None, None)])
     description: str = ""
+    lr: float = 1e-3  # Adam
+    cosine: bool = False  # cosine learning-rate decay to 0 over the run's steps (CosineAnnealingLR, T_max = steps)
 
 
 def _blur() -> cd.GaussianBlur:
@@ -90,13 +98,20 @@ def _quickstart_model_config() -> dict[str, Any]:
 
 
 def _quickstart() -> Method:
-    """The generation quickstart exactly as configs/quickstart_generate.yaml configures it."""
+    """The generation quickstart as configs/quickstart_generate.yaml configures it (its Adam learning rate and, if
+    it has one, its cosine schedule, stretched to the benchmark's ``--steps``)."""
     config = _quickstart_model_config()
     noise = config.get("sample_noise")
+    optimizer, scheduler = config.get("optimizer") or {}, config.get("lr_scheduler") or {}
+    if optimizer.get("class_path", "torch.optim.Adam") != "torch.optim.Adam" or scheduler.get(
+            "class_path", "torch.optim.lr_scheduler.CosineAnnealingLR") != "torch.optim.lr_scheduler.CosineAnnealingLR":
+        raise ValueError("bench_generation trains with Adam and an optional CosineAnnealingLR; the quickstart config "
+                         f"names {optimizer.get('class_path')} / {scheduler.get('class_path')}")
     return Method("quickstart", "cold" if not (noise or config.get("train_noise")) else "warm",
                   lambda: build(config["degradation"], "degradation"), lambda: build(config["prior"], "prior"),
-                  config.get("sampler", "improved"), config.get("train_noise"), [("", noise)],
-                  "configs/quickstart_generate.yaml")
+                  config.get("sampler", "improved"), config.get("train_noise"), [("", None, noise)],
+                  "configs/quickstart_generate.yaml", lr=float((optimizer.get("init_args") or {}).get("lr", 1e-3)),
+                  cosine=bool(scheduler))
 
 
 DELTAS = [0.0, 0.01, 0.025, 0.05]
@@ -116,10 +131,13 @@ METHODS: dict[str, Callable[[], Method]] = {
                                 fill_range=(0.0, 0.3)),
         lambda: ConstantColourPrior(0.0, 0.3), "improved",
         description="mask-based generation: a central disc of image grows from a random constant colour"),
-    "ihdm-blur": lambda: Method(
-        "ihdm-blur", "warm", _blur, lambda: ChannelMeanPrior(1, num_components=1, noise_std=0.002), "naive",
-        train_noise=0.01, samplings=[(f"delta {d:g}", d) for d in DELTAS],
-        description="the same blur, trained on inputs + 0.01 noise (IHDM), Algorithm 1 + sampling noise delta"),
+    "warm-blur": lambda: Method(
+        "warm-blur", "warm", _blur, lambda: ChannelMeanPrior(1, num_components=1, noise_std=0.01), "improved",
+        train_noise=0.01,
+        samplings=[(f"improved, delta {d:g}", "improved", d) for d in DELTAS]
+        + [("naive, delta 0.025", "naive", 0.025)],
+        description="the same blur, trained on inputs + 0.01 noise (IHDM's sigma; the prior's noise matches it), "
+                    "Algorithm 2 + sampling noise delta; the last row is IHDM's ancestral step (Algorithm 1 + delta)"),
     "blur-noise": lambda: Method(
         "blur-noise", "warm", lambda: cd.BlurNoise(20, blur="heat"), GaussianNoisePrior, "improved",
         description="Blurring Diffusion: heat blur + variance-preserving noise, DDIM (noise re-estimated)"),
@@ -137,11 +155,15 @@ def network() -> nn.Module:
 def train(method: Method, steps: int, work: Path, reuse: bool) -> tuple[ColdDiffusion, float]:
     """Train (or reload with ``reuse``) the method's model; returns it and the training wall time in seconds."""
     path = work / f"{method.name}-{steps}.ckpt"
+    timing = path.with_suffix(".seconds")  # the training wall time, kept beside the checkpoint for --reuse
     if reuse and path.is_file():
-        return ColdDiffusion.load_from_checkpoint(path).eval(), float("nan")
+        seconds = float(timing.read_text()) if timing.is_file() else float("nan")
+        return ColdDiffusion.load_from_checkpoint(path).eval(), seconds
     torch.manual_seed(0)
     model = ColdDiffusion(method.degradation(), network(), prior=method.prior(), image_size=28, channels=1,
-                          optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), ema_decay=0.99, ema_every=1,
+                          optimizer=lambda p: torch.optim.Adam(p, lr=method.lr), ema_decay=0.99, ema_every=1,
+                          lr_scheduler=(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps))
+                          if method.cosine else None,
                           ema_start=200, sampler=method.sampler, val_sample_batches=0, prior_fit_images=6000,
                           train_noise=method.train_noise, channels_last=True)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
@@ -152,6 +174,7 @@ def train(method: Method, steps: int, work: Path, reuse: bool) -> tuple[ColdDiff
     trainer.fit(model, data)
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(path, weights_only=False)
+    timing.write_text(f"{seconds:.3f}\n")
     return model.eval(), seconds
 
 
@@ -207,12 +230,13 @@ def picture(samples: dict[str, torch.Tensor], path: Path, per_row: int = 12) -> 
     return path
 
 
-def write_results(markdown: str, results: Path) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it)."""
+def write_results(markdown: str, results: Path, steps: int) -> None:
+    """Replace this benchmark's section for this budget in RESULTS.md (or append it)."""
+    start, end = _markers(steps)
     text = results.read_text() if results.is_file() else "# Benchmark results\n"
-    section = f"{START}\n{markdown}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
+    section = f"{start}\n{markdown}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     results.write_text(text)
@@ -250,19 +274,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.methods:
         method = METHODS[name]()
         model, train_seconds = train(method, args.steps, work, args.reuse)
-        for label, noise in method.samplings:
+        for label, sampler, noise in method.samplings:
+            sampler = sampler or method.sampler
             begin = time.perf_counter()
-            images, _ = generate_images(model, args.num, seed=0, sampler=method.sampler, noise=noise,
+            images, _ = generate_images(model, args.num, seed=0, sampler=sampler, noise=noise,
                                         batch_size=args.batch_size, device="cpu")
             seconds = time.perf_counter() - begin
             result = score(extractor, reference, images)
-            row = {"method": name, "family": method.family, "sampling": label or f"{method.sampler}",
-                   "sampler": method.sampler, "noise": noise, "train_noise": method.train_noise,
+            row = {"method": name, "family": method.family, "sampling": label or sampler,
+                   "sampler": sampler, "noise": noise, "train_noise": method.train_noise,
                    "train_seconds": train_seconds, "sample_seconds": seconds,
                    "images_per_second": args.num / seconds, "description": method.description, **result}
             rows.append(row)
             samples[f"{name} {label}".strip()] = images
-            print(f"{name:18s} {label:14s} FD {result['FD']:8.2f}  precision {result['precision']:.3f}  "
+            print(f"{name:18s} {label:22s} FD {result['FD']:8.2f}  precision {result['precision']:.3f}  "
                   f"recall {result['recall']:.3f}  classes {result['class_entropy']:.3f}")
     total = time.perf_counter() - started
 
@@ -289,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     json_path = args.json or f"benchmarks/results/generation-{info['device']}-{args.steps}.json"
     write_json(json_path, payload)
     if args.results:
-        write_results(markdown, Path(args.results))
+        write_results(markdown, Path(args.results), args.steps)
     if args.picture:
         print(f"wrote {picture(samples, Path(args.picture))}")
     return payload

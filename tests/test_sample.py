@@ -189,7 +189,7 @@ def test_the_seed_alone_fixes_generated_images_whatever_the_batch_size(ckpt, tmp
 def test_fit_prior_writes_a_new_model_file_and_never_the_given_one(ckpt, tmp_path, capsys):
     before = ckpt.read_bytes()
     out = ["--out", str(tmp_path / "g"), "--steps", "2", "--num", "2"]
-    fit = ["--fit-prior", "--dataset", "embedded-mnist", "--fit-images", "50"]
+    fit = ["--fit-prior", "--dataset", "embedded-mnist", "--fit-images", "50", "--fit-resize"]  # 28x28 -> 16x16
     assert "--fit-prior needs --output" in _error(capsys, "generate", "--ckpt", str(ckpt), *fit, *out)
     assert "must be a new file" in _error(capsys, "generate", "--ckpt", str(ckpt), *fit, "--output", str(ckpt), *out)
     with pytest.raises(SystemExit):  # a bad --num is refused while parsing, before anything is fitted or written
@@ -203,6 +203,32 @@ def test_fit_prior_writes_a_new_model_file_and_never_the_given_one(ckpt, tmp_pat
                                             limit=50)
     torch.testing.assert_close(refitted.prior.gmm.means, expected.gmm.means)
     assert not torch.equal(refitted.prior.gmm.means, load_model(ckpt).prior.gmm.means)
+
+
+def test_fit_prior_refuses_images_unlike_the_models(ckpt, tmp_path, capsys):
+    from tests.helpers import make_image_folder
+
+    make_image_folder(tmp_path / "rgb", n=6, size=64, mode="RGB")
+    fit = ["generate", "--ckpt", str(ckpt), "--fit-prior", "--folder", str(tmp_path / "rgb"), "--output",
+           str(tmp_path / "new.ckpt"), "--out", str(tmp_path / "g"), "--num", "2", "--steps", "2"]
+    message = _error(capsys, *fit)
+    assert "do not match the model (16x16, 1 channel(s))" in message and "64x64" in message
+    assert "converted from RGB to grayscale" in message and "--fit-resize" in message
+    assert not (tmp_path / "new.ckpt").exists()
+    run(*fit, "--fit-resize")
+    assert (tmp_path / "new.ckpt").is_file()
+
+
+def test_an_export_with_nan_weights_is_refused(ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = export_model(load_model(ckpt), tmp_path / "export")
+    state = load_file(str(folder / "model.safetensors"))
+    key = next(k for k in state if k.startswith("network.") and state[k].is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=f"{key.removeprefix('network.')} holds NaN or infinite values"):
+        load_model(folder)
 
 
 def test_export_then_load_gives_identical_outputs(ckpt, tmp_path):
@@ -229,6 +255,27 @@ def test_gmm_recovers_two_clusters():
     draws, components = gmm.sample(4000, torch.Generator().manual_seed(1))
     assert abs((components == order[0]).float().mean().item() - 0.6) < 0.03
     assert gmm.log_prob(torch.tensor([[0.2, 0.3, 0.4]])) > gmm.log_prob(torch.tensor([[0.45, 0.45, 0.45]]))
+
+
+def test_the_kde_prior_draws_training_thumbnails_plus_kernel_noise(tmp_path):
+    from colddiff.priors import LowResKDEPrior
+
+    images = torch.rand(30, 1, 16, 16)
+    exact = LowResKDEPrior(1, low_size=4, bandwidth=0.0, max_samples=20).fit(images)
+    assert exact.thumbnails.shape == (20, 16)
+    draw = exact.sample(5, (1, 16, 16), torch.Generator().manual_seed(0))
+    thumbnails = torch.nn.functional.adaptive_avg_pool2d(images, 4)
+    for x_T, record in zip(draw.x_T, draw.provenance):  # bandwidth 0: exactly a fitted image's thumbnail
+        expected = torch.nn.functional.interpolate(thumbnails[record["fit_index"]][None], size=16, mode="nearest")
+        torch.testing.assert_close(x_T[None], expected)
+    wide = LowResKDEPrior(1, low_size=4, bandwidth=0.1).fit(images)
+    residual = wide.sample(400, (1, 16, 16), torch.Generator().manual_seed(0)).x_T[:, :, ::4, ::4]
+    assert 0.08 < (residual - residual.mean(0)).std() < 0.4
+    reloaded = LowResKDEPrior(1, low_size=4, bandwidth=0.0)  # how many thumbnails: known only from the file
+    reloaded.load_state_dict(exact.state_dict())
+    torch.testing.assert_close(reloaded.sample(5, (1, 16, 16), torch.Generator().manual_seed(0)).x_T, draw.x_T)
+    with pytest.raises(ValueError, match="bandwidth must be >= 0"):
+        LowResKDEPrior(1, bandwidth=-1)
 
 
 def test_priors_draw_sensible_start_states():
