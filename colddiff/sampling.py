@@ -18,7 +18,11 @@ added to the new state at every level ``s' > 0``; ``noise`` is a number (the sam
 (Rissanen et al., arXiv 2206.13397: the reverse step ``p(u_{k-1} | u_k) = N(mu_theta(u_k, k), delta^2 I)``, i.e.
 ``u_{k-1} = mu_theta(u_k, k) + delta * eps``, where their ``mu_theta`` predicts the less degraded image, here
 ``D(x0_hat, k - 1)``); a network trained on noisy inputs (``ColdDiffusion(train_noise=sigma)``, their forward
-``q(u_k | u_0) = N(F(t_k) u_0, sigma^2 I)``) is the matching model.
+``q(u_k | u_0) = N(F(t_k) u_0, sigma^2 I)``) is the matching model.  Algorithm 2 keeps its residual
+``x_s - D(x0_hat, s)`` from level to level (which is what cancels the restorer's errors), so the noise it is given
+stays in the state, accumulating to ``sqrt(sum delta^2)`` per pixel; with noise, its last step therefore returns the
+restorer's estimate ``x0_hat = R(x_s, s)`` (``D(x0_hat, 0) = x0_hat``) instead of ``x_s - D(x0_hat, s) + x0_hat``, as
+Algorithm 1 and IHDM do (their last step is noise-free).  Without noise Algorithm 2 is unchanged.
 The draws come from ``generator``, so a seeded generator reproduces the samples.
 """
 
@@ -124,6 +128,7 @@ def _run(
     levels = timesteps(start, steps)
     deltas = None if noise is None else level_values(noise, degradation.num_steps, "noise").tolist()
     batch = x.shape[0]
+    noised = False
     for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
         level = torch.full((batch,), s, dtype=torch.long, device=x.device)
         level_next = torch.full((batch,), s_next, dtype=torch.long, device=x.device)
@@ -131,12 +136,15 @@ def _run(
         # difference of two such terms, would lose digits at every one of T steps
         x0_hat = restore(x, level).to(x.dtype)
         params = degradation.update_params(x, x0_hat, level, params)
-        if rule == "naive":
+        if rule == "naive" or (s_next == 0 and noised):
+            # with sampling noise, Algorithm 2's residual x_s - D(x0_hat, s) holds the noise added so far (it is
+            # carried to the end, not removed): the last step returns the restorer's estimate, as Algorithm 1 does
             x_next = degradation.degrade(x0_hat, level_next, params)
         else:
             x_next = x + degradation.step_difference(x0_hat, level, level_next, params)
         if deltas is not None and s_next > 0 and deltas[s_next] > 0:
             x_next = x_next + deltas[s_next] * randn(tuple(x.shape), generator, x)
+            noised = True
         if callback is not None:
             callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
         x = x_next

@@ -180,6 +180,24 @@ def test_sampling_noise_is_added_at_every_level_but_the_last():
     torch.testing.assert_close(silent, sample_improved(lambda x, t: x0 + 0.01 * x, op, op(x0, 6)))
 
 
+def test_algorithm_2_with_noise_carries_the_noise_and_its_last_step_returns_the_estimate():
+    """Algorithm 2 keeps x_s - D(x0_hat, s): with a perfect restorer the added noise accumulates in the states
+    (std delta * sqrt(k) after k noisy steps) and the last step returns R(x_1, 1) = x0 instead of x0 + that noise."""
+    op = cd.GaussianBlur(6, kernel_size=5)
+    x0 = smooth_images(batch=8, size=32)
+    states = []
+    out = sample_improved(lambda x, t: x0, op, op(x0, 6), noise=0.05, generator=torch.Generator().manual_seed(0),
+                          callback=lambda info: states.append((info["t_next"], info["x_next"])))
+    torch.testing.assert_close(out, x0)
+    for k, (level, state) in enumerate(states[:-1], start=1):
+        assert abs((state - op(x0, level)).std().item() - 0.05 * k ** 0.5) < 0.01 * k ** 0.5
+    last = []  # an imperfect restorer: the output is its last estimate, R(x_1, 1)
+    restore = lambda x, t: x0 + 0.1 * (x - x0)  # noqa: E731
+    out = sample_improved(restore, op, op(x0, 6), noise=0.05, generator=torch.Generator().manual_seed(0),
+                          callback=lambda info: last.append(info["x0_hat"]))
+    torch.testing.assert_close(out, last[-1])
+
+
 def test_sampling_noise_per_level_and_per_image_generators():
     op = cd.GaussianBlur(4, kernel_size=5)
     x0 = smooth_images(batch=2, size=8)
