@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from colddiff._checks import check_positive_int, randn
@@ -38,7 +39,9 @@ __all__ = ["ColdDiffusion", "Reconstruction", "paper_adam", "NonFiniteLossError"
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-SchedulerFactory = Callable[[Optimizer], Any]
+# The return type must be a class for the CLI to build a scheduler from a config (``lr_scheduler: {class_path:
+# torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: ...}}``); every torch scheduler is an LRScheduler.
+SchedulerFactory = Callable[[Optimizer], LRScheduler]
 
 
 def paper_adam(params: Iterable[nn.Parameter]) -> Optimizer:

@@ -174,3 +174,19 @@ def test_grid_scale_enlarges_images(tmp_path):
     path = save_png_atomic(torch.rand(6, 1, 10, 10), tmp_path / "g.png", nrow=3, scale=3)
     assert Image.open(path).size == (3 * (30 + 2) + 2, 2 * (30 + 2) + 2)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_generation_quickstart_builds_its_scheduler_and_kde_prior_from_yaml(tmp_path):
+    """The generation quickstart's cosine schedule comes from YAML (``lr_scheduler: {class_path: ...}``); its prior is
+    the kernel density over 7x7 training thumbnails, fitted at the start of training."""
+    from colddiff.priors import LowResKDEPrior
+
+    cli = cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart_generate.yaml"), "--trainer.max_steps", "3",
+                    "--trainer.limit_val_batches", "0", "--model.prior_fit_images", "64", *TINY_NET,
+                    *quiet(tmp_path)])
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.T_max == 2000
+    assert scheduler.last_epoch == 3  # stepped every optimiser step
+    assert isinstance(cli.model.prior, LowResKDEPrior) and cli.model.prior.thumbnails.shape == (64, 49)
+    images, start = cli.model.generate(2, torch.Generator().manual_seed(0), steps=3)
+    assert images.shape == (2, 1, 28, 28) and {p["fit_index"] for p in start.provenance} <= set(range(64))
