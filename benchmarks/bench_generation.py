@@ -6,11 +6,12 @@
     python -m benchmarks.bench_generation --methods hot quickstart --num 500 --steps 300   # a quick look
 
 Every method trains the same small U-Net (the quickstart's: ``ConvNeXtUNet(dim=16, dim_mults=(1, 2, 4),
-num_blocks=1, attention="none")``) with the same optimiser, batch and number of steps on the 6,000 embedded MNIST
-training digits, then generates ``--num`` digits from its start-state prior (seed 0) with about the same number of
-network calls (T = 20 or 21 levels, every level visited).  Scores are measured in the
-feature space of colddiff's MNIST classifier (``mnist-cnn``: its 128-d penultimate layer; FD/KD, never called FID),
-against the first 4,000 training digits as the reference set:
+num_blocks=1, attention="none")``) with the same optimiser (Adam 2e-3, cosine decay to 0 over the run: the
+quickstart's recipe; only ``quickstart-before`` keeps its historic Adam 1e-3), batch and number of steps on the 6,000
+embedded MNIST training digits, then generates ``--num`` digits from its start-state prior (seed 0) with about the
+same number of network calls (T = 20 or 21 levels, every level visited).  Scores are measured in the feature space
+of colddiff's MNIST classifier (``mnist-cnn``: its 128-d penultimate layer; FD/KD, never called FID), against
+the first 4,000 training digits as the reference set:
 
 * FD and KD (Fréchet and kernel distance), improved precision and recall (k = 3), all by torch-fidelity;
 * the entropy of the classifier's predicted-class histogram as a fraction of log 10 (1.0: all ten digits equally
@@ -60,18 +61,28 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart_generate.yaml"
 
 
-def _markers(steps: int) -> tuple[str, str]:
-    """Each budget has its own section of RESULTS.md, so a 4x run does not replace the default one."""
-    return f"<!-- bench_generation:{steps}:start -->", f"<!-- bench_generation:{steps}:end -->"
+def _markers(key: str) -> tuple[str, str]:
+    """Each budget (and each subset of methods) has its own section of RESULTS.md, so a 4x run does not replace the
+    default one."""
+    return f"<!-- bench_generation:{key}:start -->", f"<!-- bench_generation:{key}:end -->"
+
+
+def section_key(steps: int, methods: list[str]) -> str:
+    """``"1000"`` for every method, ``"1000:hot+quickstart"`` for a subset."""
+    return str(steps) if sorted(methods) == sorted(METHODS) else f"{steps}:{'+'.join(methods)}"
 
 
 # ------------------------------------------------------------------------------------------------- methods
+Sampling = tuple[str, "str | None", "float | None", dict[str, Any]]
+
+
 @dataclass
 class Method:
     """One way to generate: a degradation, its prior, the sampler, and the training/sampling noise.
 
-    ``samplings`` lists the sampling variants scored for the same trained model: ``(label, sampler, noise delta)``
-    (``None`` for the sampler: the method's).
+    ``samplings`` lists the sampling variants scored for the same trained model: ``(label, sampler, noise delta,
+    prior settings)`` (``None`` for the sampler: the method's; the prior settings, e.g. ``{"bandwidth": 0.0}``, are
+    set on the model's prior for that variant only).
     """
 
     name: str
@@ -80,10 +91,10 @@ class Method:
     prior: Callable[[], Prior]
     sampler: str
     train_noise: float | None = None
-    samplings: list[tuple[str, str | None, float | None]] = field(default_factory=lambda: [("", None, None)])
+    samplings: list[Sampling] = field(default_factory=lambda: [("", None, None, {})])
     description: str = ""
-    lr: float = 1e-3  # Adam
-    cosine: bool = False  # cosine learning-rate decay to 0 over the run's steps (CosineAnnealingLR, T_max = steps)
+    lr: float = 2e-3  # Adam
+    cosine: bool = True  # cosine learning-rate decay to 0 over the run's steps (CosineAnnealingLR, T_max = steps)
 
 
 def _blur() -> cd.GaussianBlur:
@@ -107,9 +118,14 @@ def _quickstart() -> Method:
             "class_path", "torch.optim.lr_scheduler.CosineAnnealingLR") != "torch.optim.lr_scheduler.CosineAnnealingLR":
         raise ValueError("bench_generation trains with Adam and an optional CosineAnnealingLR; the quickstart config "
                          f"names {optimizer.get('class_path')} / {scheduler.get('class_path')}")
+    bandwidth = (config["prior"].get("init_args") or {}).get("bandwidth")
+    samplings: list[Sampling] = [("as configured" + (f" (prior bandwidth {bandwidth:g})" if bandwidth is not None
+                                                     else ""), None, noise, {})]
+    if config["prior"]["class_path"].endswith("LowResKDEPrior") and bandwidth is not None:  # the prior's trade-off
+        samplings += [(f"prior bandwidth {h:g}", None, noise, {"bandwidth": h}) for h in (0.0, 0.05) if h != bandwidth]
     return Method("quickstart", "cold" if not (noise or config.get("train_noise")) else "warm",
                   lambda: build(config["degradation"], "degradation"), lambda: build(config["prior"], "prior"),
-                  config.get("sampler", "improved"), config.get("train_noise"), [("", None, noise)],
+                  config.get("sampler", "improved"), config.get("train_noise"), samplings,
                   "configs/quickstart_generate.yaml", lr=float((optimizer.get("init_args") or {}).get("lr", 1e-3)),
                   cosine=bool(scheduler))
 
@@ -120,8 +136,9 @@ METHODS: dict[str, Callable[[], Method]] = {
     "quickstart": _quickstart,
     "quickstart-before": lambda: Method(
         "quickstart-before", "cold", lambda: cd.Pixelate(21, schedule="linear"),
-        lambda: LowResPrior(1, low_size=7, num_components=10), "naive",
-        description="the quickstart before this benchmark: one-pixel pixelation 28 -> 7, 10-component GMM prior"),
+        lambda: LowResPrior(1, low_size=7, num_components=10), "naive", lr=1e-3, cosine=False,
+        description="the quickstart before this benchmark: one-pixel pixelation 28 -> 7, 10-component GMM prior, "
+                    "Adam 1e-3 without decay"),
     "cold-blur": lambda: Method(
         "cold-blur", "cold", _blur, lambda: ChannelMeanPrior(1, num_components=1, noise_std=0.002), "improved",
         description="the paper's blur generation: mean end state, Gaussian colour prior + 0.002 noise, Algorithm 2"),
@@ -134,8 +151,8 @@ METHODS: dict[str, Callable[[], Method]] = {
     "warm-blur": lambda: Method(
         "warm-blur", "warm", _blur, lambda: ChannelMeanPrior(1, num_components=1, noise_std=0.01), "improved",
         train_noise=0.01,
-        samplings=[(f"improved, delta {d:g}", "improved", d) for d in DELTAS]
-        + [("naive, delta 0.025", "naive", 0.025)],
+        samplings=[(f"improved, delta {d:g}", "improved", d, {}) for d in DELTAS]
+        + [("naive, delta 0.025", "naive", 0.025, {})],
         description="the same blur, trained on inputs + 0.01 noise (IHDM's sigma; the prior's noise matches it), "
                     "Algorithm 2 + sampling noise delta; the last row is IHDM's ancestral step (Algorithm 1 + delta)"),
     "blur-noise": lambda: Method(
@@ -217,7 +234,7 @@ def picture(samples: dict[str, torch.Tensor], path: Path, per_row: int = 12) -> 
     rows = [images[:per_row] for images in samples.values()]
     grid_path = save_png_atomic(torch.cat(rows), path.with_suffix(".tmp.png"), nrow=per_row, scale=2)
     grid = Image.open(grid_path).convert("RGB")
-    label_width = 150
+    label_width = max(150, 6 * max(len(name) for name in samples) + 8)  # PIL's default font: about 6 px a character
     canvas = Image.new("RGB", (grid.width + label_width, grid.height), "white")
     canvas.paste(grid, (label_width, 0))
     draw = ImageDraw.Draw(canvas)
@@ -230,9 +247,9 @@ def picture(samples: dict[str, torch.Tensor], path: Path, per_row: int = 12) -> 
     return path
 
 
-def write_results(markdown: str, results: Path, steps: int) -> None:
-    """Replace this benchmark's section for this budget in RESULTS.md (or append it)."""
-    start, end = _markers(steps)
+def write_results(markdown: str, results: Path, key: str) -> None:
+    """Replace this benchmark's section ``key`` (see :func:`section_key`) in RESULTS.md, or append it."""
+    start, end = _markers(key)
     text = results.read_text() if results.is_file() else "# Benchmark results\n"
     section = f"{start}\n{markdown}\n{end}"
     if start in text and end in text:
@@ -274,12 +291,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.methods:
         method = METHODS[name]()
         model, train_seconds = train(method, args.steps, work, args.reuse)
-        for label, sampler, noise in method.samplings:
+        for label, sampler, noise, prior_settings in method.samplings:
             sampler = sampler or method.sampler
+            saved = {key: getattr(model.prior, key) for key in prior_settings}
+            for key, value in prior_settings.items():
+                setattr(model.prior, key, value)
             begin = time.perf_counter()
             images, _ = generate_images(model, args.num, seed=0, sampler=sampler, noise=noise,
                                         batch_size=args.batch_size, device="cpu")
             seconds = time.perf_counter() - begin
+            for key, value in saved.items():
+                setattr(model.prior, key, value)
             result = score(extractor, reference, images)
             row = {"method": name, "family": method.family, "sampling": label or sampler,
                    "sampler": sampler, "noise": noise, "train_noise": method.train_noise,
@@ -292,17 +314,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     total = time.perf_counter() - started
 
     headers, body = table(rows, floor)
-    title = (f"Generation on the embedded digits, {len(args.methods)} methods x {args.steps} training steps (batch 32, "
+    command = " ".join(([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHODS) else [])
+                       + [f"--steps {args.steps}", f"--num {args.num}"])
+    title = (f"Generation on the embedded digits, {len(args.methods)} method(s) x {args.steps} training steps "
+             f"(batch 32, "
              f"the same small U-Net), {args.num} images each, scored against 4,000 training digits in the feature "
              f"space of colddiff's MNIST classifier (`mnist-cnn`)")
     print(f"\n{title}\n")
     text = print_table(headers, body)
     markdown = "\n".join([
-        f"## Generation: cold, warm and hot at {args.steps} steps",
+        (f"## Generation: cold, warm and hot at {args.steps} steps" if section_key(args.steps, args.methods)
+         == str(args.steps) else f"## Generation at {args.steps} steps: {', '.join(args.methods)}"),
         "",
-        f"`python -m benchmarks.bench_generation --steps {args.steps} --num {args.num}` — {info['date']}, "
+        f"`python -m benchmarks.bench_generation {command}` — {info['date']}, "
         f"{info['device_name']} ({info['cpu_threads']} threads), torch {info['torch']}, fp32; "
-        f"{total / 60:.0f} min in all.",
+        f"{total / 60:.0f} min in all" + (" (models reloaded with `--reuse`: their training times are the ones "
+                                          "recorded when they were trained)." if args.reuse else "."),
         "",
         title + ". Sorted by FD; the first row is the floor. Precision/recall: improved precision and recall "
         "(Kynkäänniemi et al. 2019, k = 3); class entropy: entropy of the predicted-digit histogram / log 10.",
@@ -314,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     json_path = args.json or f"benchmarks/results/generation-{info['device']}-{args.steps}.json"
     write_json(json_path, payload)
     if args.results:
-        write_results(markdown, Path(args.results), args.steps)
+        write_results(markdown, Path(args.results), section_key(args.steps, args.methods))
     if args.picture:
         print(f"wrote {picture(samples, Path(args.picture))}")
     return payload
