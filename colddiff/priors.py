@@ -263,19 +263,28 @@ class _GMMStatePrior(Prior):
         data = self._collect(images, limit)
         if data.shape[1] != self.channels:
             raise ValueError(f"{type(self).__name__}: expected {self.channels}-channel images, got {data.shape[1]}")
-        self.gmm.fit(self.summary(data).to(self.gmm.means.device), seed=seed)
+        self._fit_summaries(self.summary(data), seed)
         self.fitted.fill_(True)
         return self
+
+    def _fit_summaries(self, summaries: Tensor, seed: int) -> None:
+        """Fit the distribution of the summaries (here a GMM; subclasses may use another density)."""
+        self.gmm.fit(summaries.to(self.gmm.means.device), seed=seed)
+
+    def _draw_summaries(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, list[dict[str, int]]]:
+        """``n`` summaries and, for each, what the provenance records of its draw."""
+        summary, components = self.gmm.sample(n, generator)
+        return summary, [{"component": int(k)} for k in components]
 
     def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
         c, h, w = self._check_sample(n, shape)
         if c != self.channels:
             raise ValueError(f"{type(self).__name__}: fitted for {self.channels} channels, asked for {c}")
-        summary, components = self.gmm.sample(n, generator)
+        summary, draws = self._draw_summaries(n, generator)
         x_T = self.decode(summary, (c, h, w))
         if self.noise_std > 0:
             x_T = x_T + self.noise_std * randn(tuple(x_T.shape), generator, x_T)
-        provenance = [{"source": "prior", "prior": type(self).__name__, "component": int(k)} for k in components]
+        provenance = [{"source": "prior", "prior": type(self).__name__, **draw} for draw in draws]
         return PriorSample(x_T, {}, provenance)
 
 
@@ -356,16 +365,11 @@ class LowResKDEPrior(LowResPrior):
         self.register_buffer("thumbnails", torch.zeros(0, channels * low_size * low_size))
         self.register_buffer("indices", torch.zeros(0, dtype=torch.long))
 
-    def fit(self, images: Tensor | Iterable[Tensor], limit: int | None = 50_000, seed: int = 0) -> Prior:
-        data = self._collect(images, limit)
-        if data.shape[1] != self.channels:
-            raise ValueError(f"LowResKDEPrior: expected {self.channels}-channel images, got {data.shape[1]}")
-        keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[: self.max_samples]
+    def _fit_summaries(self, summaries: Tensor, seed: int) -> None:
+        keep = torch.randperm(len(summaries), generator=torch.Generator().manual_seed(seed))[: self.max_samples]
         keep = keep.sort().values
-        self.thumbnails = self.summary(data[keep]).to(self.thumbnails.device)
+        self.thumbnails = summaries[keep].to(self.thumbnails.device)
         self.indices = keep.to(self.indices.device)
-        self.fitted.fill_(True)
-        return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # how many images were kept is known only from the file: take the stored buffers' shapes
@@ -374,20 +378,12 @@ class LowResKDEPrior(LowResPrior):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
-        c, h, w = self._check_sample(n, shape)
-        if c != self.channels:
-            raise ValueError(f"LowResKDEPrior: fitted for {self.channels} channels, asked for {c}")
+    def _draw_summaries(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, list[dict[str, int]]]:
         choice = randint(len(self.thumbnails), (n,), generator, self.thumbnails)
         summary = self.thumbnails[choice]
         if self.bandwidth > 0:
             summary = summary + self.bandwidth * randn(tuple(summary.shape), generator, summary)
-        x_T = self.decode(summary, (c, h, w))
-        if self.noise_std > 0:
-            x_T = x_T + self.noise_std * randn(tuple(x_T.shape), generator, x_T)
-        provenance = [{"source": "prior", "prior": "LowResKDEPrior", "fit_index": int(self.indices[i])}
-                      for i in choice.tolist()]
-        return PriorSample(x_T, {}, provenance)
+        return summary, [{"fit_index": int(self.indices[i])} for i in choice.tolist()]
 
 
 class GaussianNoisePrior(Prior):
