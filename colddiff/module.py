@@ -188,6 +188,7 @@ class ColdDiffusion(L.LightningModule):
             "ssim_sampled": StructuralSimilarityIndexMeasure(data_range=1.0),
         })
         self._save_config(locals())
+        self._apply_memory_format()
 
     # ---------------------------------------------------------------------------------------------- set-up
     @staticmethod
@@ -222,10 +223,17 @@ class ColdDiffusion(L.LightningModule):
         self.ema_network.eval()
         return self
 
-    def configure_model(self) -> None:
+    def _apply_memory_format(self) -> None:
+        """Lay the weights out channels-last when ``channels_last`` is set, at construction, so that a trained
+        model and the same model reloaded from its checkpoint or export run the same convolution kernels (loading
+        copies into the existing tensors and keeps their layout).  Channels-last and contiguous weights give results
+        that differ in the last bits, which a user's "same checkpoint, same seed, same images" cannot tolerate."""
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
             self.ema_network.to(memory_format=torch.channels_last)
+
+    def configure_model(self) -> None:
+        self._apply_memory_format()  # idempotent: the layout was set at construction
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.compile_network and not self._compiled:

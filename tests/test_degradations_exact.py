@@ -519,7 +519,11 @@ def test_blur_noise_heat_without_noise_is_the_heat_blur():
     params = op.make_params(x0)
     for t in (1, 5, 10):
         width = 4.0 * math.sin(math.pi * t / (2 * T)) ** 2
-        assert torch.equal(op(x0, t, params), FD.heat_blur(x0, op.heat_sigmas[t].item(), 0.001))
+        # two code paths (the operator's table over all T + 1 levels, the function's over the batch): their
+        # float64 exp() runs at other offsets of a vectorised loop (SIMD body or scalar tail, which differ in the
+        # last ulp and by CPU vector width), so they agree to float32 rounding, not bit for bit
+        torch.testing.assert_close(op(x0, t, params), FD.heat_blur(x0, op.heat_sigmas[t].item(), 0.001),
+                                   atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(op(x0, t, params), _heat_by_dct(x0.double(), width, 0.001).float(),
                                    atol=1e-6, rtol=0)
 

@@ -370,3 +370,33 @@ def test_compiled_sampling_network_matches_eager():
     compiled = model.sample(x_T, steps=2)
     model._compiled_ema.clear()
     torch.testing.assert_close(compiled, model.sample(x_T, steps=2), atol=1e-5, rtol=1e-5)
+
+
+def _conv_weights(network: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(name, p) for name, p in network.named_parameters() if p.ndim == 4]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_reloaded_model_samples_what_the_trained_model_sampled(tmp_path, channels_last):
+    """Issue 18: the trained model ran channels-last weights (set by Lightning's configure_model) and the reloaded
+    one contiguous weights, whose convolution kernels differ in the last bits on some CPUs. The layout is now set at
+    construction and kept by loading, so the same checkpoint and seed give the same images, bit for bit."""
+    from colddiff.export import export_model, load_model
+    from colddiff.priors import GaussianNoisePrior
+
+    torch.manual_seed(0)
+    model = tiny_model(degradation=cd.GaussianNoise(4), prior=GaussianNoisePrior(), channels_last=channels_last,
+                       ema_start=0, ema_every=1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(p.is_contiguous(memory_format=layout) for _, p in _conv_weights(model.ema_network))
+    t = trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    t.fit(model, tiny_data())
+    path = tmp_path / "model.ckpt"
+    t.save_checkpoint(path)
+    model.eval()
+    expected, _ = model.generate(6, torch.Generator().manual_seed(3))
+    for reloaded in (ColdDiffusion.load_from_checkpoint(path).eval(), load_model(export_model(model, tmp_path / "e"))):
+        for (name, p), (_, q) in zip(_conv_weights(model.ema_network), _conv_weights(reloaded.ema_network)):
+            assert p.stride() == q.stride(), name  # the root cause: the same layout, hence the same kernels
+        images, _ = reloaded.generate(6, torch.Generator().manual_seed(3))
+        assert torch.equal(images, expected)  # one code path, one machine: bit-equal is the promise
