@@ -96,41 +96,6 @@ class LevelEstimate:
 
 
 # ------------------------------------------------------------------------------------------------ policy
-def _unknown_params_reason(degradation: Degradation) -> str | None:
-    """Why the params of ``degradation`` cannot be known for a given image (``None``: it needs none)."""
-    # local imports: keep this module's import light and avoid cycles
-    from colddiff.degradations import Compose, GaussianMask, GaussianNoise, Mix, Snow
-
-    name = type(degradation).__name__
-    if isinstance(degradation, Compose):
-        for i, part in enumerate(degradation.degradations):
-            reason = _unknown_params_reason(part)
-            if reason is not None:
-                return f"Compose part {i}: {reason}"
-        return None
-    if not degradation.param_keys:
-        return None
-    if isinstance(degradation, GaussianMask):
-        reasons = []
-        if "center" in degradation.param_keys:
-            reasons.append("its masks are centred at a random pixel per image (center='random') and the centre of a "
-                           "given image is unknown; re-degrading at another centre explains nothing. Models trained "
-                           "with centred masks (center='center') are supported")
-        if "fill" in degradation.param_keys:
-            reasons.append("its fill colour is drawn at random per image (fill='random') and is unknown for a given "
-                           "image")
-        return f"{name}: " + "; and ".join(reasons)
-    if isinstance(degradation, Snow):
-        return (f"{name}: the snow field and its direction are drawn at random per image; the snow in a given image "
-                "is unknown and cannot be redrawn to match, so re-degrading cannot explain it")
-    if isinstance(degradation, Mix):
-        return f"{name}: undoing a mix needs the partner image that was mixed in, which a given image does not reveal"
-    if isinstance(degradation, GaussianNoise):
-        return (f"{name}: the noise of a given image is unknown, and re-estimating it from the image (as the samplers "
-                "do) explains every level exactly, so the residual cannot tell levels apart")
-    return f"{name}: it draws random params {list(degradation.param_keys)} that are unknown for a given image"
-
-
 def check_estimable(degradation: Degradation, params: Mapping[str, Tensor] | None = None) -> None:
     """Raise ``ValueError`` if :func:`estimate_level` cannot work for ``degradation`` without the given ``params``.
 
@@ -140,7 +105,7 @@ def check_estimable(degradation: Degradation, params: Mapping[str, Tensor] | Non
         raise TypeError(f"degradation must be a colddiff Degradation, got {type(degradation).__name__}")
     if params is not None:
         return
-    reason = _unknown_params_reason(degradation)
+    reason = degradation.unknown_params_reason()  # the operator knows what a given image does not reveal
     if reason is not None:
         keys = ", ".join(repr(k) for k in degradation.param_keys)
         raise ValueError(

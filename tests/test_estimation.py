@@ -177,6 +177,32 @@ def test_randomness_a_given_image_does_not_reveal_is_refused_by_name(op, match):
         level_residuals(lambda x, t: x, op, y)
 
 
+def test_the_degradation_says_what_a_given_image_does_not_reveal():
+    """The knowledge lives in the operator (``unknown_params_reason``), so a user's own random operator is refused
+    in its own words, and one that declares its params knowable is searched, with no list of classes in estimation."""
+
+    class Watermark(cd.GaussianBlur):
+        param_keys = ("offset",)
+
+        def make_params(self, x0, generator=None, **context):
+            return {"offset": torch.zeros(x0.shape[0])}
+
+        def unknown_params_reason(self):
+            return "Watermark: the watermark's position is secret"
+
+    class Known(Watermark):
+        def unknown_params_reason(self):
+            return None  # e.g. the offset is always zero in practice
+
+    y = torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match="cannot estimate the level for this degradation: Watermark: the watermark"):
+        check_estimable(Watermark(5, kernel_size=3))
+    check_estimable(Known(5, kernel_size=3))
+    assert cd.BlurNoise(5).unknown_params_reason().startswith("BlurNoise: the noise of a given image is unknown")
+    assert cd.GaussianBlur(5).unknown_params_reason() is None
+    assert estimate_level(lambda x, t: x, Known(5, kernel_size=3), y).levels.shape == (2,)
+
+
 def test_known_params_make_random_operators_estimable():
     op = cd.GaussianMask(20, center="random")
     x0 = smooth_images(batch=3, channels=3, size=16)

@@ -158,6 +158,19 @@ class Degradation(RecordsInit, nn.Module):
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` if the operator cannot work at this image size (default: any size)."""
 
+    def unknown_params_reason(self) -> str | None:
+        """Why the params of a *given* degraded image cannot be known, or ``None`` when it needs none.
+
+        Level estimation (:func:`colddiff.estimation.estimate_level`) re-degrades restorations and needs the params
+        of the image at hand; it refuses an operator with this reason.  Deterministic operators (no
+        ``param_keys``) return ``None``; random ones say what is unknown (override to say why in the operator's
+        terms).
+        """
+        if not self.param_keys:
+            return None
+        return (f"{type(self).__name__}: it draws random params {list(self.param_keys)} that are unknown for a given "
+                "image")
+
     # ------------------------------------------------------------------ public API
     def forward(
         self,

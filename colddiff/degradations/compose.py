@@ -68,6 +68,13 @@ class Compose(Degradation):
             for part in self.degradations
         ])
 
+    def unknown_params_reason(self) -> str | None:
+        for i, part in enumerate(self.degradations):
+            reason = part.unknown_params_reason()
+            if reason is not None:
+                return f"Compose part {i}: {reason}"
+        return None
+
     def check_image_size(self, height: int, width: int) -> None:
         for part in self.degradations:
             part.check_image_size(height, width)

@@ -215,6 +215,17 @@ class GaussianMask(Degradation):
         schedule_values = sigma_schedule(self.num_steps, sigmas, schedule, sigma, sigma_step, rate)
         self.register_buffer("sigmas", schedule_values.to(torch.float32))
 
+    def unknown_params_reason(self) -> str | None:
+        reasons = []
+        if "center" in self.param_keys:
+            reasons.append("its masks are centred at a random pixel per image (center='random') and the centre of a "
+                           "given image is unknown; re-degrading at another centre explains nothing. Models trained "
+                           "with centred masks (center='center') are supported")
+        if "fill" in self.param_keys:
+            reasons.append("its fill colour is drawn at random per image (fill='random') and is unknown for a given "
+                           "image")
+        return f"{type(self).__name__}: " + "; and ".join(reasons) if reasons else None
+
     def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
         self._check_context(context)
         batch, channels, height, width = x0.shape

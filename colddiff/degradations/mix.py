@@ -154,5 +154,9 @@ class Mix(_Blend):
     def _partner(self, params: Params) -> Tensor:
         return params["partner"]
 
+    def unknown_params_reason(self) -> str | None:
+        return (f"{type(self).__name__}: undoing a mix needs the partner image that was mixed in, which a given image "
+                "does not reveal")
+
     def _params_from_partner(self, z: Tensor) -> Params:
         return {"partner": z}

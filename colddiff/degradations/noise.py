@@ -50,6 +50,10 @@ class NoiseParams:
         self._check_context(context)
         return {"noise": randn(tuple(x0.shape), generator, x0)}
 
+    def unknown_params_reason(self) -> str | None:
+        return (f"{type(self).__name__}: the noise of a given image is unknown, and re-estimating it from the image "
+                "(as the samplers do) explains every level exactly, so the residual cannot tell levels apart")
+
     def check_params(self, params, x: Tensor) -> Params:
         params = super().check_params(params, x)
         if params["noise"].shape != x.shape:

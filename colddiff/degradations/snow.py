@@ -224,6 +224,10 @@ class Snow(Degradation):
         self.register_buffer("blur_sigma", level_linspace(T, *preset["blur_sigma"], clean=1.0).float())
         self.register_buffer("brightness", level_linspace(T, *preset["brightness"], clean=1.0).float())
 
+    def unknown_params_reason(self) -> str | None:
+        return (f"{type(self).__name__}: the snow field and its direction are drawn at random per image; the snow in "
+                "a given image is unknown and cannot be redrawn to match, so re-degrading cannot explain it")
+
     def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
         self._check_context(context)
         batch, _, height, width = x0.shape
