@@ -26,6 +26,7 @@ __all__ = [
     "exponential",
     "sigma_schedule",
     "cosine_alpha_bar",
+    "ddpm_linear_alpha_bar",
     "linear_remaining",
     "level_linspace",
     "sine_blur_sigmas",
@@ -111,6 +112,25 @@ def cosine_alpha_bar(num_steps: int, s: float = 0.008) -> Tensor:
     alpha_bar[0] = 1.0
     alpha_bar[-1] = 0.0
     return alpha_bar
+
+
+def ddpm_linear_alpha_bar(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """Cumulative signal fraction of DDPM's linear schedule (Ho et al., arXiv 2006.11239, sec. 4: ``beta_t`` linear
+    from ``1e-4`` to ``0.02`` over ``T = 1000``): ``alpha_bar_t = prod_{s <= t} (1 - beta_s)``, ``1`` at level 0.
+
+    For ``T != 1000`` both ends are scaled by ``1000 / T`` (Nichol & Dhariwal, arXiv 2102.09672, sec. 3.2), so the
+    curve of ``alpha_bar`` over ``t / T`` stays about the same; ``beta`` is capped at 0.999.  At ``T = 1000``,
+    ``alpha_bar_T = 4.04e-5``: some signal is left at every level, so ε-prediction is well posed.
+
+    Shape:
+        ``(T + 1,)``.
+    """
+    num_steps = check_num_steps(num_steps)
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    scale = 1000.0 / num_steps
+    betas = torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64).clamp(max=0.999)
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
 
 
 def linear_remaining(num_steps: int) -> Tensor:

@@ -34,6 +34,8 @@ def _operators() -> dict[str, callable]:
         "Desaturate": lambda T: cd.Desaturate(T),
         "Mix": lambda T: cd.Mix(T),
         "GaussianNoise": lambda T: cd.GaussianNoise(T),
+        "GaussianNoise-linear": lambda T: cd.GaussianNoise(T, schedule="linear"),
+        "FlowNoise": lambda T: cd.FlowNoise(T),
         "BlurNoise": lambda T: cd.BlurNoise(T),
         "BlurNoise-ratio": lambda T: cd.BlurNoise(T, heat_schedule="ratio", blur_to_noise=0.5, min_scale=0.0),
         "BlurNoise-kernel-fixed": lambda T: cd.BlurNoise(T, blur="kernel", kernel_size=5, schedule="linear",

@@ -160,6 +160,8 @@ def _functional(op, x0, t, params):
         return F.mix(x0, params["partner"], op.alpha_bar[t])
     if isinstance(op, cd.GaussianNoise):
         return F.gaussian_noise(x0, params["noise"], op.alpha_bar[t])
+    if isinstance(op, cd.FlowNoise):
+        return F.flow_noise(x0, params["noise"], t.double() / op.num_steps)
     if isinstance(op, cd.BlurNoise) and op.blur == "heat":
         return F.blur_noise(x0, params["noise"], op.alpha_bar[t], op.heat_sigmas[t], op.min_scale)
     if isinstance(op, cd.BlurNoise):  # the kernel blur, then the blend with no further blur

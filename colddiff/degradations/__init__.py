@@ -20,7 +20,7 @@ from colddiff.degradations.compose import Compose
 from colddiff.degradations.desaturate import Desaturate
 from colddiff.degradations.mask import GaussianMask
 from colddiff.degradations.mix import Mix
-from colddiff.degradations.noise import GaussianNoise
+from colddiff.degradations.noise import FlowNoise, GaussianNoise
 from colddiff.degradations.pixelate import Pixelate
 from colddiff.degradations.snow import Snow
 
@@ -34,6 +34,7 @@ __all__ = [
     "Desaturate",
     "Mix",
     "GaussianNoise",
+    "FlowNoise",
     "BlurNoise",
     "Compose",
 ]

@@ -35,8 +35,8 @@ Params = dict[str, Tensor]
 LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 
 __all__ = [
-    "Degradation", "Params", "LUMA_WEIGHTS", "check_image", "check_levels", "check_odd_kernel_size", "quantize_8bit",
-    "observe_8bit",
+    "Degradation", "SignalNoise", "Params", "LUMA_WEIGHTS", "check_image", "check_levels", "check_odd_kernel_size",
+    "quantize_8bit", "observe_8bit",
 ]
 
 
@@ -98,6 +98,10 @@ class Degradation(RecordsInit, nn.Module):
     param_keys: tuple[str, ...] = ()
     #: names of keyword context :meth:`make_params` accepts (e.g. the mixing partner ``z``).
     context_keys: tuple[str, ...] = ()
+    #: what the restoration network learns by default for this operator, ``(name, init_args)`` of a
+    #: :mod:`colddiff.objectives` objective: x0 under L1, the cold paper's choice for deterministic degradations.
+    #: Noise-bearing operators (:class:`SignalNoise`) override :meth:`default_objective`.
+    default_objective_spec: tuple[str, dict[str, Any]] = ("x0", {"loss": "l1"})
 
     def __init__(self, num_steps: int, channels: int | None = None) -> None:
         super().__init__()
@@ -157,6 +161,11 @@ class Degradation(RecordsInit, nn.Module):
 
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` if the operator cannot work at this image size (default: any size)."""
+
+    def default_objective(self) -> tuple[str, dict[str, Any]]:
+        """``(objective name, init_args)`` this operator is trained with when a model names no objective (see
+        :func:`colddiff.objectives.default_objective`)."""
+        return self.default_objective_spec
 
     def unknown_params_reason(self) -> str | None:
         """Why the params of a *given* degraded image cannot be known, or ``None`` when it needs none.
@@ -294,3 +303,69 @@ def check_odd_kernel_size(kernel_size: Any, who: str) -> int:
     if kernel_size <= 0 or kernel_size % 2 == 0:
         raise ValueError(f"{who}: kernel_size must be a positive odd int, got {kernel_size}")
     return int(kernel_size)
+
+
+class SignalNoise:
+    """Mixin and protocol of the noise-bearing degradations: a known signal part plus a scaled "noise" image.
+
+    In the paper's centred units ``x~ = 2 x - 1`` (colddiff's images are ``[0, 1]``; mid-grey is ``0``)::
+
+        x~_t = alpha_t A_t x~_0 + sigma_t z~                                                              (1)
+
+    with per-level coefficients ``alpha_t`` (signal) and ``sigma_t`` (noise), a linear signal operator ``A_t``
+    (the identity by default; a blur for :class:`~colddiff.degradations.BlurNoise`) that keeps constant images, and
+    the noise image ``z~`` held in the params (standard normal ``eps`` for
+    :class:`~colddiff.degradations.GaussianNoise` and ``BlurNoise``; ``2 * partner - 1`` for
+    :class:`~colddiff.degradations.Mix`).  Level 0 is the clean image: ``alpha_0 = 1``, ``sigma_0 = 0``,
+    ``A_0 = I``.  The objectives (:mod:`colddiff.objectives`) use this form to turn an ε, v or velocity prediction
+    into ``x0_hat`` and back; an operator without it (blur, masks, pixelation...) trains on x0 only.
+
+    Subclasses implement :meth:`coefficients` and :meth:`noise_of` (and :meth:`apply_signal`/:meth:`solve_signal`
+    when ``A_t`` is not the identity, setting ``signal_is_identity = False``).
+    """
+
+    #: whether ``A_t`` is the identity at every level (Gaussian noise, mixing)
+    signal_is_identity: bool = True
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha_t, sigma_t)`` of equation (1), float64 ``(B,)`` each, for levels ``t`` ``(B,)`` long."""
+        raise NotImplementedError
+
+    def noise_of(self, params: Params) -> Tensor:
+        """The noise image ``z~`` of equation (1), in centred units, from the params (``(B, C, H, W)``)."""
+        raise NotImplementedError
+
+    def apply_signal(self, x: Tensor, t: Tensor) -> Tensor:
+        """``A_t x`` for centred images (hot path, no checks); the identity by default.
+
+        Shape:
+            ``x``: ``(B, C, H, W)``; ``t``: ``(B,)`` long; output: ``(B, C, H, W)``.
+        """
+        return x
+
+    def solve_signal(self, y: Tensor, t: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """``(scale A_t + shift I)^-1 y`` per sample (hot path): ``y / (scale + shift)`` when ``A_t = I``.
+
+        ``scale`` and ``shift`` are ``(B,)``; the objectives never ask for a singular system (they refuse
+        parameterisations that would need one at construction).
+
+        Shape:
+            ``y``: ``(B, C, H, W)``; ``t``, ``scale``, ``shift``: ``(B,)``; output: ``(B, C, H, W)``.
+        """
+        return y / (scale + shift).to(y.dtype)[:, None, None, None]
+
+    def signal_invertible(self) -> bool:
+        """Whether every ``A_t`` is invertible, so that ``A_t x~0`` determines ``x~0`` (true for the identity)."""
+        return True
+
+    def default_objective(self) -> tuple[str, dict[str, Any]]:
+        """What the noise-bearing methods' papers train: ε-prediction under MSE with ``x0_hat`` clipped to the data
+        range while sampling (DDPM, Ho et al. arXiv 2006.11239, eq. 14; Blurring Diffusion, arXiv 2209.05557), where
+        every level keeps some signal; where the schedule ends with no signal at all (``alpha_T = 0``, as the
+        cosine schedule here), ε cannot determine x0 at that level and the default is v-prediction (Salimans & Ho,
+        arXiv 2202.00512), the remedy of Lin et al. (arXiv 2305.08891) for zero terminal SNR."""
+        num_steps = self.num_steps  # type: ignore[attr-defined]
+        device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
+        alpha, _ = self.coefficients(torch.arange(1, num_steps + 1, device=device))
+        name = "epsilon" if bool((alpha > 0).all()) and self.signal_invertible() else "v"
+        return name, {"loss": "l2", "clip_x0": True}

@@ -58,7 +58,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from colddiff.degradations.base import Degradation, Params, check_image, check_odd_kernel_size
+from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image, check_odd_kernel_size
 from colddiff.degradations.blur import (
     Border,
     _check_blur_size,
@@ -206,7 +206,7 @@ def _mix(blurred: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
     return signal * blurred + (1 - signal) * 0.5 + (0.5 * (1 - a).sqrt()) * noise
 
 
-class BlurNoise(NoiseParams, Degradation):
+class BlurNoise(NoiseParams, SignalNoise, Degradation):
     """Blur plus Gaussian noise (Blurring Diffusion's forward process, or Cold Diffusion's blur with noise):
     ``D(x0, t) = 0.5 + sqrt(alpha_bar_t) (B_t x0 - 0.5) + sqrt(1 - alpha_bar_t) * 0.5 * eps``.
 
@@ -350,6 +350,34 @@ class BlurNoise(NoiseParams, Degradation):
         rows, cols, identity = self.transfer(x.shape[-2], x.shape[-1], x.device)
         y = _apply_transfer(x, self._transfer2d(rows, cols, t), self.border)
         return torch.where(identity.index_select(0, t)[:, None, None, None], x, y)
+
+    # ------------------------------------------------------------------ signal and noise (SignalNoise)
+    signal_is_identity = False
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``alpha_t = sqrt(alpha_bar_t)``, ``sigma_t = sqrt(1 - alpha_bar_t)``; the signal operator is ``B_t``."""
+        a = self.alpha_bar.index_select(0, t.to(self.alpha_bar.device)).double()
+        return a.sqrt(), (1 - a).sqrt()
+
+    def noise_of(self, params: Params) -> Tensor:
+        return params["noise"]
+
+    def apply_signal(self, x: Tensor, t: Tensor) -> Tensor:
+        """``B_t x`` (linear, so it applies to centred images as to ``[0, 1]`` ones)."""
+        return self.blurred(x, t)
+
+    def solve_signal(self, y: Tensor, t: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """``(scale B_t + shift I)^-1 y``: one FFT, dividing by ``scale H_t + shift`` frequency by frequency (Blurring
+        Diffusion's ``x0`` from ``eps`` is ``u0 = (u_t - sigma_t eps_u) / (alpha_t d_t)``, the case ``shift = 0``)."""
+        rows, cols, _ = self.transfer(y.shape[-2], y.shape[-1], y.device)
+        h = self._transfer2d(rows, cols, t)
+        system = scale.double().to(h.device)[:, None, None] * h + shift.double().to(h.device)[:, None, None]
+        return _apply_transfer(y, 1.0 / system, self.border)
+
+    def signal_invertible(self) -> bool:
+        """The heat blur with ``d_min > 0`` keeps a fraction of every frequency; the kernel blur's transfer function
+        (and the heat blur's with ``d_min = 0``) reaches zero."""
+        return self.blur == "heat" and self.min_scale > 0
 
     # ------------------------------------------------------------------ degradation
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:

@@ -9,7 +9,7 @@ from colddiff.degradations.blur_noise import blur_noise, heat_blur
 from colddiff.degradations.desaturate import desaturate, grayscale
 from colddiff.degradations.mask import gaussian_mask
 from colddiff.degradations.mix import mix
-from colddiff.degradations.noise import gaussian_noise
+from colddiff.degradations.noise import flow_noise, gaussian_noise
 from colddiff.degradations.pixelate import pixelate
 from colddiff.degradations.snow import snow, snow_field
 
@@ -24,6 +24,7 @@ __all__ = [
     "grayscale",
     "mix",
     "gaussian_noise",
+    "flow_noise",
     "blur_noise",
     "heat_blur",
 ]

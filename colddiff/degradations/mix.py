@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from colddiff.degradations.base import Degradation, Params, check_image
+from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image
 from colddiff.schedules import cosine_alpha_bar
 
 __all__ = ["Mix", "mix"]
@@ -64,8 +64,10 @@ def mix(x: Tensor, partner: Tensor, alpha_bar: float | Tensor) -> Tensor:
     return _blend(x, partner.to(x.dtype), _per_sample(alpha_bar, x, "mix", "alpha_bar"))
 
 
-class _Blend(Degradation):
-    """Shared implementation of :class:`Mix` and :class:`GaussianNoise`."""
+class _Blend(SignalNoise, Degradation):
+    """Shared implementation of :class:`Mix` and :class:`GaussianNoise`: in the centred units of
+    :class:`~colddiff.degradations.base.SignalNoise`, ``alpha_t = sqrt(alpha_bar_t)``, ``sigma_t =
+    sqrt(1 - alpha_bar_t)``, ``A_t = I`` and ``z~ = 2 z - 1`` for the partner ``z``."""
 
     def __init__(
         self,
@@ -92,6 +94,13 @@ class _Blend(Degradation):
 
     def _partner(self, params: Params) -> Tensor:
         raise NotImplementedError
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.alpha_bar.index_select(0, t.to(self.alpha_bar.device)).double()
+        return a.sqrt(), (1 - a).sqrt()
+
+    def noise_of(self, params: Params) -> Tensor:
+        return 2.0 * self._partner(params) - 1.0
 
     def _params_from_partner(self, z: Tensor) -> Params:
         raise NotImplementedError
@@ -153,6 +162,10 @@ class Mix(_Blend):
 
     def _partner(self, params: Params) -> Tensor:
         return params["partner"]
+
+    def default_objective(self) -> tuple[str, dict]:
+        """x0 under L1, as the cold paper trains animorphosis (the partner is an image, not noise)."""
+        return self.default_objective_spec
 
     def unknown_params_reason(self) -> str | None:
         return (f"{type(self).__name__}: undoing a mix needs the partner image that was mixed in, which a given image "

@@ -8,14 +8,17 @@ Algorithm 2 deterministic DDIM (Song et al., arXiv 2010.02502, eq. 12 with ``sig
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
-from colddiff._checks import randn
-from colddiff.degradations.base import Params, check_image
+from colddiff._checks import check_num_steps, randn
+from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image
 from colddiff.degradations.mix import _Blend, _blend, _per_sample
+from colddiff.schedules import ddpm_linear_alpha_bar
 
-__all__ = ["GaussianNoise", "NoiseParams", "gaussian_noise"]
+__all__ = ["GaussianNoise", "FlowNoise", "NoiseParams", "gaussian_noise", "flow_noise"]
 
 
 def gaussian_noise(x: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tensor:
@@ -65,13 +68,22 @@ class NoiseParams:
 class GaussianNoise(NoiseParams, _Blend):
     """Gaussian noise, the "hot" diffusion baseline; ``D(x, T) = 0.5 + 0.5 * noise``.
 
+    In the centred units of :class:`~colddiff.degradations.base.SignalNoise`: ``x~_t = sqrt(alpha_bar_t) x~0 +
+    sqrt(1 - alpha_bar_t) eps``, DDPM's forward process (Ho et al., arXiv 2006.11239, eq. 4).  What a model learns
+    by default (:meth:`~colddiff.degradations.base.SignalNoise.default_objective`): ε under MSE with ``x0_hat``
+    clipped, where every level keeps signal (``schedule="linear"``); v-prediction for the cosine schedule, whose
+    last level has none.
+
     Args:
-        num_steps: ``T`` (the paper: 200).
-        alpha_bar: optional per-level signal fractions (``T + 1`` values from 1); default cosine.
+        num_steps: ``T`` (the paper: 200; DDPM: 1000).
+        alpha_bar: optional per-level signal fractions (``T + 1`` values from 1); overrides ``schedule``.
         cosine_s: offset of the cosine schedule.
         reestimate: re-estimate the noise from ``x0_hat`` during sampling (default on: deterministic DDIM with
             Algorithm 2; off: the paper's fixed-noise variant).
         channels: accepted channel count, or ``None`` for any.
+        schedule: ``"cosine"`` (Nichol & Dhariwal; ``alpha_bar_T = 0``) or ``"linear"`` (DDPM's betas,
+            :func:`~colddiff.schedules.ddpm_linear_alpha_bar`).
+        beta_start, beta_end: the linear schedule's betas at ``T = 1000`` (scaled by ``1000 / T`` otherwise).
 
     Shape:
         ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
@@ -84,11 +96,99 @@ class GaussianNoise(NoiseParams, _Blend):
         cosine_s: float = 0.008,
         reestimate: bool = True,
         channels: int | None = None,
+        schedule: Literal["cosine", "linear"] = "cosine",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
     ) -> None:
+        if schedule not in ("cosine", "linear"):
+            raise ValueError(f"GaussianNoise: schedule must be 'cosine' or 'linear', got {schedule!r}")
+        if alpha_bar is None and schedule == "linear":
+            alpha_bar = ddpm_linear_alpha_bar(check_num_steps(num_steps), beta_start, beta_end).tolist()
         super().__init__(num_steps, alpha_bar, cosine_s, reestimate, channels)
+        self.schedule = schedule
 
     def _partner(self, params: Params) -> Tensor:
         return 0.5 + 0.5 * params["noise"]
 
     def _params_from_partner(self, z: Tensor) -> Params:
         return {"noise": 2.0 * z - 1.0}
+
+    def noise_of(self, params: Params) -> Tensor:
+        return params["noise"]
+
+
+def flow_noise(x: Tensor, noise: Tensor, s: float | Tensor) -> Tensor:
+    """Functional twin of :class:`FlowNoise`: the straight path ``0.5 + (1 - s)(x - 0.5) + s * 0.5 * noise``.
+
+    Shape:
+        ``x``, ``noise``: ``(B, C, H, W)``; ``s``: float or ``(B,)`` in ``[0, 1]``; output: ``(B, C, H, W)``.
+
+    Example:
+        ``s = 0`` is the image, ``s = 1`` pure noise, and in between the straight line:
+
+        >>> x, noise = torch.rand(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+        >>> torch.equal(flow_noise(x, noise, 0.0), x), torch.allclose(flow_noise(x, noise, 1.0), 0.5 + 0.5 * noise)
+        (True, True)
+        >>> torch.allclose(flow_noise(x, noise, 0.25), 0.75 * x + 0.25 * (0.5 + 0.5 * noise))
+        True
+    """
+    x = check_image(x, "flow_noise", "x")
+    if not isinstance(noise, Tensor) or noise.shape != x.shape:
+        got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+        raise ValueError(f"flow_noise: noise must have the shape of x {tuple(x.shape)}, got {got}")
+    s = _per_sample(s, x, "flow_noise", "s")[:, None, None, None]
+    return torch.where(s == 0, x, 0.5 + (1 - s) * (x - 0.5) + s * (0.5 * noise.to(x.dtype)))
+
+
+class FlowNoise(NoiseParams, SignalNoise, Degradation):
+    """The straight path between the image and Gaussian noise: rectified flow / flow matching's interpolation.
+
+    ``x~_s = (1 - s) x~0 + s eps`` in the paper's centred units (Liu et al., arXiv 2209.03003, eq. 1; Lipman et al.,
+    arXiv 2210.02747, sec. 4.1 with ``sigma_min = 0``), at ``s = t / T`` for level ``t``: ``alpha_t = 1 - t / T``,
+    ``sigma_t = t / T`` (not variance preserving), ``x_T`` is pure noise (:class:`~colddiff.priors.GaussianNoisePrior`).
+    The default objective is their velocity ``u = eps - x~0`` under MSE
+    (:class:`~colddiff.objectives.PredictVelocity`).  With the noise re-estimated from ``x0_hat`` (``reestimate``),
+    Algorithm 2 from level ``s`` to ``s'`` is ``x~_{s'} = x~_s + (s' - s) u_hat``, ``u_hat = (x~_s - x~0_hat) / s``:
+    exactly Euler's method on the flow's ODE ``dx~/ds = u``; ``sampler="heun"`` takes Heun's second-order step.
+
+    Args:
+        num_steps: ``T``, the number of levels the path is cut into (training draws them; sampling may skip).
+        reestimate: re-estimate the noise from ``x0_hat`` during sampling (the Euler step); off: the noise drawn for
+            ``x_T`` is kept.
+        channels: accepted channel count, or ``None`` for any.
+
+    Shape:
+        ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
+    """
+
+    def __init__(self, num_steps: int, reestimate: bool = True, channels: int | None = None) -> None:
+        super().__init__(num_steps, channels)
+        self.reestimate = bool(reestimate)
+        self.register_buffer("path", torch.arange(self.num_steps + 1, dtype=torch.float64).div(self.num_steps)
+                             .float(), persistent=False)
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        s = t.to(device=self.path.device, dtype=torch.float64) / self.num_steps
+        return 1 - s, s
+
+    def noise_of(self, params: Params) -> Tensor:
+        return params["noise"]
+
+    def default_objective(self) -> tuple[str, dict]:
+        return "velocity", {"loss": "l2"}
+
+    def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
+        s = self.path.index_select(0, t).to(x0.dtype)[:, None, None, None]
+        y = 0.5 + (1 - s) * (x0 - 0.5) + s * (0.5 * params["noise"].to(x0.dtype))
+        return torch.where(t[:, None, None, None] == 0, x0, y)
+
+    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
+        """With ``reestimate``: the noise that puts ``x0_hat`` at ``x_t`` on the path (kept at level 0)."""
+        if not self.reestimate:
+            return params
+        s = self.path.index_select(0, t).to(x_t.dtype)[:, None, None, None]
+        estimate = ((2 * x_t - 1) - (1 - s) * (2 * x0_hat - 1)) / torch.where(s > 0, s, torch.ones_like(s))
+        return {"noise": torch.where(s > 0, estimate, params["noise"].to(x_t.dtype))}
+
+    def extra_repr(self) -> str:
+        return f"num_steps={self.num_steps}, reestimate={self.reestimate}"
