@@ -18,6 +18,7 @@ from colddiff._config import resolve_component
 from colddiff.data import ImageDataModule, TorchvisionDataModule
 from colddiff.datasets import DatasetSource, EmbeddedMNIST, ImageFolder, ImageTransform, find_images, native_shapes
 from colddiff.io import load_checkpoint
+from colddiff.sampling import check_sampler_name, sampler_names
 
 __all__ = ["UsageError", "device_from", "positive_int", "non_negative_float", "add_data_arguments",
            "dataset_from_args", "dataset_id", "datamodule_from_checkpoint", "image_shape_of", "partners_from_args",
@@ -49,6 +50,21 @@ def positive_int(text: str) -> int:
         return check_positive_int(int(text), "value")
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+
+
+def sampler_name(text: str) -> str:
+    """argparse type: a registered sampler's name, or an import path to a sampler function (the user's own command
+    line names it, so any path is trusted; see :func:`colddiff.sampling.check_sampler_name`)."""
+    try:
+        return check_sampler_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def sampler_help() -> str:
+    """--sampler's help: the samplers registered when the parser is built (no list of names is kept here)."""
+    return (f"a registered sampler ({', '.join(sampler_names())}) or an import path package.module.function; "
+            "default: the model's")
 
 
 def non_negative_float(text: str) -> float:

@@ -1,10 +1,17 @@
 """Cold Diffusion samplers: plain functions, no Lightning.
 
-All samplers share one signature: a restoration callable ``restore(x_t, t) -> x0_hat`` (``t`` a ``(B,)`` long
-tensor), a :class:`~colddiff.degradations.Degradation`, the degraded batch ``x_t`` at level ``t`` (default ``T``),
-the degradation's ``params`` (drawn with ``generator`` when not given), an optional decreasing subsequence of levels
-(step skipping) and an optional per-step ``callback``.  Each visits its levels once: ``len(levels) - 1`` calls of
-``restore`` and at most two closed-form operator calls per step, never ``O(T^2)``.
+All samplers share one signature (:data:`Sampler`): a restoration callable ``restore(x_t, t) -> x0_hat`` (``t`` a
+``(B,)`` long tensor), a :class:`~colddiff.degradations.Degradation`, the degraded batch ``x_t`` at level ``t``
+(default ``T``), the degradation's ``params`` (drawn with ``generator`` when not given), an optional decreasing
+subsequence of levels (step skipping), an optional per-step ``callback``, the ``generator`` and the sampling
+``noise``.  Each visits its levels once: ``len(levels) - 1`` calls of ``restore`` and at most two closed-form
+operator calls per step, never ``O(T^2)``.
+
+**An open set.**  Samplers are plain functions registered by name (:func:`register_sampler`); :func:`get_sampler`
+returns one by name, or by import path (``"mypackage.samplers.my_sampler"``, checked against the allow-list when it
+comes from a file's config).  Adding a sampler touches one file: write the function with the common signature,
+decorate it with ``@register_sampler("name")``; the step helpers it needs are public here (:func:`prepare`,
+:func:`timesteps`, :func:`level_tensor`, :func:`sampling_deltas`, :func:`add_sampling_noise`).
 
 * :func:`sample_naive` (Algorithm 1): ``x0_hat = R(x_s, s); x_{s'} = D(x0_hat, s')``.
 * :func:`sample_improved` (Algorithm 2): ``x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')``, with the same params for
@@ -29,7 +36,9 @@ The draws come from ``generator``, so a seeded generator reproduces the samples.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -37,18 +46,98 @@ import torch
 from torch import Tensor
 
 from colddiff._checks import randn
-from colddiff.degradations.base import Degradation, Params
+from colddiff.degradations.base import Degradation, Params, SignalNoise
 from colddiff.schedules import level_values
 
-__all__ = ["Restore", "SamplerName", "SAMPLERS", "Precision", "timesteps", "sample", "sample_naive",
-           "sample_improved", "sample_direct", "autocast"]
+__all__ = ["Restore", "Sampler", "SamplerName", "Precision", "register_sampler", "get_sampler", "sampler_names",
+           "check_sampler_name", "timesteps", "prepare", "level_tensor", "sampling_deltas", "add_sampling_noise",
+           "sample", "sample_naive", "sample_improved", "sample_direct", "sample_heun", "autocast"]
 
 Restore = Callable[[Tensor, Tensor], Tensor]
-SamplerName = Literal["naive", "improved", "direct"]
-SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+
+
+class SamplerName(str):
+    """The type of a sampler's name: one registered with :func:`register_sampler` (``"naive"``, ``"improved"``,
+    ``"direct"``, ...) or an import path to a function with the samplers' signature.  Plain strings are accepted
+    wherever it is used; the type lets configuration parsers check a name while parsing (:func:`check_sampler_name`,
+    registered with jsonargparse by :mod:`colddiff.cli`)."""
 Callback = Callable[[dict[str, Any]], None]
 Noise = float | Sequence[float] | Tensor | None
 Precision = Literal["32", "bf16", "16"]
+#: ``sampler(restore, degradation, x_t, t, params, steps, callback, generator, noise) -> x0``
+Sampler = Callable[..., Tensor]
+
+_REGISTRY: dict[str, Sampler] = {}
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def register_sampler(name: str) -> Callable[[Sampler], Sampler]:
+    """Decorator: register ``fn`` as the sampler ``name`` (used by ``sampler=`` everywhere: models, configs,
+    ``sample.py --sampler``, ``evaluate.py --sampler``).
+
+    Example:
+        >>> @register_sampler("twice-direct")
+        ... def twice_direct(restore, degradation, x_t, t=None, params=None, steps=None, callback=None,
+        ...                  generator=None, noise=None):
+        ...     return sample_direct(restore, degradation, x_t, t)
+        >>> "twice-direct" in sampler_names()
+        True
+    """
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"a sampler name must be a non-empty string without dots (dots mean an import path), "
+                         f"got {name!r}")
+
+    def decorate(fn: Sampler) -> Sampler:
+        if not callable(fn):
+            raise TypeError(f"register_sampler({name!r}) needs a function, got {type(fn).__name__}")
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"a sampler named {name!r} is already registered ({_REGISTRY[name].__module__}."
+                             f"{_REGISTRY[name].__qualname__})")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorate
+
+
+def sampler_names() -> tuple[str, ...]:
+    """The registered samplers' names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def check_sampler_name(name: Any, who: str = "sampler", allow: Sequence[str] | None = None) -> str:
+    """Check a sampler name without importing anything, and return it: a registered name, or an import path
+    ``"package.module.function"``.
+
+    ``allow=None`` (a caller in Python or the user's own training config) accepts any import path; a sequence means
+    the name comes from a file's config (a checkpoint or export): then a path must lie under ``colddiff.`` or be
+    listed in ``allow``, as class paths are (:func:`colddiff._config.check_class_path`).
+    """
+    if isinstance(name, str) and name in _REGISTRY:
+        return name
+    if isinstance(name, str) and _IMPORT_PATH.fullmatch(name):
+        if allow is None:
+            return name
+        from colddiff._config import check_class_path
+
+        return check_class_path(name, who, allow=allow, kind="registered samplers and colddiff's functions")
+    raise ValueError(f"{who} must be one of {sampler_names()} (registered samplers) or an import path "
+                     f"'package.module.function', got {name!r}")
+
+
+def get_sampler(name: str, allow: Sequence[str] | None = None) -> Sampler:
+    """The sampler registered as ``name``, or the function at import path ``name`` (imported on first use; see
+    :func:`check_sampler_name` for ``allow``)."""
+    name = check_sampler_name(name, allow=allow)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    module_name, _, attr = name.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"sampler: cannot import {name!r} ({err})") from err
+    if not callable(fn):
+        raise TypeError(f"sampler {name!r} is not a function ({type(fn).__name__})")
+    return fn
 
 
 def timesteps(start: int, steps: int | Sequence[int] | Tensor | None = None) -> list[int]:
@@ -85,7 +174,7 @@ def timesteps(start: int, steps: int | Sequence[int] | Tensor | None = None) -> 
     return levels
 
 
-def _prepare(
+def prepare(
     degradation: Degradation,
     x_t: Tensor,
     t: int | None,
@@ -93,6 +182,8 @@ def _prepare(
     generator: torch.Generator | None,
     need_params: bool = True,
 ) -> tuple[Tensor, int, Params]:
+    """A sampler's first step: validate ``x_t`` and its level ``t`` (default ``T``), check the given ``params`` or
+    draw them with ``generator`` (unless ``need_params`` is false); returns ``(x_t, start level, params)``."""
     if not isinstance(degradation, Degradation):
         raise TypeError(f"degradation must be a colddiff Degradation, got {type(degradation).__name__}")
     x_t = degradation.check_input(x_t, "x_t")
@@ -111,6 +202,22 @@ def _check_restore(restore: Any) -> None:
         raise TypeError(f"restore must be a callable restore(x_t, t) -> x0_hat, got {type(restore).__name__}")
 
 
+def level_tensor(level: int, batch: int, device: torch.device | str) -> Tensor:
+    """One level for a whole batch, as the ``(B,)`` long tensor that ``restore`` and the operators take."""
+    return torch.full((batch,), int(level), dtype=torch.long, device=device)
+
+
+def sampling_deltas(noise: Noise, num_steps: int) -> list[float] | None:
+    """The per-level sampling noise ``delta_0..delta_T`` of ``noise`` (a number or ``T + 1`` values), or ``None``."""
+    return None if noise is None else level_values(noise, num_steps, "noise").tolist()
+
+
+def add_sampling_noise(x: Tensor, delta: float,
+                       generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
+    """``x + delta * eps`` with fresh standard normal ``eps`` from ``generator`` (or one generator per image)."""
+    return x + delta * randn(tuple(x.shape), generator, x)
+
+
 def _run(
     rule: Literal["naive", "improved"],
     restore: Restore,
@@ -124,14 +231,13 @@ def _run(
     noise: Noise,
 ) -> Tensor:
     _check_restore(restore)
-    x, start, params = _prepare(degradation, x_t, t, params, generator)
+    x, start, params = prepare(degradation, x_t, t, params, generator)
     levels = timesteps(start, steps)
-    deltas = None if noise is None else level_values(noise, degradation.num_steps, "noise").tolist()
+    deltas = sampling_deltas(noise, degradation.num_steps)
     batch = x.shape[0]
     noised = False
     for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
-        level = torch.full((batch,), s, dtype=torch.long, device=x.device)
-        level_next = torch.full((batch,), s_next, dtype=torch.long, device=x.device)
+        level, level_next = level_tensor(s, batch, x.device), level_tensor(s_next, batch, x.device)
         # the state stays in its own precision (float32 under autocast): D of a half-precision x0_hat, and the
         # difference of two such terms, would lose digits at every one of T steps
         x0_hat = restore(x, level).to(x.dtype)
@@ -143,7 +249,7 @@ def _run(
         else:
             x_next = x + degradation.step_difference(x0_hat, level, level_next, params)
         if deltas is not None and s_next > 0 and deltas[s_next] > 0:
-            x_next = x_next + deltas[s_next] * randn(tuple(x.shape), generator, x)
+            x_next = add_sampling_noise(x_next, deltas[s_next], generator)
             noised = True
         if callback is not None:
             callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
@@ -151,6 +257,7 @@ def _run(
     return x
 
 
+@register_sampler("naive")
 @torch.no_grad()
 def sample_naive(
     restore: Restore,
@@ -183,6 +290,7 @@ def sample_naive(
     return _run("naive", restore, degradation, x_t, t, params, steps, callback, generator, noise)
 
 
+@register_sampler("improved")
 @torch.no_grad()
 def sample_improved(
     restore: Restore,
@@ -205,6 +313,7 @@ def sample_improved(
     return _run("improved", restore, degradation, x_t, t, params, steps, callback, generator, noise)
 
 
+@register_sampler("direct")
 @torch.no_grad()
 def sample_direct(
     restore: Restore,
@@ -224,15 +333,76 @@ def sample_direct(
         ``x_t``: ``(B, C, H, W)``; output: ``(B, C, H, W)``.
     """
     _check_restore(restore)
-    x, start, _ = _prepare(degradation, x_t, t, params, generator, need_params=False)
-    level = torch.full((x.shape[0],), start, dtype=torch.long, device=x.device)
+    x, start, _ = prepare(degradation, x_t, t, params, generator, need_params=False)
+    level = level_tensor(start, x.shape[0], x.device)
     x0_hat = restore(x, level) if start > 0 else x
     if callback is not None:
         callback({"i": 0, "t": start, "t_next": 0, "x": x, "x0_hat": x0_hat, "x_next": x0_hat})
     return x0_hat
 
 
-_SAMPLER_FUNCTIONS = {"naive": sample_naive, "improved": sample_improved, "direct": sample_direct}
+@register_sampler("heun")
+@torch.no_grad()
+def sample_heun(
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    steps: int | Sequence[int] | Tensor | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+    noise: Noise = None,
+) -> Tensor:
+    """Heun's second-order method on the probability-flow ODE of a Gaussian path (flow matching, DDIM's ODE).
+
+    Any path ``x~_t = alpha_t x~0 + sigma_t eps`` (:class:`~colddiff.degradations.base.SignalNoise` with ``A_t =
+    I``: :class:`~colddiff.degradations.FlowNoise`, :class:`~colddiff.degradations.GaussianNoise`) is a straight
+    line after rescaling: ``y = x~ / (alpha + sigma) = (1 - tau) x~0 + tau eps`` with ``tau = sigma / (alpha +
+    sigma)`` (for the flow's path, ``y = x~`` and ``tau = s``).  Its ODE is ``dy/dtau = (y - x~0_hat(y)) / tau``,
+    whose Euler step is DDIM (and Algorithm 2 with the noise re-estimated); Heun's method (Karras et al.,
+    arXiv 2206.00364, Algorithm 1; Liu et al.'s rectified flow samples with it) averages the slopes at both ends of
+    each step, and takes Euler's step into level 0 (where the slope is undefined).  Two network calls per step, one
+    for the last: ``2 n - 1`` for ``n`` steps.  Deterministic: ``noise`` must be ``None``.
+
+    Arguments as :func:`sample_naive`.
+
+    Shape:
+        ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
+    """
+    _check_restore(restore)
+    if not (isinstance(degradation, SignalNoise) and degradation.signal_is_identity):
+        raise ValueError(f"the heun sampler needs a Gaussian path without a signal operator (FlowNoise, "
+                         f"GaussianNoise), got {type(degradation).__name__}; use 'improved' (DDIM for BlurNoise)")
+    if noise is not None:
+        raise ValueError("the heun sampler integrates a deterministic ODE; it takes no sampling noise (noise=None)")
+    x, start, params = prepare(degradation, x_t, t, params, generator, need_params=False)
+    levels = timesteps(start, steps)
+
+    def rescaled(level: Tensor) -> tuple[Tensor, Tensor]:  # (alpha + sigma, tau), (B, 1, 1, 1) in x's dtype
+        alpha, sigma = degradation.coefficients(level)
+        return (alpha + sigma).to(x)[:, None, None, None], (sigma / (alpha + sigma)).to(x)[:, None, None, None]
+
+    batch = x.shape[0]
+    for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
+        level, level_next = level_tensor(s, batch, x.device), level_tensor(s_next, batch, x.device)
+        (scale, tau), (scale_next, tau_next) = rescaled(level), rescaled(level_next)
+        x0_hat = restore(x, level).to(x.dtype)
+        y = (2 * x - 1) / scale
+        slope = (y - (2 * x0_hat - 1)) / tau
+        y_next = y + (tau_next - tau) * slope
+        if s_next > 0:
+            x_euler = 0.5 + 0.5 * y_next * scale_next
+            slope_next = (y_next - (2 * restore(x_euler, level_next).to(x.dtype) - 1)) / tau_next
+            y_next = y + (tau_next - tau) * 0.5 * (slope + slope_next)
+        x_next = 0.5 + 0.5 * y_next * scale_next
+        if callback is not None:
+            callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
+        x = x_next
+    return x
+
+
+sample_heun.network_calls = lambda steps: max(2 * steps - 1, 0)  # type: ignore[attr-defined]
 
 
 def sample(
@@ -247,10 +417,10 @@ def sample(
     generator: torch.Generator | None = None,
     noise: Noise = None,
 ) -> Tensor:
-    """Run the sampler named ``sampler`` (``"naive"``, ``"improved"`` or ``"direct"``)."""
-    if sampler not in _SAMPLER_FUNCTIONS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    return _SAMPLER_FUNCTIONS[sampler](restore, degradation, x_t, t, params, steps, callback, generator, noise)
+    """Run the sampler ``sampler`` (a registered name such as ``"naive"``, ``"improved"``, ``"direct"``, or a sampler
+    function itself)."""
+    fn = sampler if callable(sampler) else get_sampler(sampler)
+    return fn(restore, degradation, x_t, t, params, steps, callback, generator, noise)
 
 
 def autocast(device: torch.device | str, precision: Precision = "32") -> contextlib.AbstractContextManager:
