@@ -64,11 +64,11 @@ def make_step(setup: Setup, variant: str, batch: int, device: torch.device, tiny
     torch.manual_seed(0)
     fast = variant == "ours"
     model = ColdDiffusion(setup.degradation(), setup.network(tiny), image_size=setup.image_size,
-                          channels=setup.channels, channels_last=fast).to(device)
-    model.configure_model()
+                          channels=setup.channels, channels_last=fast).to(device)  # layout set at construction
     network = model.network
     if fast and compile_mode:
         network = torch.compile(network, mode=compile_mode)
+        model._compiled[:] = [network]  # the module's training path runs the compiled network
     fused = fast and device.type == "cuda"
     optimizer = torch.optim.Adam(model.network.parameters(), lr=2e-5, fused=fused or None,
                                  foreach=None if fused else True)
@@ -77,12 +77,12 @@ def make_step(setup: Setup, variant: str, batch: int, device: torch.device, tiny
     T = model.degradation.num_steps
 
     def step() -> torch.Tensor:
-        t = torch.randint(1, T + 1, (batch,), device=device)
-        if fast:
-            x_t = model.degradation.degrade(data, t, {}).contiguous(memory_format=torch.channels_last)
+        if fast:  # the module's own training objective: level draw, closed-form degradation, network, loss
+            with autocast:
+                loss = model.loss(data)
         else:
+            t = torch.randint(1, T + 1, (batch,), device=device)
             x_t = naive_q_sample(model.degradation, data, t)
-        with autocast:
             loss = F.l1_loss(network(x_t, t).float(), data)
         loss.backward()
         optimizer.step()

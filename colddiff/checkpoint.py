@@ -91,3 +91,23 @@ class RNGState(L.Callback):
             cuda_states = state_dict["cuda"]
             if len(cuda_states) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(cuda_states)
+
+
+def apply_resume_changes(module: Any, checkpoint: dict[str, Any], changed: set[str]) -> None:
+    """On a resume that changed the model config (``train.py --resume_with_config_changes true``), the new config is
+    the one used: the changed parts' buffers (degradation schedules, the prior's fit) and the optimiser's settings
+    replace the checkpoint's, in ``checkpoint`` before Lightning restores it; a changed prior is refitted when
+    training starts."""
+    state = checkpoint.get("state_dict", {})
+    for group in ("degradation", "prior"):
+        if group not in changed:
+            continue
+        for key in [k for k in state if k.startswith(f"{group}.")]:
+            del state[key]
+        part = getattr(module, group)
+        for key, value in (part.state_dict() if part is not None else {}).items():
+            state[f"{group}.{key}"] = value.detach().clone()
+    if "optimizer" in changed and checkpoint.get("optimizer_states"):
+        fresh = module.optimizer_factory(module.network.parameters()).param_groups
+        for saved_group, new_group in zip(checkpoint["optimizer_states"][0]["param_groups"], fresh):
+            saved_group.update({k: v for k, v in new_group.items() if k != "params"})

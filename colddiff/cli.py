@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from jsonargparse.typing import register_type
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from colddiff._config import build, describe
 from colddiff.data import ImageDataModule
 from colddiff.io import load_checkpoint
 from colddiff.module import ColdDiffusion
+from colddiff.objectives import resolve_objective
+from colddiff.sampling import SamplerName, check_sampler_name
+
+# a sampler name in a config is checked while parsing, against the samplers registered at that moment
+register_type(SamplerName, serializer=str, deserializer=lambda value: SamplerName(check_sampler_name(value, "sampler")))
 
 __all__ = ["ColdDiffusionCLI", "cli_main", "SetupError"]
 
@@ -124,6 +131,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _resolve_objective(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with its objective as the model resolves it (``objective`` unset: ``loss``'s x0-prediction, or the
+    degradation's default; a named objective with every argument), so two configs for the same training compare
+    equal however they spell the objective (checkpoints record it resolved)."""
+    try:
+        objective = resolve_objective(build(config.get("objective"), "objective"), config.get("loss"),
+                                      build(config.get("degradation"), "degradation"))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return config  # compared as written; building the model reports the error
+    return {**config, "objective": describe(objective), "loss": None}
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[str]]:
     """The fields where two model configs differ, grouped by top-level argument (``{"degradation": ["init_args.
     sigma: 1.5 -> 3.0"]}``); entries starting with ``_`` (Lightning's bookkeeping) are ignored."""
@@ -136,7 +155,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
         elif a != b:
             changes.setdefault(group, []).append(f"{where or group} {a!r} -> {b!r}")
 
-    saved, current = _plain(saved), _plain(current)
+    saved, current = _resolve_objective(_plain(saved)), _resolve_objective(_plain(current))
     for key in sorted(set(saved) | set(current)):
         walk(saved.get(key), current.get(key), "", key)
     return changes

@@ -40,6 +40,8 @@ from colddiff._cli import (
     partners_from_args,
     positive_int,
     prepare_prior,
+    sampler_help,
+    sampler_name,
 )
 from colddiff.datasets import ImageFolder, ImageTransform, find_images, unpack_batch
 from colddiff.evaluation import (
@@ -56,8 +58,7 @@ from colddiff.evaluation import (
 from colddiff.evaluation.features import FeatureWeightsError
 from colddiff.export import load_model
 from colddiff.io import atomic_write_bytes
-from colddiff.module import ColdDiffusion
-from colddiff.sampling import SAMPLERS
+from colddiff.pipeline import Pipeline
 
 __all__ = ["main", "build_parser"]
 
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pt_inception-2015-12-05-6726825d.pth (default: torch-fidelity downloads it)")
     common.add_argument("--partner-root", default=None, help="partner images for mixing models")
     sampling = argparse.ArgumentParser(add_help=False)
-    sampling.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's (improved)")
+    sampling.add_argument("--sampler", type=sampler_name, default=None, metavar="NAME", help=sampler_help())
     sampling.add_argument("--steps", type=positive_int, default=None, help="sampling steps (step skipping)")
     sampling.add_argument("--noise", type=non_negative_float, default=None,
                           help="sampling noise delta at every level (default: the model's sample_noise)")
@@ -163,7 +164,7 @@ def run_restoration(args: argparse.Namespace, device: torch.device) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def _generating_model(args: argparse.Namespace, device: torch.device) -> ColdDiffusion | None:
+def _generating_model(args: argparse.Namespace, device: torch.device) -> Pipeline | None:
     """The model of ``--ckpt``, checked able to generate (``None`` with ``--generated``)."""
     if bool(args.generated) == bool(args.ckpt):
         raise UsageError("give exactly one of --generated FOLDER and --ckpt PATH")
@@ -175,7 +176,7 @@ def _generating_model(args: argparse.Namespace, device: torch.device) -> ColdDif
 
 
 def _generated_images(args: argparse.Namespace, device: torch.device,
-                      model: ColdDiffusion | None) -> tuple[Tensor, list[dict], str]:
+                      model: Pipeline | None) -> tuple[Tensor, list[dict], str]:
     """Generated images (from a folder, or made now by ``model``), their provenance, and their source."""
     if model is None:
         files = find_images(args.generated)

@@ -186,6 +186,9 @@ class Prior(RecordsInit, nn.Module):
     """
 
     needs_fit: bool = False
+    #: the degradation params each draw carries (:attr:`PriorSample.params`); a model checks that they are the
+    #: params its degradation takes (:func:`colddiff.pipeline.check_prior`)
+    param_keys: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -389,6 +392,8 @@ class LowResKDEPrior(LowResPrior):
 class GaussianNoisePrior(Prior):
     """Hot diffusion: ``x_T = 0.5 + 0.5 * noise``, ``noise ~ N(0, I)`` (params ``{"noise": noise}``)."""
 
+    param_keys = ("noise",)
+
     def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
         c, h, w = self._check_sample(n, shape)
         noise = randn((n, c, h, w), generator, self.fitted.new_empty(0, dtype=torch.float32))
@@ -398,6 +403,8 @@ class GaussianNoisePrior(Prior):
 class ConstantColourPrior(Prior):
     """Mask-based generation: a random constant colour, each channel uniform in ``[low, high]``
     (params ``{"fill": colour}`` for ``GaussianMask(reverse=True, fill="random")``)."""
+
+    param_keys = ("fill",)
 
     def __init__(self, low: float = 0.25, high: float = 0.75) -> None:
         super().__init__()
@@ -421,6 +428,8 @@ class SourceImagePrior(Prior):
     of a :class:`~colddiff.data.PairedFolderDataModule`, or any dataset of ``(C, H, W)`` tensors in ``[0, 1]``).
     Provenance records the dataset index (and file path where the dataset has ``files``).
     """
+
+    param_keys = ("partner",)
 
     def __init__(self) -> None:
         super().__init__()

@@ -38,6 +38,8 @@ from colddiff._cli import (
     partners_from_args,
     positive_int,
     prepare_prior,
+    sampler_help,
+    sampler_name,
 )
 from colddiff.datasets import ImageTransform, find_images, random_items, stack_items, unpack_batch
 from colddiff.estimation import check_estimable, estimate_level, sample_at_levels
@@ -50,8 +52,8 @@ from colddiff.io import (
     restoration_grid,
     save_png_atomic,
 )
-from colddiff.module import ColdDiffusion
-from colddiff.sampling import SAMPLERS, autocast, timesteps
+from colddiff.pipeline import Pipeline
+from colddiff.sampling import autocast, timesteps
 from colddiff.tiling import any_size
 
 __all__ = ["main", "build_parser"]
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--ckpt", required=True, help="training checkpoint (.ckpt) or export folder")
     common.add_argument("--out", default="samples", help="output folder (default: samples)")
-    common.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's (improved)")
+    common.add_argument("--sampler", type=sampler_name, default=None, metavar="NAME", help=sampler_help())
     common.add_argument("--steps", type=positive_int, default=None,
                         help="sampling steps, evenly spaced levels (step skipping); default: every level")
     common.add_argument("--batch-size", type=positive_int, default=16)
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def _check_level(model: ColdDiffusion, level: int | None) -> int:
+def _check_level(model: Pipeline, level: int | None) -> int:
     T = model.degradation.num_steps
     if level is None:
         return T
@@ -137,7 +139,7 @@ def _check_level(model: ColdDiffusion, level: int | None) -> int:
     return level
 
 
-def _dataset(args: argparse.Namespace, model: ColdDiffusion, split: str | None = None) -> Dataset:
+def _dataset(args: argparse.Namespace, model: Pipeline, split: str | None = None) -> Dataset:
     """Images at the model's size and channels from --folder, --dataset, or the checkpoint's own data config."""
     return dataset_from_args(args, model.image_size, model.channels, args.ckpt, split)
 
@@ -152,14 +154,14 @@ def _batches(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
-def _write_settings(out: Path, mode: str, args: argparse.Namespace, model: ColdDiffusion, **extra: Any) -> None:
+def _write_settings(out: Path, mode: str, args: argparse.Namespace, model: Pipeline, **extra: Any) -> None:
     settings = {"mode": mode, **{k: v for k, v in vars(args).items() if k != "mode"},
                 "degradation": type(model.degradation).__name__, "num_steps": model.degradation.num_steps,
                 "image_size": model.image_size, "channels": model.channels, **extra}
     atomic_write_bytes(json.dumps(settings, indent=2, default=str).encode(), out / f"{mode}.json")
 
 
-def _progress(args: argparse.Namespace, model: ColdDiffusion, level: int, callback: Callable | None = None,
+def _progress(args: argparse.Namespace, model: Pipeline, level: int, callback: Callable | None = None,
               sampler: str | None = None) -> tuple[tqdm, Callable[[dict], None]]:
     """A per-step progress bar for one sampler run, and the sampler callback that advances it."""
     sampler = sampler or args.sampler or model.sampler
@@ -175,7 +177,7 @@ def _progress(args: argparse.Namespace, model: ColdDiffusion, level: int, callba
     return bar, step
 
 
-def _sample(model: ColdDiffusion, args: argparse.Namespace, device: torch.device, x_t: Tensor, level: int,
+def _sample(model: Pipeline, args: argparse.Namespace, device: torch.device, x_t: Tensor, level: int,
             params: dict[str, Tensor] | None, generator: torch.Generator, callback: Callable | None = None) -> Tensor:
     bar, step = _progress(args, model, level, callback)
     with bar, autocast(device, args.precision):
@@ -184,7 +186,7 @@ def _sample(model: ColdDiffusion, args: argparse.Namespace, device: torch.device
     return out.float().clamp(0, 1)
 
 
-def _context(args: argparse.Namespace, model: ColdDiffusion, context: dict[str, Tensor], n: int,
+def _context(args: argparse.Namespace, model: Pipeline, context: dict[str, Tensor], n: int,
              generator: torch.Generator) -> dict[str, Tensor]:
     """The batch's degradation context, with mixing partners drawn from --partner-root when the data has none."""
     if "partner" in model.degradation.context_keys and "partner" not in context:
@@ -204,7 +206,7 @@ def _save_each(images: Tensor, folder: Path, names: Sequence[str] | None = None)
 
 
 # --------------------------------------------------------------------------------------------------- modes
-def run_reconstruct(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+def run_reconstruct(args: argparse.Namespace, model: Pipeline, device: torch.device, out: Path) -> Path:
     level = _check_level(model, args.level)
     x0_all, context_all = _take(_dataset(args, model), args.num)
     generator = torch.Generator().manual_seed(args.seed)
@@ -240,7 +242,7 @@ def _level_argument(text: str) -> int | str:
     return value
 
 
-def _read_inputs(args: argparse.Namespace, model: ColdDiffusion) -> tuple[Path, list[Path], list[Tensor]]:
+def _read_inputs(args: argparse.Namespace, model: Pipeline) -> tuple[Path, list[Path], list[Tensor]]:
     source = Path(args.input)
     if not source.exists():
         raise UsageError(f"--input {str(source)!r} does not exist")
@@ -268,7 +270,7 @@ def _read_inputs(args: argparse.Namespace, model: ColdDiffusion) -> tuple[Path, 
     return source, files, images
 
 
-def run_restore(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device, out: Path) -> Path:
     degradation = model.degradation
     if "partner" in degradation.context_keys:
         raise UsageError("restore cannot serve a mixing model: undoing a mix needs the partner image that was mixed "
@@ -332,7 +334,7 @@ def _check_generate_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--output must be a new file, not the model file itself ({args.ckpt!r})")
 
 
-def run_generate(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+def run_generate(args: argparse.Namespace, model: Pipeline, device: torch.device, out: Path) -> Path:
     fit_images = _dataset(args, model, split="train") if args.fit_prior else None
     if fit_images is not None and (args.folder or args.dataset) and not args.fit_resize:
         change = conversion_of(fit_images, model.image_size, model.channels)
@@ -360,7 +362,7 @@ def run_generate(args: argparse.Namespace, model: ColdDiffusion, device: torch.d
     return path
 
 
-def run_trajectory(args: argparse.Namespace, model: ColdDiffusion, device: torch.device, out: Path) -> Path:
+def run_trajectory(args: argparse.Namespace, model: Pipeline, device: torch.device, out: Path) -> Path:
     T = model.degradation.num_steps
     if args.columns < 2:
         raise UsageError(f"--columns must be >= 2, got {args.columns}")

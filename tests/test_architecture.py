@@ -12,10 +12,12 @@ import colddiff
 PACKAGE = Path(colddiff.__file__).resolve().parent
 
 #: what a user gets without Lightning: the degradation library, samplers, schedules, priors, networks, data and
-#: file input/output (torch alone), and the evaluation library (torch and torchmetrics)
+#: file input/output, objectives, the inference pipeline and exports (torch alone), and the evaluation library
+#: (torch and torchmetrics)
 TORCH_ONLY = [
     "colddiff.degradations", "colddiff.degradations.functional", "colddiff.sampling", "colddiff.schedules",
     "colddiff.priors", "colddiff.nets", "colddiff.datasets", "colddiff.io", "colddiff.estimation", "colddiff.tiling",
+    "colddiff.objectives", "colddiff.pipeline", "colddiff.export",
 ]
 WITHOUT_LIGHTNING = ["colddiff.evaluation"]
 

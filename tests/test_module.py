@@ -105,7 +105,7 @@ def test_validation_is_reproducible(tmp_path):
 def test_sample_with_a_perfect_restorer_and_samplers():
     model = tiny_model()
     x0 = torch.rand(2, 1, 16, 16)
-    model.restore = lambda x_t, t: x0  # type: ignore[method-assign]
+    model.pipeline.restore = lambda x_t, t: x0  # type: ignore[method-assign]
     x_T = model.degradation(x0, 4)
     for sampler in ("naive", "improved"):
         torch.testing.assert_close(model.sample(x_T, sampler=sampler), x0, atol=1e-5, rtol=0)
@@ -123,7 +123,7 @@ def test_reconstruct_is_degrade_then_direct_and_sampled():
     torch.testing.assert_close(result.direct, model.sample(result.degraded, 3, sampler="direct").clamp(0, 1))
     torch.testing.assert_close(result.sampled, model.sample(result.degraded, 3).clamp(0, 1))
     assert result.level == 3 and result.params == {} and torch.equal(result.x0, x0)
-    model.restore = lambda x_t, t: x0  # type: ignore[method-assign]  # a perfect restorer
+    model.pipeline.restore = lambda x_t, t: x0  # type: ignore[method-assign]  # a perfect restorer
     perfect = model.reconstruct(x0)
     torch.testing.assert_close(perfect.sampled, x0, atol=1e-5, rtol=0)
     torch.testing.assert_close(perfect.direct, x0)
@@ -161,22 +161,46 @@ def test_validation_and_grids_use_reconstruct(tmp_path, monkeypatch):
     assert 2 in calls and 3 in calls  # validation's steps and the grid's steps
 
 
+class _Spy(torch.nn.Module):
+    """A network that records what it is fed (and outputs zeros)."""
+
+    in_channels = out_channels = 1
+    image_size = None
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, t):
+        self.seen.append((x.detach().clone(), t.clone()))
+        return x * self.weight
+
+
 def test_training_inputs_are_quantised_when_the_degradation_says_so():
-    model = tiny_model(degradation=cd.GaussianBlur(4, kernel_size=5, quantize=True))
-    x_t, t, _ = model.degrade_batch(torch.rand(6, 1, 16, 16), {}, torch.Generator().manual_seed(0))
+    model = tiny_model(degradation=cd.GaussianBlur(4, kernel_size=5, quantize=True), network=_Spy())
+    model.loss(torch.rand(6, 1, 16, 16), torch.Generator().manual_seed(0))
+    x_t, t = model.network.seen[-1]
     assert (t >= 1).all()
     torch.testing.assert_close(x_t, torch.round(x_t * 255) / 255, atol=0, rtol=0)
 
 
 def test_training_noise_adds_sigma_eps_to_the_network_input():
-    model = tiny_model(train_noise=0.05)
     x0 = torch.rand(64, 1, 16, 16)
-    noisy, t, params = model.degrade_batch(x0, {}, torch.Generator().manual_seed(0))
-    residual = noisy - model.degradation.degrade_input(x0, t, params)
-    assert abs(residual.std().item() - 0.05) < 0.003
-    per_level = tiny_model(train_noise=[0, 0, 0, 0, 0.1])  # noise at level T only
-    noisy, t, params = per_level.degrade_batch(x0, {}, torch.Generator().manual_seed(0))
-    residual = (noisy - per_level.degradation.degrade_input(x0, t, params)).flatten(1).std(dim=1)
+
+    def fed(model):  # the network's input, the levels, and the noise-free input with the same draws
+        model.loss(x0, torch.Generator().manual_seed(0))
+        noisy, t = model.network.seen[-1]
+        generator = torch.Generator().manual_seed(0)
+        levels = model.objective.draw_levels(64, model.degradation.num_steps, "cpu", generator)
+        params = model.degradation.make_params(x0, generator)
+        assert torch.equal(levels, t)
+        return noisy, t, model.degradation.degrade_input(x0, t, params)
+
+    noisy, t, clean = fed(tiny_model(train_noise=0.05, network=_Spy()))
+    assert abs((noisy - clean).std().item() - 0.05) < 0.003
+    noisy, t, clean = fed(tiny_model(train_noise=[0, 0, 0, 0, 0.1], network=_Spy()))  # noise at level T only
+    residual = (noisy - clean).flatten(1).std(dim=1)
     assert (residual[t < 4] == 0).all() and (residual[t == 4] > 0.08).all()
     with pytest.raises(ValueError, match="train_noise must be a number or have one value per level"):
         tiny_model(train_noise=[0.1, 0.2])
@@ -263,6 +287,7 @@ def test_loading_never_unpickles(tmp_path):
 def test_networks_that_do_not_record_their_arguments_must_be_passed_on_reload(tmp_path):
     class Plain(torch.nn.Module):
         in_channels = out_channels = 1
+        image_size = None  # any size
 
         def __init__(self):
             super().__init__()
@@ -311,6 +336,7 @@ class _NaNAfter(torch.nn.Module):
         super().__init__()
         self.net, self.after, self.calls = net, after, 0
         self.in_channels = self.out_channels = net.in_channels
+        self.image_size = net.image_size
 
     def forward(self, x, t):
         self.calls += 1
@@ -364,11 +390,11 @@ def test_compiled_sampling_network_matches_eager():
     model = tiny_model().eval()
     x, t = torch.rand(2, 1, 16, 16), torch.tensor([1, 4])
     expected = model.restore(x, t)
-    model.compile_for_sampling(None)
+    model.pipeline.compile_for_sampling(None)
     torch.testing.assert_close(model.restore(x, t), expected, atol=1e-5, rtol=1e-5)
     x_T = model.degradation(torch.rand(2, 1, 16, 16), 4)
     compiled = model.sample(x_T, steps=2)
-    model._compiled_ema.clear()
+    model.pipeline._compiled.clear()
     torch.testing.assert_close(compiled, model.sample(x_T, steps=2), atol=1e-5, rtol=1e-5)
 
 
@@ -395,8 +421,10 @@ def test_a_reloaded_model_samples_what_the_trained_model_sampled(tmp_path, chann
     t.save_checkpoint(path)
     model.eval()
     expected, _ = model.generate(6, torch.Generator().manual_seed(3))
-    for reloaded in (ColdDiffusion.load_from_checkpoint(path).eval(), load_model(export_model(model, tmp_path / "e"))):
-        for (name, p), (_, q) in zip(_conv_weights(model.ema_network), _conv_weights(reloaded.ema_network)):
+    for reloaded in (ColdDiffusion.load_from_checkpoint(path).eval(), load_model(path),
+                     load_model(export_model(model, tmp_path / "e"))):
+        network = getattr(reloaded, "ema_network", getattr(reloaded, "network", None))
+        for (name, p), (_, q) in zip(_conv_weights(model.ema_network), _conv_weights(network)):
             assert p.stride() == q.stride(), name  # the root cause: the same layout, hence the same kernels
         images, _ = reloaded.generate(6, torch.Generator().manual_seed(3))
         assert torch.equal(images, expected)  # one code path, one machine: bit-equal is the promise

@@ -126,6 +126,7 @@ class ThirdPartyNet(torch.nn.Module):
     """A network written outside colddiff that meets the contract: forward(x_t, t) on [0, 1] images."""
 
     in_channels = out_channels = 1
+    image_size = None  # fully convolutional: any size
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ printing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,17 +28,15 @@ from colddiff.evaluation.metrics import (
     quantize,
 )
 from colddiff.evaluation.restoration import markdown_table
+from colddiff.pipeline import Pipeline, as_pipeline
 from colddiff.sampling import Precision, SamplerName, autocast, timesteps
-
-if TYPE_CHECKING:
-    from colddiff.module import ColdDiffusion
 
 __all__ = ["GenerationReport", "generate_images", "reference_features", "evaluate_generation"]
 
 
 @torch.no_grad()
 def generate_images(
-    model: ColdDiffusion,
+    model: Pipeline | Any,
     num: int,
     *,
     seed: int = 0,
@@ -60,6 +58,7 @@ def generate_images(
     """
     check_positive_int(num, "num")
     check_positive_int(batch_size, "batch_size")
+    model = as_pipeline(model)
     if model.prior is None:
         raise ValueError(f"this model has no start-state prior (degradation {type(model.degradation).__name__}), so "
                          "it cannot generate; evaluate it with evaluate_restoration")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -19,10 +19,8 @@ from colddiff._checks import check_positive_int
 from colddiff.datasets import random_items, unpack_batch
 from colddiff.evaluation.features import FeatureExtractor
 from colddiff.evaluation.metrics import RestorationMetrics, quantize
+from colddiff.pipeline import Pipeline, as_pipeline
 from colddiff.sampling import Precision, SamplerName, autocast
-
-if TYPE_CHECKING:
-    from colddiff.module import ColdDiffusion
 
 __all__ = ["RestorationReport", "evaluate_restoration", "markdown_table"]
 
@@ -56,7 +54,7 @@ class RestorationReport:
 
 @torch.no_grad()
 def evaluate_restoration(
-    model: ColdDiffusion,
+    model: Pipeline | Any,
     dataset: Dataset,
     *,
     level: int | None = None,
@@ -78,7 +76,7 @@ def evaluate_restoration(
     (and mixing partners, drawn from ``partners``) come from a generator seeded with ``seed``.
 
     Args:
-        model: a :class:`~colddiff.module.ColdDiffusion` (its EMA network restores).
+        model: a :class:`~colddiff.pipeline.Pipeline` (or a training module: its pipeline, the EMA network).
         dataset: clean images (items as colddiff's batch format allows: tensors or ``{"image", ...}`` dicts).
         level: the degradation level (default ``T``).
         sampler, steps, noise: the sampler, its levels and its sampling noise (defaults: the model's).
@@ -94,6 +92,7 @@ def evaluate_restoration(
         A :class:`RestorationReport`; ``rows["Sampled"]["PSNR"]`` etc., every row with ``N`` images.
     """
     check_positive_int(batch_size, "batch_size")
+    model = as_pipeline(model)
     device = torch.device(device) if device is not None else model.device
     model = model.to(device)
     T = model.degradation.num_steps

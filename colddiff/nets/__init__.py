@@ -6,7 +6,8 @@
 * Shared layers live in :mod:`colddiff.nets.layers`; :class:`UNet` is the deprecated class that used to be both.
 
 Any other ``nn.Module`` that meets :class:`RestorationNetwork` plugs into
-:class:`~colddiff.module.ColdDiffusion` (``network=``, or ``class_path`` in a config).
+:class:`~colddiff.module.ColdDiffusion` and :class:`~colddiff.pipeline.Pipeline` (``network=``, or ``class_path`` in a
+config).
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ class RestorationNetwork(Protocol):
     * it is a ``torch.nn.Module`` (its parameters are trained, copied into the EMA and saved in checkpoints);
     * ``forward(x_t, t)``: ``x_t`` a float tensor ``(B, C, H, W)`` with values in ``[0, 1]`` (colddiff's one value
       range; map it to your network's own range inside ``forward``), ``t`` a ``(B,)`` long tensor of levels in
-      ``[0, T]``; returns the estimate of ``x0`` in ``[0, 1]`` units, shape ``(B, out_channels, H, W)``, unclamped.
+      ``[0, T]``; returns what the model's objective reads (:mod:`colddiff.objectives`: the estimate of ``x0`` in
+      ``[0, 1]`` units by default, or ε, v, a velocity), shape ``(B, out_channels, H, W)``, unclamped;
+    * ``in_channels`` (``int``): the channels it takes, checked against the data's when the model is built;
+    * ``image_size`` (``int``, or ``None`` for a network that takes any size): the size it was built for.
 
-    Optional attributes, read by the module and the tools when present:
+    A network without ``in_channels`` or ``image_size`` is refused with a message naming them.  Optional
+    attributes, read by the module and the tools when present:
 
-    * ``in_channels``, ``out_channels`` (``int``): checked against the data's channels when the model is built;
+    * ``out_channels`` (``int``): checked against the data's channels;
     * ``check_input_size(height, width)``: raise ``ValueError`` for a size the network cannot take (checked at
       construction for the training size);
     * ``size_multiple`` (``int``): image sides must be multiples of it; ``sample.py restore`` pads other sizes to it.
@@ -44,5 +49,8 @@ class RestorationNetwork(Protocol):
     rebuild them from their config; a network that does not must be passed again when loading
     (``ColdDiffusion.load_from_checkpoint(path, network=...)``).
     """
+
+    in_channels: int
+    image_size: int | None
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor: ...

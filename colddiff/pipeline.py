@@ -1,0 +1,562 @@
+"""Torch-only inference: a trained restorer with everything needed to use it, and its files.
+
+A :class:`Pipeline` holds the network (the EMA weights of training), its :mod:`objective <colddiff.objectives>`
+(which turns the network's output into ``x0_hat``), the degradation, the start-state prior and the sampler
+defaults.  It restores, samples, reconstructs and generates, and it saves and loads itself as an *export*: a folder
+with ``model.safetensors`` (one copy of the weights, the degradation's buffers, the fitted prior) and
+``config.json`` (the components as ``class_path``/``init_args``).  :meth:`Pipeline.load` also reads Lightning
+training checkpoints (``.ckpt``), keeping only what inference needs (the EMA weights).
+
+This module imports no Lightning: ``pip install colddiff`` users, the sampling and evaluation command lines, the
+evaluation functions, level estimation and exports all run through it.  The Lightning module
+(:class:`colddiff.module.ColdDiffusion`) trains the network and hands its EMA copy to a pipeline.
+
+Files are data: configs build only allowed classes (colddiff components, or class paths the caller lists in
+``allow``; checked on the string before any import), weights are read with ``weights_only=True`` or safetensors,
+and a file's weights are checked against the config (names, shapes, floating dtypes, finite values) before the
+network is built at its real size, so a small file that asks for a huge network is refused, not allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from colddiff._checks import check_positive_int
+from colddiff._config import NOT_RECORDED, build, describe_or_mark
+from colddiff.degradations.base import Degradation
+from colddiff.io import atomic_write_bytes, load_checkpoint
+from colddiff.objectives import Objective, PredictX0, default_objective
+from colddiff.priors import Prior, PriorSample
+from colddiff.sampling import SamplerName, check_sampler_name, get_sampler, sample, timesteps
+from colddiff.schedules import level_values
+
+__all__ = ["Pipeline", "Reconstruction", "as_pipeline", "check_network", "check_prior", "check_network_weights",
+           "read_training_checkpoint", "WEIGHTS", "CONFIG", "TRAINING_ONLY"]
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+#: entries of a model config that only training uses: accepted in files (checkpoints, older exports), not needed here
+TRAINING_ONLY = ("optimizer", "lr_scheduler", "ema_decay", "ema_every", "ema_start", "val_sample_batches",
+                 "val_sample_steps", "prior_fit_images", "compile", "nonfinite_loss", "seed", "train_noise")
+_SETTINGS = ("image_size", "channels", "sampler", "sample_steps", "sample_noise", "channels_last")
+_COMPONENTS = ("degradation", "network", "prior", "objective")
+
+
+@dataclass
+class Reconstruction:
+    """What :meth:`Pipeline.reconstruct` returns; every image batch ``(B, C, H, W)`` is clamped to ``[0, 1]``.
+
+    Attributes:
+        x0: the clean images.
+        degraded: ``x_t = D(x0, level)`` (as the degradation observes it, e.g. 8-bit for quantising operators).
+        direct: the one-shot restoration ``R(x_t, level)``.
+        sampled: the sampler's final image.
+        params: the degradation's params used for ``degraded`` and by the samplers.
+        level: the level ``t`` of ``degraded``.
+    """
+
+    x0: Tensor
+    degraded: Tensor
+    direct: Tensor
+    sampled: Tensor
+    params: dict[str, Tensor]
+    level: int
+
+
+def check_network(network: Any, image_size: int, channels: int) -> None:
+    """Check a network against :class:`colddiff.nets.RestorationNetwork`: an ``nn.Module`` that declares
+    ``in_channels`` and ``image_size`` (``None``: any size), matching the data, and accepts the size
+    (``check_input_size``)."""
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
+    missing = [f"{name} ({kind})" for name, kind, ok in (
+        ("in_channels", "an int", isinstance(getattr(network, "in_channels", None), int)),
+        ("image_size", "an int, or None for any size", hasattr(network, "image_size")
+         and (network.image_size is None or isinstance(network.image_size, int))))
+        if not ok]
+    if missing:
+        raise TypeError(
+            f"network {type(network).__name__} does not declare {' and '.join(missing)}: attributes of the "
+            "RestorationNetwork contract (colddiff.nets.RestorationNetwork), the channels it takes and the image size "
+            "it was built for; set them in its __init__")
+    check = getattr(network, "check_input_size", None)
+    if check is not None:
+        check(image_size, image_size)
+    for name in ("in_channels", "out_channels"):
+        value = getattr(network, name, None)
+        if value is not None and value != channels:
+            raise ValueError(f"the network's {name} is {value} but the images have channels={channels}")
+
+
+class Pipeline(nn.Module):
+    """A trained restorer ready for inference: ``restore``, ``sample``, ``reconstruct``, ``generate``, ``save``.
+
+    Args:
+        degradation: the operator ``D``.
+        network: ``R(x_t, t)``; its output is read by ``objective`` (``x0``, ε, v or a velocity).
+        objective: what the network predicts (default: the degradation's, see
+            :func:`colddiff.objectives.default_objective`).
+        prior: start-state distribution for :meth:`generate` (optional); the params it draws must be the ones the
+            degradation takes (checked here).
+        image_size, channels: the images the network was trained on.
+        sampler: default sampler, a registered name (``"naive"``, ``"improved"``, ``"direct"``, ...) or an import
+            path (see :func:`colddiff.sampling.get_sampler`).
+        sample_steps: default levels to visit (``None``: every level; an int: evenly spaced).
+        sample_noise: default sampling noise ``delta`` (a number or ``T + 1`` values; ``None``: none).
+        channels_last: run the network in channels-last memory format (its weights are laid out so here).
+    """
+
+    def __init__(
+        self,
+        degradation: Degradation,
+        network: nn.Module,
+        objective: Objective | None = None,
+        prior: Prior | None = None,
+        image_size: int = 32,
+        channels: int = 3,
+        sampler: SamplerName = "improved",
+        sample_steps: int | None = None,
+        sample_noise: float | Sequence[float] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(degradation, Degradation):
+            raise TypeError(f"degradation must be a colddiff Degradation, got {type(degradation).__name__}")
+        check_positive_int(image_size, "image_size")
+        check_positive_int(channels, "channels")
+        objective = default_objective(degradation) if objective is None else objective
+        if not isinstance(objective, Objective):
+            raise TypeError(f"objective must be a colddiff.objectives.Objective or None, got "
+                            f"{type(objective).__name__}")
+        objective.check_degradation(degradation)
+        if prior is not None:
+            if not isinstance(prior, Prior):
+                raise TypeError(f"prior must be a colddiff Prior or None, got {type(prior).__name__}")
+            check_prior(prior, degradation)
+        if degradation.channels is not None and degradation.channels != channels:
+            raise ValueError(f"the degradation expects {degradation.channels} channels but channels={channels}")
+        degradation.check_image_size(image_size, image_size)
+        check_network(network, image_size, channels)
+        self.degradation, self.network, self.objective, self.prior = degradation, network, objective, prior
+        self.image_size, self.channels = image_size, channels
+        self.sampler = str(check_sampler_name(sampler))
+        self.sample_steps = sample_steps
+        self.sample_noise = None if sample_noise is None else \
+            level_values(sample_noise, degradation.num_steps, "sample_noise").tolist()
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        self._compiled: list[Callable] = []  # kept out of the module tree and the state dict
+
+    def check_batch(self, x0: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x0`` is a batch of the pipeline's images, ``(B, channels, size, size)``."""
+        expected = (self.channels, self.image_size, self.image_size)
+        if not isinstance(x0, Tensor) or x0.ndim != 4 or tuple(x0.shape[1:]) != expected:
+            got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
+            raise ValueError(
+                f"batch images have shape {got}, but the model is configured for (B, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}) (image_size={self.image_size}, channels={self.channels}); check the data module's "
+                "image_size and channels")
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the network's weights."""
+        return next(iter(self.network.parameters()), torch.empty(0)).device
+
+    # ---------------------------------------------------------------------------------------- network
+    def run_network(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The raw network output at ``(x_t, t)`` (channels-last and compiled when configured)."""
+        if self.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        return (self._compiled[0] if self._compiled else self.network)(x_t, t)
+
+    def restore(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """``x0_hat = R(x_t, t)``: the network's output read by the objective (clipped to ``[0, 1]`` when the
+        objective says so).  This is the ``restore`` every sampler receives.
+
+        Shape:
+            ``x_t``: ``(B, C, H, W)``; ``t``: ``(B,)`` long; output: ``(B, C, H, W)``.
+        """
+        return self.objective.restore(self.run_network(x_t, t), x_t, t, self.degradation)
+
+    def compile_for_sampling(self, mode: str | None = "reduce-overhead") -> None:
+        """``torch.compile`` the network for sampling (fixed shapes: with ``reduce-overhead`` the network calls
+        replay CUDA graphs).  Falls back to eager execution where compilation is unavailable."""
+        self._compiled[:] = [compile_network(self.network, mode)]
+
+    # --------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        x_t: Tensor,
+        t: int | None = None,
+        params: Mapping[str, Tensor] | None = None,
+        sampler: SamplerName | None = None,
+        steps: int | Sequence[int] | None = None,
+        callback: Callable[[dict], None] | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        noise: float | Sequence[float] | None = None,
+        **context: Tensor,
+    ) -> Tensor:
+        """Restore ``x_t`` (at level ``t``, default ``T``) with a sampler.
+
+        Args:
+            x_t: degraded images in ``[0, 1]``.
+            t: their level.
+            params: the degradation's params (drawn with ``generator`` and ``context`` if ``None``).
+            sampler: a sampler name (default: the pipeline's ``sampler``).
+            steps: levels to visit (an int for evenly spaced skipping; default: ``sample_steps``).
+            callback: per-step callback (see :mod:`colddiff.sampling`).
+            generator: random generator for params and sampling noise (or one per image, for the noise).
+            noise: sampling noise ``delta`` (default: ``sample_noise``).
+            context: degradation context, e.g. ``partner=`` for :class:`~colddiff.degradations.Mix`.
+        """
+        fn = get_sampler(sampler or self.sampler)
+        if params is None and context:
+            params = self.degradation.make_params(x_t, generator, **context)
+        steps = self.sample_steps if steps is None else steps
+        noise = self.sample_noise if noise is None else noise
+        return sample(fn, self.restore, self.degradation, x_t, t, params, steps, callback, generator, noise)
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        x0: Tensor,
+        level: int | None = None,
+        *,
+        sampler: SamplerName | None = None,
+        steps: int | Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        params: Mapping[str, Tensor] | None = None,
+        callback: Callable[[dict], None] | None = None,
+        noise: float | Sequence[float] | None = None,
+        **context: Tensor,
+    ) -> Reconstruction:
+        """Degrade clean images to a level and restore them: the one-shot restoration and the sampler's.
+
+        The one recipe behind validation, the training grids, ``sample.py reconstruct`` and the restoration
+        evaluation: draw the degradation's params (with ``generator`` and ``context``), ``x_t = D(x0, level)``,
+        ``direct = R(x_t, level)``, ``sampled`` = the sampler from ``x_t`` with the same params.
+
+        Args:
+            x0: clean images in ``[0, 1]``, on the pipeline's device.
+            level: the level to degrade to (default ``T``).
+            sampler, steps, callback, noise: as :meth:`sample`.
+            generator: random generator for the params.
+            params: use these params instead of drawing them.
+            context: degradation context (``degradation.context_keys``, e.g. ``partner=``).
+
+        Shape:
+            ``x0``: ``(B, C, H, W)``; every image batch of the result has the same shape.
+        """
+        degradation = self.degradation
+        level = degradation.num_steps if level is None else level
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= degradation.num_steps:
+            raise ValueError(f"level must be an int in [0, {degradation.num_steps}] (num_steps), got {level!r}")
+        x0 = degradation.check_input(x0)
+        if params is None:
+            params = degradation.make_params(x0, generator, **context)
+        params = {k: v.to(x0.device) for k, v in params.items()}
+        x_t = degradation(x0, level, params)
+        direct = self.sample(x_t, level, params, sampler="direct")
+        sampled = self.sample(x_t, level, params, sampler=sampler, steps=steps, callback=callback,
+                              generator=generator, noise=noise)
+        return Reconstruction(x0=x0, degraded=x_t.clamp(0, 1), direct=direct.clamp(0, 1),
+                              sampled=sampled.clamp(0, 1), params=params, level=level)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        sampler: SamplerName | None = None,
+        steps: int | Sequence[int] | None = None,
+        callback: Callable[[dict], None] | None = None,
+        batch_size: int | None = None,
+        noise: float | Sequence[float] | None = None,
+    ) -> tuple[Tensor, PriorSample]:
+        """Unconditional generation: draw ``n`` start states from the prior and sample.
+
+        The ``n`` start states (and their params) are drawn in one draw before sampling in batches of
+        ``batch_size`` (default: all at once), and every image draws its sampling ``noise`` from its own generator,
+        so the seed of ``generator`` alone fixes the images, whatever the batch size.
+
+        Returns:
+            The generated images (clamped to ``[0, 1]``) and the prior draw (start states, params, provenance).
+        """
+        if self.prior is None:
+            raise RuntimeError(
+                f"this model has no generation prior (its degradation is {type(self.degradation).__name__}); "
+                "generation needs one, e.g. ChannelMeanPrior for GaussianBlur(final_mean=True)")
+        check_positive_int(n, "n")
+        batch_size = n if batch_size is None else check_positive_int(batch_size, "batch_size")
+        start = self.prior.sample(n, (self.channels, self.image_size, self.image_size), generator)
+        device = self.device
+        x_T = start.x_T.to(device)
+        params = {k: v.to(device) for k, v in start.params.items()}
+        # sampling noise: one generator per image, seeded in one draw, so each image's noise is its own
+        seeds = torch.randint(2**62, (n,), generator=generator, device=generator.device if generator else "cpu")
+        images = []
+        for i in range(0, n, batch_size):
+            noise_generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds[i:i + batch_size]]
+            images.append(self.sample(x_T[i:i + batch_size], params={k: v[i:i + batch_size] for k, v in params.items()},
+                                      sampler=sampler, steps=steps, callback=callback, generator=noise_generators,
+                                      noise=noise).clamp(0, 1))
+        return torch.cat(images), start
+
+    def network_calls(self, sampler: SamplerName | None = None, steps: int | Sequence[int] | None = None,
+                      level: int | None = None) -> int:
+        """How many network calls one sampler run from ``level`` (default ``T``) makes (the direct sampler: one)."""
+        level = self.degradation.num_steps if level is None else level
+        if (sampler or self.sampler) == "direct" or level == 0:
+            return 1 if level > 0 else 0
+        n = len(timesteps(level, self.sample_steps if steps is None else steps)) - 1
+        count = getattr(get_sampler(sampler or self.sampler), "network_calls", None)  # samplers may say (heun)
+        return count(n) if count is not None else n
+
+    # ------------------------------------------------------------------------------------------ files
+    def config(self) -> dict[str, Any]:
+        """The pipeline as a JSON-ready config: components as ``class_path``/``init_args``, plain settings."""
+        config: dict[str, Any] = {name: describe_or_mark(getattr(self, name)) if getattr(self, name) is not None
+                                  else None for name in _COMPONENTS}
+        config.update({name: getattr(self, name) for name in _SETTINGS})
+        return json.loads(json.dumps(config))
+
+    def inference_state(self) -> dict[str, Tensor]:
+        """The tensors of an export: ``network.*``, ``degradation.*``, ``prior.*`` (CPU, contiguous copies)."""
+        state = {}
+        for prefix in ("network", "degradation", "prior"):
+            module = getattr(self, prefix)
+            for key, tensor in (module.state_dict() if module is not None else {}).items():
+                state[f"{prefix}.{key}"] = tensor.detach().cpu().contiguous().clone()
+        return state
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write the export folder ``out_dir``: ``model.safetensors`` and ``config.json``, each atomically.
+
+        Returns the folder.
+        """
+        config = self.config()
+        unrecorded = [name for name in _COMPONENTS if isinstance(config[name], dict) and config[name].get(NOT_RECORDED)]
+        if unrecorded:
+            raise TypeError(f"cannot export: the {', '.join(unrecorded)} ({config[unrecorded[0]]['class_path']}) "
+                            "does not record its init arguments, so the export could not rebuild it; build it from "
+                            "colddiff's components or a class that mixes in colddiff._config.RecordsInit")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{WEIGHTS}.tmp"
+        save_file(self.inference_state(), str(tmp), metadata={"format": "colddiff-export"})
+        os.replace(tmp, out_dir / WEIGHTS)
+        payload = {"format": "colddiff-export", "version": 2, "model": config}
+        atomic_write_bytes(json.dumps(payload, indent=2).encode(), out_dir / CONFIG)
+        return out_dir
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], source: str = "the config", allow: Sequence[str] = (),
+                    **overrides: Any) -> Pipeline:
+        """Build a pipeline (untrained weights) from a model config: a pipeline's :meth:`config`, an export's
+        ``model`` entry, or a training checkpoint's hyper-parameters (training-only entries are ignored; the former
+        ``loss`` entry means x0-prediction with that loss).  Components are built only from allowed class paths
+        (colddiff's, or ``allow``); ``overrides`` replace entries (e.g. a ``network`` the file could not record)."""
+        return cls(**pipeline_kwargs(config, source, allow, overrides))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", allow: Sequence[str] = (),
+             **overrides: Any) -> Pipeline:
+        """Load a pipeline from an export folder (or its ``model.safetensors``) or a training checkpoint
+        (``.ckpt``: its EMA weights), in eval mode on ``map_location``.
+
+        Args:
+            path: the export folder, its weights file, or a checkpoint.
+            map_location: the device to put the pipeline on.
+            allow: class paths (and sampler import paths) you trust to be built from this file.
+            overrides: components or settings that replace the file's (a network the checkpoint could not record).
+        """
+        path = Path(path)
+        if path.is_dir() or path.name == WEIGHTS:
+            config, state, source = _read_export(path)
+        elif not path.exists():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        else:
+            config, state, source = _read_checkpoint(path)
+        pipeline = build_checked(cls, config, state, source, allow, overrides)
+        return pipeline.to(map_location).eval()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def as_pipeline(model: Any) -> Pipeline:
+    """The inference pipeline of ``model``: a :class:`Pipeline` itself, or the ``pipeline`` of a
+    :class:`~colddiff.module.ColdDiffusion` training module (the evaluation functions take either)."""
+    pipeline = getattr(model, "pipeline", model)
+    if not isinstance(pipeline, Pipeline):
+        raise TypeError(f"expected a colddiff Pipeline or ColdDiffusion module, got {type(model).__name__}")
+    return pipeline
+
+
+def check_prior(prior: Prior, degradation: Degradation) -> None:
+    """The prior's draws must carry the params the degradation takes (its ``param_keys``), no more, no fewer."""
+    provided, needed = tuple(prior.param_keys), tuple(degradation.param_keys)
+    if sorted(provided) != sorted(needed):
+        raise ValueError(
+            f"the prior {type(prior).__name__} draws params {list(provided)} but the degradation "
+            f"{type(degradation).__name__} takes {list(needed)}: generation would fail. Pair noise with "
+            "GaussianNoisePrior, mixing with SourceImagePrior, random-colour masks with ConstantColourPrior, and "
+            "deterministic degradations with a prior that draws no params")
+
+
+def compile_network(network: nn.Module, mode: str | None = None) -> Callable:
+    """``torch.compile`` with a fallback to eager execution where it is unavailable."""
+    try:
+        return torch.compile(network, mode=mode)
+    except Exception as err:  # noqa: BLE001 - platform-dependent failures (no compiler, unsupported Python)
+        warnings.warn(f"torch.compile is unavailable ({err}); running the network eagerly", stacklevel=2)
+        return network
+
+
+def pipeline_kwargs(config: Mapping[str, Any], source: str, allow: Sequence[str] = (),
+                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A pipeline's constructor arguments from a model config (see :meth:`Pipeline.from_config`)."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{source}: the model config must be a mapping of its entries, got {type(config).__name__}")
+    overrides = dict(overrides or {})
+    known = set(_COMPONENTS) | set(_SETTINGS) | set(TRAINING_ONLY) | {"loss"}
+    unknown = sorted(k for k in config if not str(k).startswith("_") and k not in known and k not in overrides)
+    if unknown:
+        raise ValueError(f"{source}: unknown entries {unknown} in the model config (known: {sorted(known)})")
+    kwargs: dict[str, Any] = {}
+    for name in _COMPONENTS:
+        if name in overrides or config.get(name) is None:
+            continue
+        kwargs[name] = build(config[name], name, allow)
+    if "objective" not in kwargs and "objective" not in overrides and config.get("loss") is not None:
+        kwargs["objective"] = PredictX0(loss=config["loss"])  # models from before the objective: x0 under `loss`
+    for name in _SETTINGS:
+        if name in config and name not in overrides:
+            kwargs[name] = config[name]
+    if isinstance(kwargs.get("sampler"), str):
+        check_sampler_name(kwargs["sampler"], "sampler", allow=allow)  # a file's import path: allow-list
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _expected_shapes(network_config: Any, allow: Sequence[str]) -> dict[str, tuple[torch.dtype, torch.Size]] | None:
+    """The network's state-dict entries (dtype, shape) built on the meta device: no memory is allocated, so a
+    crafted config asking for a huge network costs nothing.  ``None`` if the network cannot be built there."""
+    try:
+        with torch.device("meta"):
+            probe = build(network_config, "network", allow)
+    except ValueError:
+        raise
+    except Exception:  # noqa: BLE001 - a network that cannot be built on the meta device is built for real
+        return None
+    return {k: (v.dtype, v.shape) for k, v in probe.state_dict().items()}
+
+
+def check_state(group: str, state: Mapping[str, Tensor], expected: Mapping[str, tuple[torch.dtype, torch.Size]],
+                source: str) -> None:
+    """Refuse weights that do not fit the model in one line naming the file: missing or extra names, another
+    shape, an integer tensor where the model holds floats, NaN or infinite values."""
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        def show(keys: list[str]) -> str:
+            return f"{keys[:3]}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
+
+        raise ValueError(f"{source}: the {group} weights do not match its config: missing {show(missing)}, "
+                         f"unexpected {show(extra)}; the file is damaged or was written for another model")
+    for key, (dtype, shape) in expected.items():
+        tensor = state[key]
+        if tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"{source}: {group}.{key} has shape {tuple(tensor.shape)} but the config's {group} "
+                             f"needs {tuple(shape)}; the file is damaged or its config was edited")
+        if dtype.is_floating_point and not tensor.is_floating_point():
+            raise ValueError(f"{source}: {group}.{key} holds {tensor.dtype} values where the model needs floats; "
+                             "the file is damaged or crafted")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{source}: {group}.{key} holds NaN or infinite values; the model file is corrupt or "
+                             "was saved from a diverged run")
+
+
+def check_network_weights(network_config: Any, state: Mapping[str, Tensor], source: str, allow: Sequence[str] = (),
+                          prefixes: Sequence[str] = ("network",)) -> None:
+    """Check each ``prefix.*`` group of ``state`` against the network ``network_config`` describes, built on the meta
+    device (nothing is allocated); skipped when the config records no network or it cannot be built there."""
+    expected = None if network_config is None else _expected_shapes(network_config, allow)
+    for prefix in prefixes if expected is not None else ():
+        group = {k.partition(".")[2]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        check_state(prefix, group, expected, source)
+
+
+def build_checked(cls: type[Pipeline], config: Mapping[str, Any], state: Mapping[str, Tensor], source: str,
+                  allow: Sequence[str] = (), overrides: Mapping[str, Any] | None = None) -> Pipeline:
+    """Check the file's network weights against its config on the meta device, build the pipeline, load the
+    weights (``network.*``, ``degradation.*``, ``prior.*``) strictly."""
+    overrides = dict(overrides or {})
+    groups: dict[str, dict[str, Tensor]] = {"network": {}, "degradation": {}, "prior": {}}
+    for key, tensor in state.items():
+        prefix, _, name = key.partition(".")
+        if prefix not in groups:
+            raise ValueError(f"{source}: unexpected tensor {key!r}")
+        groups[prefix][name] = tensor
+    if "network" not in overrides and isinstance(config, Mapping):
+        check_network_weights(config.get("network"), state, source, allow)
+    pipeline = cls.from_config(config, source, allow, **overrides)
+    for prefix in ("network", "degradation", "prior"):
+        module = getattr(pipeline, prefix)
+        if module is None:
+            if groups[prefix]:
+                raise ValueError(f"{source}: the file has {prefix} tensors but its config has no {prefix}")
+            continue
+        expected = {k: (v.dtype, v.shape) for k, v in module.state_dict().items()}
+        check_state(prefix, groups[prefix], expected, source)
+        module.load_state_dict(groups[prefix])
+    return pipeline
+
+
+def _read_export(path: Path) -> tuple[Mapping[str, Any], dict[str, Tensor], str]:
+    folder = path.parent if path.name == WEIGHTS else path
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a colddiff export: it needs {WEIGHTS} and {CONFIG}")
+    try:
+        payload = json.loads((folder / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(folder / CONFIG)!r} is not valid JSON: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != "colddiff-export" or "model" not in payload:
+        raise ValueError(f"{str(folder / CONFIG)!r} is not a colddiff export config")
+    try:
+        state = load_file(str(folder / WEIGHTS), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"cannot read {str(folder / WEIGHTS)!r}: {err}") from err
+    return payload["model"], state, repr(str(folder))
+
+
+def read_training_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any], Mapping[str, Tensor], str]:
+    """A training checkpoint's model config (hyper-parameters), its whole state dict, and its name for messages;
+    read with ``weights_only=True``."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    hparams, state = checkpoint.get("hyper_parameters"), checkpoint.get("state_dict")
+    if not isinstance(hparams, Mapping) or not isinstance(state, Mapping):
+        raise ValueError(f"{str(path)!r} is not a colddiff training checkpoint (no state_dict/hyper_parameters)")
+    return hparams, state, repr(str(path))
+
+
+def _read_checkpoint(path: Path) -> tuple[Mapping[str, Any], dict[str, Tensor], str]:
+    """A training checkpoint's config and the tensors inference needs: the EMA network as ``network.*``."""
+    hparams, full, source = read_training_checkpoint(path)
+    state: dict[str, Tensor] = {}
+    for key, tensor in full.items():
+        prefix, _, name = key.partition(".")
+        if prefix == "ema_network":
+            state[f"network.{name}"] = tensor
+        elif prefix in ("degradation", "prior"):
+            state[key] = tensor
+    return hparams, state, source

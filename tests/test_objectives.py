@@ -1,0 +1,178 @@
+"""Objectives: what the network predicts, its loss, its level draw, and output -> x0_hat, on known answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import colddiff.degradations as cd
+from colddiff.objectives import (
+    OBJECTIVES,
+    PredictEpsilon,
+    PredictV,
+    PredictVelocity,
+    PredictX0,
+    default_objective,
+)
+from tests.conftest import smooth_images
+
+T = 8
+
+#: every noise-bearing degradation (with the levels tested), and the parameterisations it admits
+SIGNAL_NOISE = {
+    "GaussianNoise-cosine": (lambda: cd.GaussianNoise(T), ("x0", "v", "velocity")),
+    "GaussianNoise-linear-1000": (lambda: cd.GaussianNoise(1000, schedule="linear"),
+                                  ("x0", "epsilon", "v", "velocity")),
+    "FlowNoise": (lambda: cd.FlowNoise(T), ("x0", "v", "velocity")),
+    "Mix": (lambda: cd.Mix(T), ("x0", "v", "velocity")),
+    "BlurNoise-heat-clipped": (lambda: cd.BlurNoise(T, heat_sigma_max=3.0, alpha_bar=_clipped_cosine()),
+                               ("x0", "epsilon", "v", "velocity")),
+    "BlurNoise-kernel": (lambda: cd.BlurNoise(T, blur="kernel", kernel_size=5, sigma=0.8, border="reflect"),
+                         ("x0", "v", "velocity")),
+}
+
+
+def _clipped_cosine() -> list[float]:
+    from colddiff.schedules import cosine_alpha_bar
+
+    values = cosine_alpha_bar(T, 0.0).clamp(min=1e-3)
+    values[0] = 1.0
+    return values.tolist()
+
+
+def _case(name: str, dtype: torch.dtype = torch.float64):
+    """The degradation, clean images, params, eight levels from 1 to T (every level for T = 8) and x_t; float64,
+    so that the conversions are checked as algebra (near zero SNR, float32 rounding of x_t is amplified by the
+    conditioning ``1 / alpha_t``, which is the method's, not the code's)."""
+    op = SIGNAL_NOISE[name][0]().to(dtype)
+    x0 = smooth_images(batch=8, channels=1, size=16).to(dtype)
+    context = {"partner": smooth_images(batch=8, channels=1, size=16, seed=5).to(dtype)} \
+        if isinstance(op, cd.Mix) else {}
+    params = op.make_params(x0, torch.Generator().manual_seed(0), **context)
+    t = torch.linspace(1, op.num_steps, 8).round().long()
+    return op, x0, params, t, op.degrade_input(x0, t, params)
+
+
+@pytest.mark.parametrize("name,prediction", [(n, p) for n, (_, ps) in SIGNAL_NOISE.items() for p in ps])
+def test_a_network_that_outputs_the_exact_target_restores_x0(name, prediction):
+    """For each parameterisation, the batch's exact target (ε, v, velocity) turned into x0_hat is x0 at every
+    level 1..T, zero SNR included where the parameterisation admits it (float tolerance)."""
+    op, x0, params, t, x_t = _case(name)
+    objective = OBJECTIVES[prediction](loss="l2")
+    objective.check_degradation(op)
+    target = objective.target(x0, t, params, op)
+    x0_hat = objective.to_x0(target, x_t, t, op)
+    torch.testing.assert_close(x0_hat, x0, atol=1e-7, rtol=0)
+    assert objective.loss(target, target, t, op).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_targets_have_the_defining_relations():
+    """ε is the noise the degradation drew; v = alpha eps - sigma x~0; the velocity is d x~_s / ds on the flow's
+    straight path (a finite difference of the degradation itself)."""
+    op, x0, params, t, x_t = _case("GaussianNoise-linear-1000")
+    alpha, sigma = op.coefficients(t)
+    eps = PredictEpsilon().target(x0, t, params, op)
+    torch.testing.assert_close(eps, params["noise"])
+    v = PredictV().target(x0, t, params, op)
+    torch.testing.assert_close(v, alpha[:, None, None, None] * eps - sigma[:, None, None, None] * (2 * x0 - 1))
+    flow = cd.FlowNoise(1000)
+    flow_params = flow.make_params(x0, torch.Generator().manual_seed(1))
+    level = torch.full((T,), 500)
+    slope = (flow.degrade(x0, level + 1, flow_params) - flow.degrade(x0, level - 1, flow_params)) * 2 / (2 / 1000)
+    torch.testing.assert_close(PredictVelocity().target(x0, level, flow_params, flow), slope, atol=2e-3, rtol=0)
+
+
+def test_each_parameterisation_reduces_to_x0_prediction_where_it_must():
+    """v at zero SNR is (minus) x0; the velocity at s = 1 is noise minus x0 and gives x0 from x_T alone; with no
+    noise (alpha = 1) every conversion returns the input itself."""
+    op, x0, params, t, x_t = _case("GaussianNoise-cosine")
+    last = torch.full((8,), T)
+    x_T = op.degrade_input(x0, last, params)
+    torch.testing.assert_close(PredictV().to_x0(-(2 * x0 - 1), x_T, last, op), x0, atol=1e-6, rtol=0)
+    zero = torch.zeros(8, dtype=torch.long)
+    for objective in (PredictEpsilon(), PredictV(), PredictVelocity()):
+        out = torch.randn_like(x0)  # whatever the network says, level 0 is the clean image itself
+        torch.testing.assert_close(objective.to_x0(out, x0, zero, op), x0)
+    assert torch.equal(PredictX0().to_x0(x_t, x0, t, op), x_t)
+
+
+def test_min_snr_weighting_weights_the_x0_error_by_the_capped_snr():
+    """Hang et al., eq. 8: the loss is ``min(SNR_t, gamma) ||x~0 - x~0_hat||^2`` whatever the network predicts; for
+    ε that is their ``min(SNR, gamma) / SNR`` times the ε loss (so a gamma above every SNR is the plain ε loss)."""
+    op, x0, params, t, x_t = _case("GaussianNoise-linear-1000")
+    alpha, sigma = op.coefficients(t)
+    snr = alpha**2 / sigma**2
+    torch.manual_seed(0)
+    for cls in (PredictX0, PredictEpsilon, PredictV, PredictVelocity):
+        objective = cls(loss="l2", weighting="min-snr", snr_gamma=5.0)
+        target = objective.target(x0, t, params, op)
+        output = target + 0.01 * torch.randn_like(target)
+        x0_error = ((objective.to_x0(output, x_t, t, op) - x0) * 2).pow(2).flatten(1).mean(1)  # centred units
+        expected = (snr.clamp(max=5.0) * x0_error).mean()
+        torch.testing.assert_close(objective.loss(output, target, t, op).double(), expected, rtol=1e-5, atol=0)
+    unbounded = PredictEpsilon(weighting="min-snr", snr_gamma=1e30)
+    target = unbounded.target(x0, t, params, op)
+    output = target + 0.01 * torch.randn_like(target)
+    torch.testing.assert_close(unbounded.loss(output, target, t, op), PredictEpsilon().loss(output, target, t, op))
+
+
+def test_objectives_a_degradation_cannot_carry_are_refused_naming_both():
+    for cls in (PredictEpsilon, PredictV, PredictVelocity):
+        with pytest.raises(ValueError, match=rf"{cls.__name__} .* needs a degradation with signal and noise "
+                                             r"coefficients.*but GaussianBlur has none"):
+            cls().check_degradation(cd.GaussianBlur(4))
+    with pytest.raises(ValueError, match="min-SNR weighting.*but Pixelate has none"):
+        PredictX0(loss="l2", weighting="min-snr").check_degradation(cd.Pixelate(2))
+    with pytest.raises(ValueError, match=r"PredictEpsilon cannot recover x0 where no signal is left.*levels \[8\]"):
+        PredictEpsilon().check_degradation(cd.GaussianNoise(T))  # cosine: alpha_bar_T = 0
+    with pytest.raises(ValueError, match="invertible signal operator"):
+        PredictEpsilon().check_degradation(cd.BlurNoise(T, blur="kernel", alpha_bar=_clipped_cosine()))
+    with pytest.raises(ValueError, match="min-SNR weighting is defined for the L2 loss"):
+        PredictEpsilon(loss="l1", weighting="min-snr")
+    with pytest.raises(ValueError, match="loss must be 'l1' or 'l2'"):
+        PredictX0(loss="huber")
+
+
+def test_per_family_defaults():
+    """x0 + L1 for the deterministic degradations and for mixing (the cold paper); what their papers train for the
+    noise-bearing ones: ε + MSE where every level keeps signal, v where the schedule ends at zero SNR, the velocity
+    for the flow; noise-bearing defaults clip x0_hat to [0, 1] while sampling as DDPM does."""
+    def spec(op):
+        objective = default_objective(op)
+        return type(objective).__name__, objective.loss_name, objective.clip_x0
+
+    assert spec(cd.GaussianBlur(4)) == spec(cd.Pixelate(2)) == spec(cd.Mix(4)) == ("PredictX0", "l1", False)
+    assert spec(cd.GaussianNoise(1000, schedule="linear")) == ("PredictEpsilon", "l2", True)
+    assert spec(cd.GaussianNoise(20)) == ("PredictV", "l2", True)
+    assert spec(cd.BlurNoise(20, alpha_bar=None)) == ("PredictV", "l2", True)
+    assert spec(cd.BlurNoise(T, alpha_bar=_clipped_cosine())) == ("PredictEpsilon", "l2", True)
+    assert spec(cd.FlowNoise(20)) == ("PredictVelocity", "l2", False)
+
+
+def test_level_draws():
+    uniform, stratified = PredictX0(), PredictX0(levels="stratified")
+    for objective in (uniform, stratified):
+        t = objective.draw_levels(4000, 20, "cpu", torch.Generator().manual_seed(0))
+        assert t.min() >= 1 and t.max() <= 20 and t.dtype == torch.long
+        counts = torch.bincount(t, minlength=21)[1:].double()
+        assert (counts - 200).abs().max() < 60  # about uniform over 1..20
+    # stratified: a batch of T covers every level once, in random order
+    t = stratified.draw_levels(20, 20, "cpu", torch.Generator().manual_seed(1))
+    assert sorted(t.tolist()) == list(range(1, 21)) and t.tolist() != list(range(1, 21))
+    # uniform keeps the draws of the module before objectives existed (same generator, same levels)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(uniform.draw_levels(16, 7, "cpu", g1), torch.randint(1, 8, (16,), generator=g2))
+
+
+def test_training_loss_is_zero_for_a_network_that_outputs_the_target():
+    """The training recipe's draws (levels, params, noise) are the ones target() sees."""
+    op = cd.GaussianNoise(T, schedule="linear")
+    x0 = smooth_images(batch=6, channels=1, size=16)
+    objective = PredictEpsilon()
+
+    def oracle(x_t, t):  # recovers the noise the batch was degraded with, from x_t and x0
+        alpha, sigma = op.coefficients(t)
+        return ((2 * x_t - 1) - alpha.float()[:, None, None, None] * (2 * x0 - 1)) / sigma.float()[:, None, None, None]
+
+    loss = objective.training_loss(oracle, op, x0, generator=torch.Generator().manual_seed(0))
+    assert loss.item() < 1e-9

@@ -1,0 +1,192 @@
+"""The torch-only inference pipeline: old files give the old images, exports hold one copy of the weights, the
+prior and network contracts are checked at construction, crafted files are refused before allocation, and the
+sampler set is open."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import colddiff.degradations as cd
+from colddiff.export import export_model, load_model
+from colddiff.module import ColdDiffusion
+from colddiff.nets import ConvNeXtUNet
+from colddiff.objectives import PredictEpsilon, PredictV, PredictX0
+from colddiff.pipeline import Pipeline
+from colddiff.priors import ChannelMeanPrior, GaussianNoisePrior
+from colddiff.sampling import register_sampler, sample_direct, sampler_names
+
+DATA = Path(__file__).parent / "data"
+
+
+def tiny_net(image_size: int = 16, dim: int = 4) -> ConvNeXtUNet:
+    return ConvNeXtUNet(in_channels=1, dim=dim, dim_mults=(1, 2), num_blocks=1, attention="none",
+                        image_size=image_size)
+
+
+@pytest.mark.parametrize("name", ["noise", "blur"])
+def test_files_from_before_the_objective_give_the_images_they_gave(name):
+    """Checkpoints and exports written before the objective and the pipeline (tests/data/README.md) load as x0 +
+    L1 models (their `loss` entry) and restore, reconstruct and generate what the old code did (float tolerance:
+    a refactored code path, the same arithmetic)."""
+    expected = load_file(str(DATA / "legacy-outputs.safetensors"))
+    checkpoint = DATA / f"legacy-{name}.ckpt"
+    for model in (load_model(checkpoint), ColdDiffusion.load_from_checkpoint(checkpoint).eval()):
+        assert isinstance(model.objective, PredictX0) and model.objective.loss_name == "l1"
+        x0 = expected[f"{name}.x0"]
+        result = model.reconstruct(x0, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(model.restore(result.degraded, torch.tensor([1, 3, 5, 6])),
+                                   expected[f"{name}.restore"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result.direct, expected[f"{name}.direct"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result.sampled, expected[f"{name}.sampled"], atol=1e-5, rtol=1e-5)
+        images, _ = model.generate(4, torch.Generator().manual_seed(2))
+        torch.testing.assert_close(images, expected[f"{name}.generated"], atol=1e-5, rtol=1e-5)
+    exported, _ = load_model(DATA / f"legacy-{name}-export").generate(4, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(exported, expected[f"{name}.generated_export"], atol=1e-5, rtol=1e-5)
+
+
+def test_an_export_holds_one_copy_of_the_weights_and_round_trips(tmp_path):
+    model = ColdDiffusion(cd.GaussianNoise(6, schedule="linear"), tiny_net(), prior=GaussianNoisePrior(),
+                          image_size=16, channels=1)
+    assert isinstance(model.objective, PredictEpsilon)  # the family default, recorded resolved
+    assert model.hparams["objective"]["class_path"] == "colddiff.objectives.PredictEpsilon"
+    folder = export_model(model, tmp_path / "export")
+    state = load_file(str(folder / "model.safetensors"))
+    network_keys = [k for k in state if k.startswith("network.")]
+    assert len(network_keys) == len(model.ema_network.state_dict()) and not any("ema" in k for k in state)
+    config = json.loads((folder / "config.json").read_text())["model"]
+    assert config["objective"]["class_path"] == "colddiff.objectives.PredictEpsilon" and "ema_decay" not in config
+    pipeline = load_model(folder)
+    assert type(pipeline) is Pipeline and isinstance(pipeline.objective, PredictEpsilon)
+    x = torch.rand(3, 1, 16, 16)
+    t = torch.tensor([1, 3, 6])
+    torch.testing.assert_close(pipeline.restore(x, t), model.eval().restore(x, t))
+    assert pipeline.objective.clip_x0 and 0 <= pipeline.restore(x, t).min() and pipeline.restore(x, t).max() <= 1
+
+
+def test_a_prior_that_does_not_draw_the_degradations_params_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"prior GaussianNoisePrior draws params \['noise'\] but the degradation "
+                                         r"Compose takes \['1.noise'\]"):
+        Pipeline(cd.Compose([cd.GaussianBlur(4, kernel_size=3), cd.GaussianNoise(4)]), tiny_net(),
+                 prior=GaussianNoisePrior(), image_size=16, channels=1)
+    with pytest.raises(ValueError, match=r"ChannelMeanPrior draws params \[\] but the degradation GaussianNoise"):
+        ColdDiffusion(cd.GaussianNoise(4), tiny_net(), prior=ChannelMeanPrior(1), image_size=16, channels=1)
+
+
+def test_a_network_without_the_contracts_attributes_gets_a_clear_message():
+    class Bare(torch.nn.Module):
+        def forward(self, x, t):
+            return x
+
+    with pytest.raises(TypeError, match=r"network Bare does not declare in_channels \(an int\) and image_size "
+                                        r"\(an int, or None for any size\).*RestorationNetwork"):
+        Pipeline(cd.GaussianBlur(4, kernel_size=3), Bare(), image_size=16, channels=1)
+
+
+def test_an_objective_the_degradation_cannot_carry_is_refused_when_the_model_is_built():
+    with pytest.raises(ValueError, match="PredictEpsilon .*but GaussianBlur has none"):
+        ColdDiffusion(cd.GaussianBlur(4, kernel_size=3), tiny_net(), objective=PredictEpsilon(), image_size=16,
+                      channels=1)
+    with pytest.raises(ValueError, match="give objective or loss, not both"):
+        ColdDiffusion(cd.GaussianBlur(4, kernel_size=3), tiny_net(), objective=PredictX0(), loss="l1",
+                      image_size=16, channels=1)
+
+
+def _doctored_export(tmp_path: Path, edit_state=None, edit_config=None) -> Path:
+    folder = export_model(Pipeline(cd.GaussianBlur(4, kernel_size=3), tiny_net(), image_size=16, channels=1),
+                          tmp_path / "model")
+    state = load_file(str(folder / "model.safetensors"))
+    payload = json.loads((folder / "config.json").read_text())
+    if edit_state:
+        state = edit_state(state)
+    if edit_config:
+        edit_config(payload["model"])
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(payload))
+    return folder
+
+
+def test_crafted_weights_are_refused_in_one_line_before_the_network_is_built(tmp_path, monkeypatch):
+    """Issue 22, items 5, 10 and 11: missing/extra names, other shapes, integer weights, and a config asking for a
+    huge network with a small file (checked on the meta device: no memory is allocated)."""
+    first = "network.downsamples.0.conv.weight"
+
+    def dim(config):
+        config["network"]["init_args"]["dim"] = 100_000
+
+    built = []
+    original = ConvNeXtUNet.__init__
+
+    def spy(self, *args, **kwargs):  # records every network built on a real device
+        original(self, *args, **kwargs)
+        built.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(ConvNeXtUNet, "__init__", spy)
+    cases = [
+        (lambda s: {k: v for k, v in s.items() if k != first}, None, r"missing \[.downsamples.0.conv.weight.\]"),
+        (lambda s: {**s, "network.extra": torch.zeros(1)}, None, r"unexpected \['extra'\]"),
+        (lambda s: {**s, first: torch.zeros(3, 3)}, None, r"network.downsamples.0.conv.weight has shape \(3, 3\)"),
+        (lambda s: {k: v.long() if k == first else v for k, v in s.items()}, None, "holds torch.int64 values"),
+        (lambda s: {k: v * 1e30 * 1e30 if k == first else v for k, v in s.items()}, None, "NaN or infinite"),
+        (None, dim, r"has shape .* but the config's network needs"),
+    ]
+    for i, (edit_state, edit_config, match) in enumerate(cases):
+        folder = _doctored_export(tmp_path / str(i), edit_state, edit_config)
+        built.clear()
+        with pytest.raises(ValueError, match=match) as err:
+            load_model(folder)
+        assert "\n" not in str(err.value) and str(folder) in str(err.value)
+        assert "cpu" not in built  # refused on the meta device: the network was never allocated
+
+
+def test_samplers_are_an_open_set(tmp_path):
+    """A new sampler is one decorated function: models, configs and the CLIs find it by name; an import path in a
+    file's config goes through the allow-list."""
+    calls = []
+
+    @register_sampler("test-once")
+    def once(restore, degradation, x_t, t=None, params=None, steps=None, callback=None, generator=None, noise=None):
+        calls.append(t)
+        return sample_direct(restore, degradation, x_t, t)
+
+    assert "test-once" in sampler_names()
+    model = ColdDiffusion(cd.GaussianBlur(4, kernel_size=3), tiny_net(), image_size=16, channels=1,
+                          sampler="test-once")
+    x_T = model.degradation(torch.rand(2, 1, 16, 16), 4)
+    torch.testing.assert_close(model.sample(x_T), model.sample(x_T, sampler="direct"))
+    assert len(calls) == 1 and model.pipeline.network_calls() == 4  # counted per level for samplers that don't say
+    folder = export_model(model, tmp_path / "m")
+    assert load_model(folder).sampler == "test-once"
+    payload = json.loads((folder / "config.json").read_text())
+    payload["model"]["sampler"] = "os.system"
+    (folder / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="refusing to import 'os.system'"):
+        load_model(folder)
+    with pytest.raises(ValueError, match=r"sampler must be one of \('naive', 'improved', 'direct'"):
+        Pipeline(cd.GaussianBlur(4, kernel_size=3), tiny_net(), image_size=16, channels=1, sampler="ddim")
+    assert Pipeline(cd.FlowNoise(4), tiny_net(), image_size=16, channels=1).network_calls("heun", 4) == 7
+
+
+def test_a_v_model_trains_and_samples_through_the_pipeline(tmp_path):
+    import lightning as L
+
+    from colddiff.data import EmbeddedMNISTDataModule
+
+    torch.manual_seed(0)
+    model = ColdDiffusion(cd.GaussianNoise(6), tiny_net(), prior=GaussianNoisePrior(), image_size=16, channels=1,
+                          optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), val_sample_batches=0)
+    assert isinstance(model.objective, PredictV)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, EmbeddedMNISTDataModule(image_size=16, channels=1, batch_size=8))
+    trainer.save_checkpoint(tmp_path / "v.ckpt")
+    pipeline = load_model(tmp_path / "v.ckpt")
+    assert isinstance(pipeline.objective, PredictV)
+    images, _ = pipeline.generate(3, torch.Generator().manual_seed(0), steps=3)
+    again, _ = model.eval().generate(3, torch.Generator().manual_seed(0), steps=3)
+    assert torch.equal(images, again) and 0 <= images.min() and images.max() <= 1
