@@ -23,7 +23,7 @@ prior                  start state                                              
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from colddiff._checks import check_positive_int, rand, randint, randn
-from colddiff._config import RecordsInit
+from colddiff._config import ModelFileError, RecordsInit
 from colddiff.datasets import unpack_batch
 
 __all__ = [
@@ -47,6 +47,22 @@ __all__ = [
     "ConstantColourPrior",
     "SourceImagePrior",
 ]
+
+
+def _stored_state_error(module: nn.Module, prefix: str, reason: str) -> ModelFileError:
+    where = prefix.rstrip(".") or "prior"
+    return ModelFileError(f"{where} ({type(module).__name__}): {reason}; the model file is corrupt or was not written "
+                          "by colddiff for this config")
+
+
+def _require_stored(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, strict: bool) -> None:
+    """Refuse a strict load whose state lacks one of ``module``'s own persistent buffers (a fitted prior's state)."""
+    if not strict:
+        return
+    missing = [name for name in module._buffers  # noqa: SLF001 - the module's own buffers, not its children's
+               if name not in module._non_persistent_buffers_set and prefix + name not in state_dict]
+    if missing:
+        raise _stored_state_error(module, prefix, f"the stored state has no {', '.join(map(repr, missing))} tensor")
 
 
 # ------------------------------------------------------------------------------------------ Gaussian mixture
@@ -73,6 +89,27 @@ class GaussianMixture(RecordsInit, nn.Module):
         self.register_buffer("means", torch.zeros(num_components, dim))
         self.register_buffer("covariances", torch.eye(dim).expand(num_components, dim, dim).clone())
         self.register_buffer("fitted", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+                              unexpected_keys, error_msgs):
+        _require_stored(self, state_dict, prefix, strict)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if bool(self.fitted) and not error_msgs:
+            self._check_fit(prefix)
+
+    def _check_fit(self, prefix: str) -> None:
+        """A loaded fit must be a distribution: weights >= 0 summing to 1, positive-definite covariances."""
+        weights = self.weights.double()
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or \
+                abs(float(weights.sum()) - 1.0) > 1e-3:
+            raise _stored_state_error(self, prefix, f"the stored mixture weights {weights.tolist()} are not a "
+                                                    "probability distribution (>= 0, summing to 1)")
+        info = torch.linalg.cholesky_ex(self.covariances.double()).info
+        if bool((info != 0).any()):
+            bad = [int(i) for i in torch.nonzero(info).flatten()]
+            raise _stored_state_error(self, prefix, f"the stored covariance of component(s) {bad} is not positive "
+                                                    "definite")
 
     def _log_prob_components(self, x: Tensor, weights: Tensor, means: Tensor, covs: Tensor) -> Tensor:
         """``log w_j + log N(x | mu_j, S_j)`` for every sample and component: ``(n, k)``."""
@@ -194,6 +231,13 @@ class Prior(RecordsInit, nn.Module):
     @property
     def is_fitted(self) -> bool:
         return bool(self.fitted)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+                              unexpected_keys, error_msgs):
+        # a fitted prior whose stored state lacks a tensor is refused by name (one line), not by a list of keys
+        _require_stored(self, state_dict, prefix, strict)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def fit(self, images: Tensor | Iterable[Tensor]) -> Prior:
         """Fit to clean images in ``[0, 1]`` (a tensor ``(N, C, H, W)`` or an iterable of batches)."""
@@ -371,12 +415,44 @@ class LowResKDEPrior(LowResPrior):
         self.thumbnails = summaries[keep].to(self.thumbnails.device)
         self.indices = keep.to(self.indices.device)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+                              unexpected_keys, error_msgs):
+        _require_stored(self, state_dict, prefix, strict)
+        self._check_stored(state_dict, prefix)
         # how many images were kept is known only from the file: take the stored buffers' shapes
         for name in ("thumbnails", "indices"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _check_stored(self, state_dict: Mapping[str, Any], prefix: str) -> None:
+        """The stored thumbnails and indices must fit this prior's config and each other (checked before loading:
+        a refused state changes nothing)."""
+        thumbnails, indices = state_dict.get(prefix + "thumbnails"), state_dict.get(prefix + "indices")
+        fitted = state_dict.get(prefix + "fitted")
+        dim = self.channels * self.low_size * self.low_size
+        if thumbnails is not None:
+            if not isinstance(thumbnails, Tensor) or thumbnails.ndim != 2 or thumbnails.shape[1] != dim \
+                    or not thumbnails.is_floating_point():
+                got = f"{tuple(thumbnails.shape)} {thumbnails.dtype}" if isinstance(thumbnails, Tensor) else \
+                    type(thumbnails).__name__
+                raise _stored_state_error(self, prefix, f"the stored thumbnails must be float (N, {dim}) for channels="
+                                                        f"{self.channels}, low_size={self.low_size}; got {got}")
+        if indices is not None:
+            if not isinstance(indices, Tensor) or indices.ndim != 1 or indices.is_floating_point() \
+                    or bool((indices < 0).any()):
+                got = f"{tuple(indices.shape)} {indices.dtype}" if isinstance(indices, Tensor) else \
+                    type(indices).__name__
+                raise _stored_state_error(self, prefix, f"the stored indices must be non-negative integers (N,); got "
+                                                        f"{got}")
+        if thumbnails is not None and indices is not None and len(thumbnails) != len(indices):
+            raise _stored_state_error(self, prefix, f"{len(thumbnails)} stored thumbnails but {len(indices)} indices "
+                                                    "(one per thumbnail)")
+        if isinstance(fitted, Tensor) and fitted.numel() == 1 and bool(fitted) and thumbnails is not None \
+                and len(thumbnails) == 0:
+            raise _stored_state_error(self, prefix, "the prior is marked fitted but stores no thumbnails (it would "
+                                                    "have nothing to draw)")
 
     def _draw_summaries(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, list[dict[str, int]]]:
         choice = randint(len(self.thumbnails), (n,), generator, self.thumbnails)
