@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -180,6 +182,11 @@ def test_unreadable_resume_files_get_one_line_naming_the_file(tmp_path, capsys, 
 
 @pytest.mark.parametrize("override,match", [
     (["--model.degradation.init_args.num_steps", "0"], "num_steps must be a positive int, got 0"),
+    (["--model.degradation.init_args.num_steps", "-3"], "num_steps must be a positive int, got -3"),
+    (["--data.init_args.batch_size", "0"], "batch_size must be a positive int, got 0"),
+    (["--data.init_args.image_size", "32", "--model.degradation", "colddiff.degradations.Pixelate",
+      "--model.degradation.init_args.num_steps", "8"],
+     r"divisible by 2\*\*8 = 256, got 32x32; the largest num_steps a 32x32 image allows is 5"),
     (["--model.degradation.init_args.sigma", "-2"], r"sigmas .*>= 0"),
     (["--model.degradation.init_args.kernel_size", "8"], "kernel_size must be a positive odd int, got 8"),
     (["--model.degradation.init_args.sigma", "0"], "every step's sigma must be > 0"),
@@ -191,9 +198,14 @@ def test_unreadable_resume_files_get_one_line_naming_the_file(tmp_path, capsys, 
     (["--model.degradation", "colddiff.degradations.Desaturate", "--model.degradation.init_args.num_steps", "5"],
      "the degradation expects 3 channels but channels=1"),
 ])
-def test_invalid_configs_fail_before_training_naming_the_field(override, match, tmp_path):
-    with pytest.raises(ValueError, match=match):
+def test_invalid_configs_fail_before_training_naming_the_field(override, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path), *override])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1 and re.search(match, lines[0]), err
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def _fit(folder: Path, max_steps: int, *extra: str) -> object:
@@ -312,3 +324,50 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert tensor_digest([v for k, v in saved["state_dict"].items() if k.startswith("ema_network.")]) == \
         ends[0]["ema"]
     assert Image.open(runs[0] / "grids" / "step_0000006.png").size == (4 * 18 + 2, 2 * 18 + 2)
+
+
+# Images made here for the train.py cases.
+def _grey(path: Path, value: int = 90, size: int = 16, mode: str = "L", fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8), "L").convert(mode).save(path, format=fmt)
+    return path
+
+
+# -------------------------------------------------------------------------------------- train.py: one line each
+def _train_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(list(args))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    return err
+
+
+def test_pixelate_names_the_largest_num_steps_an_image_size_allows():
+    import colddiff.degradations as cd
+
+    with pytest.raises(ValueError, match=r"got 32x32; the largest num_steps a 32x32 image allows is 5"):
+        cd.Pixelate(8).degrade(torch.rand(1, 1, 32, 32), torch.tensor([8]), {})  # as samplers call it
+    with pytest.raises(ValueError, match=r"got 8x8; the largest num_steps a 8x8 image allows is 7"):
+        cd.Pixelate(9, schedule="linear", image_size=8)
+    assert cd.Pixelate(5).degrade(torch.rand(1, 1, 32, 32), torch.tensor([5]), {}).shape == (1, 1, 32, 32)
+
+
+def test_a_training_folder_with_one_image_says_the_training_split_is_empty(tmp_path, capsys):
+    _grey(tmp_path / "data" / "only.png", size=28)
+    err = _train_error(capsys, "fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path / "run"),
+                       "--data", "colddiff.data.ImageFolderDataModule", "--data.init_args.root",
+                       str(tmp_path / "data"), "--data.init_args.image_size", "28", "--data.init_args.channels", "1")
+    assert "ImageFolderDataModule: the training split is empty" in err and "has 1 image(s)" in err
+    assert "val_fraction" in err and "KeyError" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_last_with_only_a_truncated_checkpoint_gives_one_consistent_message(tmp_path, capsys):
+    override = run_config(tmp_path, max_steps=2, every=2, probe=False)
+    (tmp_path / "checkpoints").mkdir()
+    truncated = tmp_path / "checkpoints" / "last.ckpt"
+    truncated.write_bytes(b"PK\x03\x04" + b"\x00" * 200)
+    err = _train_error(capsys, "fit", "--config", str(QUICKSTART), "--config", str(override), "--ckpt_path", "last")
+    assert "--ckpt_path last: no complete checkpoint to resume from" in err and str(truncated) in err
+    assert "Restoring states" not in err and "skipping" not in err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]  # nothing trained
