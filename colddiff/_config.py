@@ -259,8 +259,9 @@ def build_factory(value: Any, name: str, source: str | os.PathLike | None = None
     return functools.partial(cls, **dict(raw))
 
 
-#: entries of a model config that must be components (``{class_path, init_args}``); ``prior`` may be ``None``
-_COMPONENT_KEYS = {"degradation": True, "network": True, "prior": False}
+#: entries of a model config that, when present, must be components (``{class_path, init_args}``), and whether
+#: ``null`` is allowed for them (a model without a prior)
+_COMPONENT_KEYS = {"degradation": False, "network": False, "prior": True}
 
 
 def model_kwargs(config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
@@ -278,9 +279,9 @@ def model_kwargs(config: Mapping[str, Any], overrides: Mapping[str, Any] | None 
         source: the model file, named in errors.
 
     Raises:
-        ModelFileError: one line naming the field (and ``source``): a config that is not a mapping, a missing
-            ``degradation`` or ``network``, a component that is not a ``{class_path, init_args}`` mapping (a string,
-            a list ...), or any error of :func:`build` / :func:`build_factory`.
+        ModelFileError: one line naming the field (and ``source``): a config that is not a mapping, a
+            ``degradation``, ``network`` or ``prior`` entry that is not a ``{class_path, init_args}`` mapping (a
+            string, a list ...; ``prior`` may be null), or any error of :func:`build` / :func:`build_factory`.
     """
     if not isinstance(config, Mapping):
         raise ModelFileError(f"the model config must be a mapping of the model's arguments (degradation, network, "
@@ -289,18 +290,13 @@ def model_kwargs(config: Mapping[str, Any], overrides: Mapping[str, Any] | None 
     if bad_keys:
         raise ModelFileError(f"the model config's argument names must be strings, got {_short(bad_keys)}", source)
     overrides = dict(overrides or {})
-    for key, required in _COMPONENT_KEYS.items():
-        if key in overrides:
-            continue
-        if key not in config:
-            if required:
-                raise ModelFileError(f"the model config has no {key!r} entry (a {{class_path, init_args}} "
-                                     "component)", source)
+    for key, nullable in _COMPONENT_KEYS.items():
+        if key in overrides or key not in config:  # a missing entry is the model constructor's to report
             continue
         value = config[key]
-        if not (isinstance(value, Mapping) and "class_path" in value) and (required or value is not None):
+        if not (isinstance(value, Mapping) and "class_path" in value) and not (nullable and value is None):
             raise ModelFileError(f"{key}: expected a component config {{class_path, init_args}}"
-                                 f"{'' if required else ' or null'}, got {type(value).__name__} {_short(value)}",
+                                 f"{' or null' if nullable else ''}, got {type(value).__name__} {_short(value)}",
                                  source)
     kwargs: dict[str, Any] = {}
     for key, value in config.items():
