@@ -84,3 +84,23 @@ def randint(high: int, shape: tuple[int, ...], generator: torch.Generator | None
     """Uniform integers in ``[0, high)`` as a long tensor on ``like``'s device."""
     device = generator.device if generator is not None else like.device
     return torch.randint(high, shape, generator=generator, device=device).to(like.device)
+
+
+class NonFiniteOutputError(ValueError):
+    """A model produced NaN or infinite values where images were expected (nothing should be written from them)."""
+
+
+def check_finite_output(images: Tensor, what: str = "images") -> Tensor:
+    """Raise :class:`NonFiniteOutputError` if any of ``images`` (a batch ``(N, ...)``) holds NaN or infinite values.
+
+    Saving such images would write their pixels as 0 (or 1) without a word; the error says how many are affected.
+    Returns ``images`` unchanged.
+    """
+    flat = images.detach().reshape(len(images), -1) if images.ndim > 1 else images.detach().reshape(-1, 1)
+    bad = ~torch.isfinite(flat).all(dim=1)
+    count = int(bad.sum())
+    if count:
+        raise NonFiniteOutputError(
+            f"the model produced NaN or infinite values in {count} of {len(flat)} {what}: its weights are corrupt or "
+            "out of range (e.g. saved from a diverged run, or scaled by a huge factor); nothing was written")
+    return images

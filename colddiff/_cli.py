@@ -6,23 +6,23 @@ import argparse
 import functools
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from colddiff._checks import check_positive_int
-from colddiff._config import resolve_component
+from colddiff._checks import NonFiniteOutputError, check_positive_int
+from colddiff._config import ModelFileError, resolve_component
 from colddiff.data import ImageDataModule, TorchvisionDataModule
 from colddiff.datasets import DatasetSource, EmbeddedMNIST, ImageFolder, ImageTransform, find_images, native_shapes
 from colddiff.io import load_checkpoint
 from colddiff.sampling import check_sampler_name, sampler_names
 
 __all__ = ["UsageError", "device_from", "positive_int", "non_negative_float", "add_data_arguments",
-           "dataset_from_args", "dataset_id", "datamodule_from_checkpoint", "image_shape_of", "partners_from_args",
-           "prepare_prior", "conversion_of"]
+           "dataset_from_args", "dataset_id", "datamodule_from_checkpoint", "partners_from_args",
+           "prepare_prior", "conversion_of", "check_output_locations", "error_text", "check_folder"]
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CelebA", "Flowers102", "embedded-mnist")
 
@@ -86,6 +86,69 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str = "test", pre
     parser.add_argument(f"--{prefix}root", default="data", help="torchvision dataset root")
     parser.add_argument(f"--{prefix}download", action="store_true", help="let torchvision download the dataset")
     parser.add_argument(f"--{prefix}split", choices=("train", "val", "test"), default=split)
+
+
+def check_output_locations(paths: Iterable[str | os.PathLike], protected: Iterable[str | os.PathLike] = ()) -> None:
+    """Check, before any work, that every file in ``paths`` can be written, and that none is a protected file.
+
+    A location fails when the path is an existing folder, when the nearest existing folder above it is a file (e.g.
+    ``--out`` names an existing file) or cannot be written to, or when the path is one of ``protected`` (the
+    command's inputs and model file: the same file, also through a link or another spelling of its name).
+
+    Raises:
+        UsageError: naming the first such path and why.
+    """
+    guarded: dict[tuple[int, int], str] = {}
+    for item in protected:
+        try:
+            stat = os.stat(item)
+        except OSError:
+            continue
+        guarded[(stat.st_dev, stat.st_ino)] = str(item)
+    checked: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise UsageError(f"cannot write {str(path)!r}: it is an existing folder")
+        if guarded and path.exists():
+            stat = path.stat()
+            source = guarded.get((stat.st_dev, stat.st_ino))
+            if source is not None:
+                raise UsageError(f"refusing to write {str(path)!r}: it is the input file {source!r}, which would be "
+                                 "overwritten; choose another --out")
+        parent = path.parent
+        while parent not in checked and not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent in checked:
+            continue
+        if not parent.is_dir():
+            raise UsageError(f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a folder (output "
+                             "folders are created where missing, but never replace files)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write {str(path)!r}: the folder {str(parent)!r} is not writable")
+        checked[parent] = None
+
+
+def check_folder(path: str | os.PathLike, flag: str, hint: str = "") -> Path:
+    """``path`` as an existing folder, or a :class:`UsageError` that says what it is instead."""
+    folder = Path(path)
+    if not folder.exists():
+        raise UsageError(f"{flag} {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        kind = "a file" if folder.is_file() else "not a folder (a device or another special file)"
+        raise UsageError(f"{flag} {str(folder)!r} is {kind}; expected a folder of images{hint}")
+    return folder
+
+
+def error_text(err: BaseException, model_file: str | os.PathLike | None) -> str:
+    """The one-line message of an error, naming ``model_file`` where the error came from its content (its config,
+    its stored state, or images it produced) and does not name it yet."""
+    if isinstance(err, ModelFileError):
+        err.with_source(model_file)
+    if isinstance(err, NonFiniteOutputError) and model_file is not None:
+        return f"{str(model_file)!r}: {err}"
+    if isinstance(err, (NotADirectoryError, IsADirectoryError, PermissionError)):
+        return f"{err.strerror or type(err).__name__}: {err.filename!r}" if err.filename else str(err)
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 def _get(args: argparse.Namespace, name: str, prefix: str) -> Any:
@@ -201,11 +264,3 @@ def prepare_prior(model: Any, args: argparse.Namespace, fit_images: Dataset | No
         raise UsageError(f"the model's {type(prior).__name__} is not ready ({err}); fit it with 'sample.py generate "
                          "--fit-prior --folder/--dataset ... --output NEW_FILE', or pass --partner-root for mixing "
                          "models") from err
-
-
-def image_shape_of(path: Path) -> tuple[int, int]:
-    """``(size, channels)`` of a square image file (channels 1 for grayscale, else 3)."""
-    with Image.open(path) as img:
-        if img.size[0] != img.size[1]:
-            raise UsageError(f"{str(path)!r} is {img.size[0]}x{img.size[1]}; colddiff evaluates square images")
-        return img.size[0], 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3

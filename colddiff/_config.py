@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +17,39 @@ from typing import Any
 import torch
 
 __all__ = ["RecordsInit", "describe", "describe_or_mark", "build", "build_factory", "model_kwargs", "class_path",
-           "check_class_path", "resolve_component"]
+           "check_class_path", "resolve_component", "check_component_entries", "ModelFileError"]
+
+
+class ModelFileError(ValueError):
+    """What a model file holds (its config, or a component's stored state) cannot be built or loaded.
+
+    The message is one line that names the field and, once known, the file (``source``): loaders that know the
+    file pass it, and a caller that learns it later adds it with :meth:`with_source`.
+
+    Attributes:
+        reason: what is wrong, naming the field (without the file).
+        source: the model file, or ``None`` when not known yet.
+    """
+
+    def __init__(self, reason: str, source: str | os.PathLike | None = None) -> None:
+        self.reason = (str(reason).splitlines() or [""])[0]
+        self.source = None if source is None else str(source)
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        return f"{self.source!r}: {self.reason}" if self.source else self.reason
+
+    def with_source(self, source: str | os.PathLike | None) -> ModelFileError:
+        """Name the file in the message if it does not name one yet; returns ``self``."""
+        if self.source is None and source is not None:
+            self.source = str(source)
+            self.args = (self._text(),)
+        return self
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RecordsInit:
@@ -133,53 +166,153 @@ def resolve_component(path: Any, name: str = "config", base: type = RecordsInit,
     return cls
 
 
-def build(value: Any, name: str = "config", allow: Sequence[str] = ()) -> Any:
-    """Instantiate ``{"class_path", "init_args"}`` dicts recursively; other values (and objects) pass through."""
+def _check_arguments(cls: type, init_args: Mapping[str, Any], name: str, path: str,
+                     source: str | os.PathLike | None) -> None:
+    """Refuse arguments ``cls`` does not take, and missing required ones, naming the field (before building)."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no introspectable signature: the constructor itself checks
+        return
+    parameters = signature.parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        accepted = [n for n, p in parameters.items()
+                    if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        unknown = sorted(set(init_args) - set(accepted))
+        if unknown:
+            raise ModelFileError(f"{name}.init_args: {path} takes no argument {', '.join(map(repr, unknown))} "
+                                 f"(its arguments: {', '.join(accepted) or 'none'})", source)
+    try:
+        signature.bind(**init_args)
+    except TypeError as err:
+        raise ModelFileError(f"{name}.init_args: {path} cannot be built: {err}", source) from err
+
+
+def build(value: Any, name: str = "config", allow: Sequence[str] = (),
+          source: str | os.PathLike | None = None) -> Any:
+    """Instantiate ``{"class_path", "init_args"}`` dicts recursively; other values (and objects) pass through.
+
+    Args:
+        value: a config value from a file.
+        name: the field, for error messages (``network``, ``degradation.init_args.x`` ...).
+        allow: class paths trusted beyond colddiff's components.
+        source: the file the config came from, named in errors.
+
+    Raises:
+        ModelFileError: (a ``ValueError``) one line naming the field (and ``source``): a class outside the
+            allow-list, ``init_args`` that is not a mapping, an argument the class does not take or a missing one,
+            or a value its constructor refuses (e.g. ``num_steps: "ten"``).
+    """
     if isinstance(value, Mapping) and "class_path" in value:
         if value.get(NOT_RECORDED):
-            raise ValueError(
+            raise ModelFileError(
                 f"{name} ({value['class_path']}) was not recorded in this checkpoint because it was built in Python "
                 f"from a class that does not record its init arguments; pass it explicitly, e.g. "
-                f"ColdDiffusion.load_from_checkpoint(path, {name}=...)"
+                f"ColdDiffusion.load_from_checkpoint(path, {name}=...)", source
             )
-        cls = resolve_component(value["class_path"], name, allow=allow)
-        init_args = {k: build(v, f"{name}.{k}", allow) for k, v in (value.get("init_args") or {}).items()}
-        return cls(**init_args)
+        try:
+            cls = resolve_component(value["class_path"], name, allow=allow)
+        except ValueError as err:
+            raise ModelFileError(str(err), source) from err
+        raw = value.get("init_args")
+        raw = {} if raw is None else raw
+        if not isinstance(raw, Mapping):
+            raise ModelFileError(f"{name}.init_args: expected a mapping of arguments, got {type(raw).__name__} "
+                                 f"{_short(raw)}", source)
+        bad_keys = [k for k in raw if not isinstance(k, str)]
+        if bad_keys:
+            raise ModelFileError(f"{name}.init_args: argument names must be strings, got {_short(bad_keys)}", source)
+        _check_arguments(cls, raw, name, value["class_path"], source)
+        init_args = {k: build(v, f"{name}.init_args.{k}", allow, source) for k, v in raw.items()}
+        try:
+            return cls(**init_args)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            if isinstance(err, ModelFileError):
+                raise err.with_source(source) from None
+            detail = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ModelFileError(f"{name} ({value['class_path']}) cannot be built from the file's config: "
+                                 f"{detail}", source) from err
     if isinstance(value, list):
-        return [build(v, f"{name}[{i}]", allow) for i, v in enumerate(value)]
+        return [build(v, f"{name}[{i}]", allow, source) for i, v in enumerate(value)]
     return value
 
 
-def build_factory(value: Any, name: str) -> Any:
+def build_factory(value: Any, name: str, source: str | os.PathLike | None = None) -> Any:
     """An optimiser or scheduler factory (``params -> Optimizer``, ``optimizer -> scheduler``) from its config.
 
     Only classes of ``torch.optim`` (for ``optimizer``) or ``torch.optim.lr_scheduler`` (for ``lr_scheduler``) are
-    allowed.  ``None`` stays ``None``.
+    allowed.  ``None`` stays ``None``.  Errors are :class:`ModelFileError` naming the field (and ``source``).
     """
     if value is None:
         return None
     if not (isinstance(value, Mapping) and "class_path" in value):
-        raise ValueError(f"{name}: expected a config with class_path, got {type(value).__name__}")
+        raise ModelFileError(f"{name}: expected a config with class_path, got {type(value).__name__}", source)
     base = torch.optim.Optimizer if name == "optimizer" else torch.optim.lr_scheduler.LRScheduler
-    cls = resolve_component(value["class_path"], name, base=base, kind=f"classes of {_TORCH_FACTORIES[name]}*",
-                            prefixes=(_TORCH_FACTORIES[name],))
-    init_args = dict(value.get("init_args") or {})
-    return functools.partial(cls, **init_args)
+    try:
+        cls = resolve_component(value["class_path"], name, base=base, kind=f"classes of {_TORCH_FACTORIES[name]}*",
+                                prefixes=(_TORCH_FACTORIES[name],))
+    except ValueError as err:
+        raise ModelFileError(str(err), source) from err
+    raw = value.get("init_args")
+    raw = {} if raw is None else raw
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
+        raise ModelFileError(f"{name}.init_args: expected a mapping of arguments, got {_short(raw)}", source)
+    return functools.partial(cls, **dict(raw))
+
+
+#: entries of a model config that, when present, must be components (``{class_path, init_args}``), and whether
+#: ``null`` is allowed for them (a model without a prior)
+#: a model config's component entries, and whether each may be null
+_COMPONENT_KEYS = {"degradation": False, "network": False, "prior": True, "objective": True}
+
+
+def check_component_entries(config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+                            source: str | os.PathLike | None = None) -> None:
+    """Refuse component entries (degradation, network, prior, objective) that are not ``{class_path, init_args}``
+    mappings (or null where allowed), in one line naming the field (and ``source``); missing entries are the model
+    constructor's to report."""
+    overrides = overrides or {}
+    for key, nullable in _COMPONENT_KEYS.items():
+        if key in overrides or key not in config:
+            continue
+        value = config[key]
+        if not (isinstance(value, Mapping) and "class_path" in value) and not (nullable and value is None):
+            raise ModelFileError(f"{key}: expected a component config {{class_path, init_args}}"
+                                 f"{' or null' if nullable else ''}, got {type(value).__name__} {_short(value)}",
+                                 source)
 
 
 def model_kwargs(config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
-                 allow: Sequence[str] = ()) -> dict[str, Any]:
+                 allow: Sequence[str] = (), source: str | os.PathLike | None = None) -> dict[str, Any]:
     """Constructor arguments of a model from its recorded config (checkpoint hyper-parameters or an export).
 
     Components are built with :func:`build` (colddiff components, or class paths in ``allow``), the optimiser and
     scheduler with :func:`build_factory`; entries starting with ``_`` (Lightning's bookkeeping) are ignored;
     ``overrides`` replace recorded entries (and are never built from strings).
+
+    Args:
+        config: the recorded config: a mapping of the model's arguments.
+        overrides: arguments that replace recorded ones.
+        allow: class paths trusted beyond colddiff's components.
+        source: the model file, named in errors.
+
+    Raises:
+        ModelFileError: one line naming the field (and ``source``): a config that is not a mapping, a
+            ``degradation``, ``network`` or ``prior`` entry that is not a ``{class_path, init_args}`` mapping (a
+            string, a list ...; ``prior`` may be null), or any error of :func:`build` / :func:`build_factory`.
     """
+    if not isinstance(config, Mapping):
+        raise ModelFileError(f"the model config must be a mapping of the model's arguments (degradation, network, "
+                             f"...), got {type(config).__name__} {_short(config)}", source)
+    bad_keys = [k for k in config if not isinstance(k, str)]
+    if bad_keys:
+        raise ModelFileError(f"the model config's argument names must be strings, got {_short(bad_keys)}", source)
     overrides = dict(overrides or {})
+    check_component_entries(config, overrides, source)
     kwargs: dict[str, Any] = {}
     for key, value in config.items():
         if key.startswith("_") or key in overrides:
             continue
-        kwargs[key] = build_factory(value, key) if key in _TORCH_FACTORIES else build(value, key, allow)
+        kwargs[key] = build_factory(value, key, source) if key in _TORCH_FACTORIES else \
+            build(value, key, allow, source)
     kwargs.update(overrides)
     return kwargs

@@ -87,7 +87,20 @@ class ColdDiffusionCLI(LightningCLI):
                 "with the new config (the changed parts replace the checkpoint's)")
         self.config_changes = changes
 
+    def instantiate_classes(self) -> None:
+        """Build the run's objects; a value a component refuses (``num_steps: 0``, ``batch_size: 0``, an image size
+        the network cannot take ...) is reported as one line, before anything is written."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise SetupError(_one_line(err)) from err
+
     def before_fit(self) -> None:
+        # the data is set up before anything is written (a missing folder or an empty training split: one line)
+        try:
+            self.datamodule.setup("fit")
+        except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+            raise SetupError(_one_line(err)) from err
         # Lightning's ModelCheckpoint skips every save under fast_dev_run except save_last at the end of training,
         # which would leave a one-step last.ckpt in the run's real checkpoint folder (and `--ckpt_path last` would
         # then resume from it): a smoke run writes no checkpoint at all
@@ -114,6 +127,10 @@ class ColdDiffusionCLI(LightningCLI):
         if config is not None and config.get("trainer") is not None:
             place_run_outputs(config["trainer"])
             align_logger_versions(config["trainer"])
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 def _next_version(folder: Path) -> int:
@@ -178,6 +195,9 @@ def resolve_resume_checkpoint(ckpt_path: str, trainer_config: Any) -> Path | Non
     ``last.ckpt`` can be older than the newest periodic checkpoint when a run was killed while writing it (the
     write is atomic, so the previous ``last.ckpt`` survives); resuming from it would lose an interval.  Returns
     ``None`` for ``last`` when the run has no checkpoint yet (training then starts from scratch, as Lightning does).
+    Unreadable checkpoints are passed over with a note when a readable one exists; when every checkpoint of the
+    run is unreadable, the resume is refused with one message naming them (Lightning would otherwise try to load
+    ``last.ckpt`` itself).
     """
     if ckpt_path in ("best", "hpc", "registry"):
         return None
@@ -187,16 +207,26 @@ def resolve_resume_checkpoint(ckpt_path: str, trainer_config: Any) -> Path | Non
             raise SetupError(f"--ckpt_path {ckpt_path!r} does not exist or is not a file")
         return path
     best: tuple[int, int, Path] | None = None
-    for folder in _checkpoint_folders(trainer_config):
+    unreadable: list[tuple[Path, str]] = []
+    folders = _checkpoint_folders(trainer_config)
+    for folder in folders:
         for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
             try:
                 step = int(load_checkpoint(path, mmap=True).get("global_step", -1))
-            except (ValueError, OSError, pickle.UnpicklingError) as err:
-                print(f"colddiff: skipping {path} when looking for the newest checkpoint: {err}", file=sys.stderr)
+            except (ValueError, TypeError, AttributeError, OSError, pickle.UnpicklingError) as err:
+                unreadable.append((path, _one_line(err)))
                 continue
             candidate = (step, path.name.startswith("last"), path)
             if best is None or candidate[:2] > best[:2]:
                 best = candidate
+    if best is None and unreadable:
+        reasons = "; ".join(reason for _, reason in unreadable)
+        raise SetupError(f"--ckpt_path last: no complete checkpoint to resume from in "
+                         f"{', '.join(repr(str(f)) for f in folders)} ({reasons}). Delete the unreadable file(s) to "
+                         "start from scratch, or pass --ckpt_path PATH")
+    for path, reason in unreadable:
+        print(f"colddiff: --ckpt_path last: passing over the unreadable {path} (resuming from {best[2]}): {reason}",
+              file=sys.stderr)
     return None if best is None else best[2]
 
 

@@ -213,11 +213,17 @@ class ImageDataModule(L.LightningDataModule):
             if split == "val" and self.val_size is not None and len(dataset) > self.val_size:
                 dataset = Subset(dataset, range(self.val_size))
             self.datasets[split] = dataset
+        if stage == "fit" and "train" not in self.datasets:
+            raise ValueError(f"{type(self).__name__}: the training split is empty{self._empty_train_reason()}")
         if stage == "fit" and len(self.datasets["train"]) < self.batch_size:
             raise ValueError(
                 f"{type(self).__name__}: the training split has {len(self.datasets['train'])} images, fewer than one "
                 f"batch of {self.batch_size} (batches are full-size; lower batch_size)"
             )
+
+    def _empty_train_reason(self) -> str:
+        """Why the training split is empty, for the error (subclasses say more)."""
+        return " (the data module gives no training images)"
 
     def dataset(self, split: Split) -> Dataset:
         """The dataset of a split (set up on demand)."""
@@ -375,6 +381,17 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _folder(self, files: Sequence[Path], transform: ImageTransform) -> ImageFolder:
         return ImageFolder(files, transform, self.skip_bad, max_pixels=self.max_pixels)
+
+    def _empty_train_reason(self) -> str:
+        try:
+            count = len(find_images(self.root, self.extensions))
+        except (OSError, ValueError) as err:
+            return f" ({err})"
+        if self.val_root is not None or self.val_fraction == 0:
+            return f": {self.root!r} has no images"
+        return (f": {self.root!r} has {count} image(s) and val_fraction={self.val_fraction} holds out "
+                f"{max(1, round(self.val_fraction * count))} for validation; add training images, give validation "
+                "images with val_root, or set val_fraction: 0")
 
     def _split_files(self) -> dict[str, list[Path]]:
         files = find_images(self.root, self.extensions)

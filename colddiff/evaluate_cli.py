@@ -19,6 +19,7 @@ import argparse
 import json
 import pickle
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,13 @@ from tqdm.auto import tqdm
 from colddiff._cli import (
     UsageError,
     add_data_arguments,
+    check_folder,
+    check_output_locations,
     conversion_of,
     dataset_from_args,
     dataset_id,
     device_from,
-    image_shape_of,
+    error_text,
     non_negative_float,
     partners_from_args,
     positive_int,
@@ -43,7 +46,7 @@ from colddiff._cli import (
     sampler_help,
     sampler_name,
 )
-from colddiff.datasets import ImageFolder, ImageTransform, find_images, unpack_batch
+from colddiff.datasets import ImageTransform, find_images, unpack_batch
 from colddiff.evaluation import (
     AuditConfig,
     FeatureExtractor,
@@ -57,7 +60,7 @@ from colddiff.evaluation import (
 )
 from colddiff.evaluation.features import FeatureWeightsError
 from colddiff.export import load_model
-from colddiff.io import atomic_write_bytes
+from colddiff.io import atomic_write_bytes, match_channels, read_image
 from colddiff.pipeline import Pipeline
 
 __all__ = ["main", "build_parser"]
@@ -97,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen = modes.add_parser("generation", parents=[common, sampling], help="FID/KID of generated images")
     gen.add_argument("--ckpt", default=None, help="generate with this model (or give --generated)")
     gen.add_argument("--generated", default=None, help="a folder of generated images (sample.py --save-images)")
+    gen.add_argument("--convert-generated", action="store_true",
+                     help="resize and convert --generated images of mixed sizes or channels to the shape most of "
+                          "them have, and colour images to grayscale for a grayscale extractor (reported; default: "
+                          "refuse)")
     gen.add_argument("--num", type=positive_int, default=6400, help="images to generate (the paper: 6,400)")
     add_data_arguments(gen, split="train", prefix="reference-")
     gen.add_argument("--reference-size", type=positive_int, default=None, help="reference images used (default: all)")
@@ -113,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = modes.add_parser("replication", parents=[common, sampling], help="nearest training images of samples")
     rep.add_argument("--ckpt", default=None, help="generate with this model (or give --generated)")
     rep.add_argument("--generated", default=None, help="a folder of generated images (reads provenance.json)")
+    rep.add_argument("--convert-generated", action="store_true",
+                     help="resize and convert --generated images of mixed sizes or channels to the shape most of "
+                          "them have (reported; default: refuse)")
     rep.add_argument("--num", type=positive_int, default=1000, help="images to generate when --ckpt is given")
     add_data_arguments(rep, split="train", prefix="train-")
     rep.add_argument("--extractor", default="pixels", help="pixels, resnet20..resnet110, inception, or none")
@@ -175,19 +185,85 @@ def _generating_model(args: argparse.Namespace, device: torch.device) -> Pipelin
     return model
 
 
-def _generated_images(args: argparse.Namespace, device: torch.device,
-                      model: Pipeline | None) -> tuple[Tensor, list[dict], str]:
-    """Generated images (from a folder, or made now by ``model``), their provenance, and their source."""
+def _kind(channels: int) -> str:
+    return "grayscale" if channels == 1 else "RGB"
+
+
+def _read_generated(folder: Path, extractor: FeatureExtractor | None, convert: bool) -> tuple[Tensor, list[Path],
+                                                                                               str | None]:
+    """The images of a ``--generated`` folder as one batch, the files, and what was converted (``None``: nothing).
+
+    A generated set is one model's output: images of different sizes or channel counts are refused unless
+    ``convert`` (then resized, shorter side and centre crop, and converted to the shape most of them have).  RGB files
+    whose three channels are equal are read as grayscale, losslessly, for an extractor that takes grayscale only
+    (``sample.py`` wrote 1-channel images as RGB before); other colour images need ``convert`` (luma) for it.
+    """
+    files = find_images(folder)
+    images = [read_image(path) for path in files]  # each at its own channels and bit depth (errors name the file)
+    shapes = Counter(tuple(image.shape) for image in images)
+    channels, height, width = shapes.most_common(1)[0][0]  # the set's own shape: most images have it
+    accepted = extractor.input_channels if extractor is not None else (1, 3)
+    target = channels if channels in accepted else accepted[0]
+    if len(shapes) > 1 and not convert:
+        example = {tuple(image.shape): path for image, path in zip(images, files)}
+        found = ", ".join(f"{n} {w}x{h} {_kind(c)} (e.g. {example[(c, h, w)].name})"
+                          for (c, h, w), n in shapes.most_common())
+        raise UsageError(f"--generated {str(folder)!r}: the images differ in size or channels ({found}); colddiff "
+                         "scores one set of one shape and never resizes or converts it silently: pass "
+                         f"--convert-generated to convert them all to {min(height, width)}x{min(height, width)} "
+                         f"{_kind(target)} (reported)")
+    if height != width and not convert:
+        raise UsageError(f"--generated {str(folder)!r}: the images are {width}x{height}; colddiff evaluates square "
+                         "images (pass --convert-generated to centre-crop them, reported)")
+    size = min(height, width)
+    lossless_grey = False
+    if channels != target:
+        lossless_grey = target == 1 and all(image.shape[0] == 1 or (torch.equal(image[0], image[1]) and
+                                                                     torch.equal(image[1], image[2]))
+                                            for image in images)
+        if not lossless_grey and not convert:
+            raise UsageError(f"--generated {str(folder)!r}: the images are {_kind(channels)} but the {extractor.name} "
+                             f"extractor takes {_kind(target)} images; pass --convert-generated to convert them "
+                             "(RGB to luma, reported)")
+        channels = target
+    changes: Counter[str] = Counter()
+    transform = ImageTransform(size, channels, train=False)
+    batch = []
+    for image in images:
+        have, h, w = image.shape
+        if have != channels:
+            if lossless_grey and have == 3:
+                image = image[:1]
+                changes["RGB with three equal channels read as grayscale (lossless)"] += 1
+            else:
+                image = match_channels(image, channels)
+                changes[f"converted from {_kind(have)} to {_kind(channels)}"
+                        + (" (luma)" if channels == 1 else " (grey replicated)")] += 1
+        if (h, w) != (size, size):
+            image = transform(image)
+            changes[f"resized (shorter side) and centre-cropped from {w}x{h} to {size}x{size}"] += 1
+        batch.append(image)
+    conversion = "; ".join(f"{n} of {len(images)} {change}" for change, n in changes.items()) or None
+    return torch.stack(batch), files, conversion
+
+
+def _generated_images(args: argparse.Namespace, device: torch.device, model: Pipeline | None,
+                      extractor: FeatureExtractor | None = None) -> tuple[Tensor, list[dict], str, str | None]:
+    """Generated images (from a folder, or made now by ``model``), their provenance, their source, and the
+    conversion applied to a folder's images (``None``: none)."""
     if model is None:
-        files = find_images(args.generated)
-        size, channels = image_shape_of(files[0])
-        dataset = ImageFolder(files, ImageTransform(size, channels, train=False))
-        images = torch.stack([dataset[i] for i in range(len(dataset))])
-        return images, _folder_provenance(Path(args.generated), files), f"folder {args.generated} ({len(files)} images)"
+        folder = check_folder(args.generated, "--generated",
+                              " (sample.py generate --save-images writes them to OUT/images)")
+        images, files, conversion = _read_generated(folder, extractor, args.convert_generated)
+        if conversion:
+            print(f"evaluate.py {args.mode}: note: the generated images: {conversion} (written into the report)",
+                  file=sys.stderr)
+        return images, _folder_provenance(folder, files), f"folder {args.generated} ({len(files)} images)", \
+            conversion
     images, records = generate_images(model, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
                                       noise=args.noise, batch_size=args.batch_size, device=device,
                                       precision=args.precision, progress=True)
-    return images, records, f"checkpoint {args.ckpt}"
+    return images, records, f"checkpoint {args.ckpt}", None
 
 
 def _folder_provenance(folder: Path, files: list[Path]) -> list[dict]:
@@ -225,7 +301,7 @@ def run_generation(args: argparse.Namespace, device: torch.device) -> Path:
     extractor = _extractor(args)
     if extractor is None:
         raise UsageError("generation metrics need a feature extractor (--extractor inception, resnetNN or pixels)")
-    images, _, source = _generated_images(args, device, model)
+    images, _, source, generated_conversion = _generated_images(args, device, model, extractor)
     size, channels = images.shape[-1], images.shape[1]
     reference = dataset_from_args(args, size, channels, args.ckpt, prefix="reference_")
     if args.reference_size is not None:
@@ -240,7 +316,10 @@ def run_generation(args: argparse.Namespace, device: torch.device) -> Path:
         split=args.reference_split, cache=ReferenceCache(args.cache_dir),
         kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, seed=args.seed,
         batch_size=args.batch_size, num_workers=args.num_workers, device=device, progress=True,
-        protocol={"generated": source, "reference_conversion": conversion or "none (same size and channels)",
+        protocol={"generated": source,
+                  "generated_conversion": generated_conversion or ("none (same size and channels)" if model is None
+                                                                   else "none (generated now by the model)"),
+                  "reference_conversion": conversion or "none (same size and channels)",
                   "seed": args.seed, "sampler": args.sampler or "model default",
                   "steps": args.steps or "all levels", "noise": args.noise, "precision": args.precision},
     )
@@ -250,9 +329,10 @@ def run_generation(args: argparse.Namespace, device: torch.device) -> Path:
 
 # --------------------------------------------------------------------------------------------- replication
 def run_replication(args: argparse.Namespace, device: torch.device) -> Path:
-    generated, provenance, source = _generated_images(args, device, _generating_model(args, device))
-    train = dataset_from_args(args, generated.shape[-1], generated.shape[1], args.ckpt, prefix="train_")
+    model = _generating_model(args, device)
     extractor = _extractor(args)
+    generated, provenance, source, _ = _generated_images(args, device, model, extractor)
+    train = dataset_from_args(args, generated.shape[-1], generated.shape[1], args.ckpt, prefix="train_")
     config = AuditConfig(neighbours=args.neighbours, alpha=args.alpha, delta=args.delta, grid=args.grid,
                          cosine_threshold=args.cosine_threshold, exact=not args.float32)
     loader = DataLoader(train, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
@@ -266,6 +346,16 @@ def run_replication(args: argparse.Namespace, device: torch.device) -> Path:
 
 
 MODES = {"restoration": run_restoration, "generation": run_generation, "replication": run_replication}
+OUTPUTS = {"restoration": ("restoration.md", "restoration.json"), "generation": ("generation.md", "generation.json"),
+           "replication": ("replication.json", "replication_hist.png", "replication_pairs.png")}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out must be a folder (or not exist yet) where every report file can be written: checked before any work."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is an existing file; it must be a folder (created if missing)")
+    check_output_locations([out / name for name in OUTPUTS[args.mode]], [args.ckpt] if args.ckpt else [])
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -273,11 +363,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_outputs(args)
         device = device_from(args.device)
         with torch.no_grad():
             path = MODES[args.mode](args, device)
-    except (UsageError, FileNotFoundError, ValueError, FeatureWeightsError, pickle.UnpicklingError) as err:
-        parser.exit(2, f"evaluate.py {args.mode}: error: {err}\n")
+    except (UsageError, FileNotFoundError, ValueError, FeatureWeightsError, pickle.UnpicklingError, NotADirectoryError,
+            IsADirectoryError, PermissionError) as err:
+        parser.exit(2, f"evaluate.py {args.mode}: error: {error_text(err, args.ckpt)}\n")
     print(f"wrote {path}")
     return path
 

@@ -2,7 +2,8 @@
 
 * :func:`atomic_write_bytes`: write a file through a temporary file, ``fsync`` and a rename, so that a crash leaves
   either the old file or the new one, never half of one.
-* :func:`save_png_atomic`, :func:`restoration_grid`: PNG grids of ``[0, 1]`` images, written atomically.
+* :func:`save_png_atomic`, :func:`restoration_grid`: PNG grids of ``[0, 1]`` images, written atomically;
+  :func:`save_image_atomic`: one image as a PNG with its own channels (grayscale stays grayscale).
 * :func:`load_checkpoint`: the one way colddiff reads a checkpoint file: ``torch.load(weights_only=True)`` with clear
   errors for a missing, truncated or unsafe file (:class:`UnsafeCheckpointError`).
 * :func:`read_image`: the one way colddiff reads an image file: a float tensor ``(C, H, W)`` in ``[0, 1]`` whatever
@@ -27,9 +28,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-__all__ = ["atomic_write_bytes", "save_png_atomic", "restoration_grid", "load_checkpoint", "UnsafeCheckpointError",
-           "unsafe_checkpoint_error", "read_image", "image_to_tensor", "match_channels", "ImageReadError",
-           "DEFAULT_MAX_PIXELS"]
+__all__ = ["atomic_write_bytes", "save_png_atomic", "save_image_atomic", "restoration_grid", "load_checkpoint",
+           "UnsafeCheckpointError", "unsafe_checkpoint_error", "read_image", "image_to_tensor", "match_channels",
+           "ImageReadError", "DEFAULT_MAX_PIXELS"]
 
 
 # ---------------------------------------------------------------------------------------------- atomic files
@@ -75,6 +76,26 @@ def save_png_atomic(images: Tensor, path: str | os.PathLike, nrow: int, padding:
     grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
     buffer = io.BytesIO()
     save_image(grid, buffer, format="png")
+    return atomic_write_bytes(buffer.getvalue(), path)
+
+
+def save_image_atomic(image: Tensor, path: str | os.PathLike) -> Path:
+    """Save one ``[0, 1]`` image as an 8-bit PNG with its own channels (a 1-channel image as a grayscale PNG, not
+    RGB), via a temporary file and a rename.  Pixels are ``floor(255 x + 0.5)``, as in :func:`save_png_atomic`.
+
+    Shape:
+        ``image``: ``(C, H, W)`` or ``(1, C, H, W)``, ``C`` 1 or 3.
+    """
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"save_image_atomic: expected an image (C, H, W) with 1 or 3 channels, got "
+                         f"{tuple(image.shape)}")
+    pixels = image.detach().float().cpu().clamp(0, 1).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    array = pixels.permute(1, 2, 0).numpy()
+    picture = Image.fromarray(array[..., 0], "L") if array.shape[-1] == 1 else Image.fromarray(array, "RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="png")
     return atomic_write_bytes(buffer.getvalue(), path)
 
 
@@ -305,6 +326,11 @@ def _open_image(path: Path, max_pixels: int | None) -> Image.Image:
                 width, height = image.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageReadError(path, _too_large(width, height, max_pixels))
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1 and image.format != "MPO":  # MPO: a JPEG whose extra pictures are previews
+                    raise ImageReadError(path, f"it holds {frames} frames ({image.format}: an animated image or a "
+                                               "multi-page file), and colddiff reads single images, never only the "
+                                               "first frame without a word: save each frame as its own file")
                 image.load()
             except BaseException:
                 image.close()
@@ -346,7 +372,8 @@ def read_image(
     lie in ``[0, 65535]`` and refused otherwise), floating-point pixels (mode ``F``) as stored when they lie in
     ``[0, 1]`` and refused, with the range found, otherwise.  Palette images are RGB, or grayscale when every colour
     is grey; CMYK, YCbCr, LAB and HSV images go through Pillow's conversion to RGB; an EXIF orientation is applied.
-    (Pillow stores 16-bit RGB PNGs as 8-bit RGB: those are read at 8 bits.)
+    (Pillow stores 16-bit RGB PNGs as 8-bit RGB: those are read at 8 bits.)  Files of several frames (animated
+    GIF, PNG or WebP, multi-page TIFF) are refused: nothing would say which frame was read.
 
     Transparency (an alpha channel, a palette or colour-key transparency): a fully opaque alpha is dropped (it
     carries no information); otherwise the image is refused, unless ``alpha_background`` names a grey level to
@@ -371,8 +398,8 @@ def read_image(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ImageReadError: (a ``ValueError`` naming the file) the file does not decode, is too large, holds values it
-            cannot scale to ``[0, 1]``, has transparent pixels, or has the wrong channels.
+        ImageReadError: (a ``ValueError`` naming the file) the file does not decode, is too large, holds several
+            frames, holds values it cannot scale to ``[0, 1]``, has transparent pixels, or has the wrong channels.
 
     Shape:
         output: ``(C, H, W)``, ``C`` = ``channels`` or the file's own (1 or 3).

@@ -293,6 +293,6 @@ class ColdDiffusion(L.LightningModule):
         hparams, state, source = read_training_checkpoint(checkpoint_path)
         if "network" not in overrides:  # both copies of the weights fit the config, checked before allocation
             check_network_weights(hparams.get("network"), state, source, allow, ("network", "ema_network"))
-        model = cls(**model_kwargs(hparams, overrides, allow))
+        model = cls(**model_kwargs(hparams, overrides, allow, source))
         model.load_state_dict(state, strict=True if strict is None else strict)
         return model.to(map_location) if map_location is not None else model

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from colddiff._checks import check_positive_int
-from colddiff._config import NOT_RECORDED, build, describe_or_mark
+from colddiff._config import NOT_RECORDED, ModelFileError, build, check_component_entries, describe_or_mark
 from colddiff.degradations.base import Degradation
 from colddiff.io import atomic_write_bytes, load_checkpoint
 from colddiff.objectives import Objective, PredictX0, default_objective
@@ -143,6 +143,7 @@ class Pipeline(nn.Module):
             if not isinstance(prior, Prior):
                 raise TypeError(f"prior must be a colddiff Prior or None, got {type(prior).__name__}")
             check_prior(prior, degradation)
+            prior.bind(degradation)
         if degradation.channels is not None and degradation.channels != channels:
             raise ValueError(f"the degradation expects {degradation.channels} channels but channels={channels}")
         degradation.check_image_size(image_size, image_size)
@@ -368,7 +369,11 @@ class Pipeline(nn.Module):
         ``model`` entry, or a training checkpoint's hyper-parameters (training-only entries are ignored; the former
         ``loss`` entry means x0-prediction with that loss).  Components are built only from allowed class paths
         (colddiff's, or ``allow``); ``overrides`` replace entries (e.g. a ``network`` the file could not record)."""
-        return cls(**pipeline_kwargs(config, source, allow, overrides))
+        kwargs = pipeline_kwargs(config, source, allow, overrides)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as err:  # a setting the pipeline refuses (image_size "big", a bad prior...)
+            raise ModelFileError(" ".join(str(err).split()), source) from err
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", allow: Sequence[str] = (),
@@ -423,28 +428,45 @@ def compile_network(network: nn.Module, mode: str | None = None) -> Callable:
         return network
 
 
-def pipeline_kwargs(config: Mapping[str, Any], source: str, allow: Sequence[str] = (),
-                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A pipeline's constructor arguments from a model config (see :meth:`Pipeline.from_config`)."""
+def check_model_config(config: Any, source: str, overrides: Mapping[str, Any] | None = None) -> None:
+    """Refuse a model config that cannot describe a pipeline, in one line naming the file and the field: not a
+    mapping, unknown entries, no degradation or network, a component that is not a ``{class_path, init_args}``
+    mapping (nothing is imported or built here)."""
+    overrides = overrides or {}
     if not isinstance(config, Mapping):
-        raise ValueError(f"{source}: the model config must be a mapping of its entries, got {type(config).__name__}")
-    overrides = dict(overrides or {})
+        raise ModelFileError(f"the model config must be a mapping of its entries, got {type(config).__name__}",
+                             source)
     known = set(_COMPONENTS) | set(_SETTINGS) | set(TRAINING_ONLY) | {"loss"}
     unknown = sorted(k for k in config if not str(k).startswith("_") and k not in known and k not in overrides)
     if unknown:
-        raise ValueError(f"{source}: unknown entries {unknown} in the model config (known: {sorted(known)})")
+        raise ModelFileError(f"unknown entries {unknown} in the model config (known: {sorted(known)})", source)
+    missing = [name for name in ("degradation", "network") if config.get(name) is None and name not in overrides]
+    if missing:
+        raise ModelFileError(f"the model config has no {' and no '.join(missing)} (a {{class_path, init_args}} "
+                             "entry each)", source)
+    check_component_entries(config, overrides, source)
+
+
+def pipeline_kwargs(config: Mapping[str, Any], source: str, allow: Sequence[str] = (),
+                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A pipeline's constructor arguments from a model config (see :meth:`Pipeline.from_config`)."""
+    overrides = dict(overrides or {})
+    check_model_config(config, source, overrides)
     kwargs: dict[str, Any] = {}
     for name in _COMPONENTS:
         if name in overrides or config.get(name) is None:
             continue
-        kwargs[name] = build(config[name], name, allow)
+        kwargs[name] = build(config[name], name, allow, source)
     if "objective" not in kwargs and "objective" not in overrides and config.get("loss") is not None:
         kwargs["objective"] = PredictX0(loss=config["loss"])  # models from before the objective: x0 under `loss`
     for name in _SETTINGS:
         if name in config and name not in overrides:
             kwargs[name] = config[name]
     if isinstance(kwargs.get("sampler"), str):
-        check_sampler_name(kwargs["sampler"], "sampler", allow=allow)  # a file's import path: allow-list
+        try:  # a file's import path goes through the allow-list
+            check_sampler_name(kwargs["sampler"], "sampler", allow=allow)
+        except ValueError as err:
+            raise ModelFileError(str(err), source) from err
     kwargs.update(overrides)
     return kwargs
 
@@ -471,18 +493,18 @@ def check_state(group: str, state: Mapping[str, Tensor], expected: Mapping[str, 
         def show(keys: list[str]) -> str:
             return f"{keys[:3]}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
 
-        raise ValueError(f"{source}: the {group} weights do not match its config: missing {show(missing)}, "
+        raise ValueError(f"{source!r}: the {group} weights do not match its config: missing {show(missing)}, "
                          f"unexpected {show(extra)}; the file is damaged or was written for another model")
     for key, (dtype, shape) in expected.items():
         tensor = state[key]
         if tuple(tensor.shape) != tuple(shape):
-            raise ValueError(f"{source}: {group}.{key} has shape {tuple(tensor.shape)} but the config's {group} "
+            raise ValueError(f"{source!r}: {group}.{key} has shape {tuple(tensor.shape)} but the config's {group} "
                              f"needs {tuple(shape)}; the file is damaged or its config was edited")
         if dtype.is_floating_point and not tensor.is_floating_point():
-            raise ValueError(f"{source}: {group}.{key} holds {tensor.dtype} values where the model needs floats; "
+            raise ValueError(f"{source!r}: {group}.{key} holds {tensor.dtype} values where the model needs floats; "
                              "the file is damaged or crafted")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{source}: {group}.{key} holds NaN or infinite values; the model file is corrupt or "
+            raise ValueError(f"{source!r}: {group}.{key} holds NaN or infinite values; the model file is corrupt or "
                              "was saved from a diverged run")
 
 
@@ -505,20 +527,30 @@ def build_checked(cls: type[Pipeline], config: Mapping[str, Any], state: Mapping
     for key, tensor in state.items():
         prefix, _, name = key.partition(".")
         if prefix not in groups:
-            raise ValueError(f"{source}: unexpected tensor {key!r}")
+            raise ValueError(f"{source!r}: unexpected tensor {key!r} (expected network.*, degradation.*, prior.*)")
         groups[prefix][name] = tensor
-    if "network" not in overrides and isinstance(config, Mapping):
+    check_model_config(config, source, overrides)
+    if "network" not in overrides:
         check_network_weights(config.get("network"), state, source, allow)
     pipeline = cls.from_config(config, source, allow, **overrides)
     for prefix in ("network", "degradation", "prior"):
         module = getattr(pipeline, prefix)
         if module is None:
             if groups[prefix]:
-                raise ValueError(f"{source}: the file has {prefix} tensors but its config has no {prefix}")
+                raise ValueError(f"{source!r}: the file has {prefix} tensors but its config has no {prefix}")
             continue
-        expected = {k: (v.dtype, v.shape) for k, v in module.state_dict().items()}
-        check_state(prefix, groups[prefix], expected, source)
-        module.load_state_dict(groups[prefix])
+        if prefix != "prior":  # the network's and the degradation's tensors are fixed by their configs
+            check_state(prefix, groups[prefix], {k: (v.dtype, v.shape) for k, v in module.state_dict().items()},
+                        source)
+            module.load_state_dict(groups[prefix])
+            continue
+        try:  # a fitted prior's tensors depend on its data (KDE thumbnails): it validates its own state on load
+            module.load_state_dict(groups[prefix])
+        except (RuntimeError, ValueError) as err:
+            raise ModelFileError(f"prior: {' '.join(str(err).split())}", source) from err
+        for key, tensor in groups[prefix].items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{source!r}: prior.{key} holds NaN or infinite values; the model file is corrupt")
     return pipeline
 
 
@@ -536,7 +568,7 @@ def _read_export(path: Path) -> tuple[Mapping[str, Any], dict[str, Tensor], str]
         state = load_file(str(folder / WEIGHTS), device="cpu")
     except (SafetensorError, OSError) as err:
         raise ValueError(f"cannot read {str(folder / WEIGHTS)!r}: {err}") from err
-    return payload["model"], state, repr(str(folder))
+    return payload["model"], state, str(folder)
 
 
 def read_training_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any], Mapping[str, Tensor], str]:
@@ -546,7 +578,7 @@ def read_training_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any]
     hparams, state = checkpoint.get("hyper_parameters"), checkpoint.get("state_dict")
     if not isinstance(hparams, Mapping) or not isinstance(state, Mapping):
         raise ValueError(f"{str(path)!r} is not a colddiff training checkpoint (no state_dict/hyper_parameters)")
-    return hparams, state, repr(str(path))
+    return hparams, state, str(path)
 
 
 def _read_checkpoint(path: Path) -> tuple[Mapping[str, Any], dict[str, Tensor], str]:

@@ -23,7 +23,7 @@ prior                  start state                                              
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from colddiff._checks import check_positive_int, rand, randint, randn
-from colddiff._config import RecordsInit
+from colddiff._config import ModelFileError, RecordsInit
 from colddiff.datasets import unpack_batch
 
 __all__ = [
@@ -46,7 +46,24 @@ __all__ = [
     "GaussianNoisePrior",
     "ConstantColourPrior",
     "SourceImagePrior",
+    "FinalStatePrior",
 ]
+
+
+def _stored_state_error(module: nn.Module, prefix: str, reason: str) -> ModelFileError:
+    where = prefix.rstrip(".") or "prior"
+    return ModelFileError(f"{where} ({type(module).__name__}): {reason}; the model file is corrupt or was not written "
+                          "by colddiff for this config")
+
+
+def _require_stored(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, strict: bool) -> None:
+    """Refuse a strict load whose state lacks one of ``module``'s own persistent buffers (a fitted prior's state)."""
+    if not strict:
+        return
+    missing = [name for name in module._buffers  # noqa: SLF001 - the module's own buffers, not its children's
+               if name not in module._non_persistent_buffers_set and prefix + name not in state_dict]
+    if missing:
+        raise _stored_state_error(module, prefix, f"the stored state has no {', '.join(map(repr, missing))} tensor")
 
 
 # ------------------------------------------------------------------------------------------ Gaussian mixture
@@ -73,6 +90,27 @@ class GaussianMixture(RecordsInit, nn.Module):
         self.register_buffer("means", torch.zeros(num_components, dim))
         self.register_buffer("covariances", torch.eye(dim).expand(num_components, dim, dim).clone())
         self.register_buffer("fitted", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+                              unexpected_keys, error_msgs):
+        _require_stored(self, state_dict, prefix, strict)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if bool(self.fitted) and not error_msgs:
+            self._check_fit(prefix)
+
+    def _check_fit(self, prefix: str) -> None:
+        """A loaded fit must be a distribution: weights >= 0 summing to 1, positive-definite covariances."""
+        weights = self.weights.double()
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or \
+                abs(float(weights.sum()) - 1.0) > 1e-3:
+            raise _stored_state_error(self, prefix, f"the stored mixture weights {weights.tolist()} are not a "
+                                                    "probability distribution (>= 0, summing to 1)")
+        info = torch.linalg.cholesky_ex(self.covariances.double()).info
+        if bool((info != 0).any()):
+            bad = [int(i) for i in torch.nonzero(info).flatten()]
+            raise _stored_state_error(self, prefix, f"the stored covariance of component(s) {bad} is not positive "
+                                                    "definite")
 
     def _log_prob_components(self, x: Tensor, weights: Tensor, means: Tensor, covs: Tensor) -> Tensor:
         """``log w_j + log N(x | mu_j, S_j)`` for every sample and component: ``(n, k)``."""
@@ -198,10 +236,21 @@ class Prior(RecordsInit, nn.Module):
     def is_fitted(self) -> bool:
         return bool(self.fitted)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+                              unexpected_keys, error_msgs):
+        # a fitted prior whose stored state lacks a tensor is refused by name (one line), not by a list of keys
+        _require_stored(self, state_dict, prefix, strict)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def fit(self, images: Tensor | Iterable[Tensor]) -> Prior:
         """Fit to clean images in ``[0, 1]`` (a tensor ``(N, C, H, W)`` or an iterable of batches)."""
         self.fitted.fill_(True)
         return self
+
+    def bind(self, degradation: Any) -> None:
+        """Called when a model is built with this prior and its degradation (after their params are checked to
+        agree); a prior that needs the degradation to fit (:class:`FinalStatePrior`) keeps it.  Default: nothing."""
 
     def fit_from(self, source: PriorSource, limit: int = 10_000) -> Prior:
         """Make the prior ready from a data source: fit on up to ``limit`` of its clean training images if the prior
@@ -374,12 +423,44 @@ class LowResKDEPrior(LowResPrior):
         self.thumbnails = summaries[keep].to(self.thumbnails.device)
         self.indices = keep.to(self.indices.device)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+                              unexpected_keys, error_msgs):
+        _require_stored(self, state_dict, prefix, strict)
+        self._check_stored(state_dict, prefix)
         # how many images were kept is known only from the file: take the stored buffers' shapes
         for name in ("thumbnails", "indices"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _check_stored(self, state_dict: Mapping[str, Any], prefix: str) -> None:
+        """The stored thumbnails and indices must fit this prior's config and each other (checked before loading:
+        a refused state changes nothing)."""
+        thumbnails, indices = state_dict.get(prefix + "thumbnails"), state_dict.get(prefix + "indices")
+        fitted = state_dict.get(prefix + "fitted")
+        dim = self.channels * self.low_size * self.low_size
+        if thumbnails is not None:
+            if not isinstance(thumbnails, Tensor) or thumbnails.ndim != 2 or thumbnails.shape[1] != dim \
+                    or not thumbnails.is_floating_point():
+                got = f"{tuple(thumbnails.shape)} {thumbnails.dtype}" if isinstance(thumbnails, Tensor) else \
+                    type(thumbnails).__name__
+                raise _stored_state_error(self, prefix, f"the stored thumbnails must be float (N, {dim}) for channels="
+                                                        f"{self.channels}, low_size={self.low_size}; got {got}")
+        if indices is not None:
+            if not isinstance(indices, Tensor) or indices.ndim != 1 or indices.is_floating_point() \
+                    or bool((indices < 0).any()):
+                got = f"{tuple(indices.shape)} {indices.dtype}" if isinstance(indices, Tensor) else \
+                    type(indices).__name__
+                raise _stored_state_error(self, prefix, f"the stored indices must be non-negative integers (N,); got "
+                                                        f"{got}")
+        if thumbnails is not None and indices is not None and len(thumbnails) != len(indices):
+            raise _stored_state_error(self, prefix, f"{len(thumbnails)} stored thumbnails but {len(indices)} indices "
+                                                    "(one per thumbnail)")
+        if isinstance(fitted, Tensor) and fitted.numel() == 1 and bool(fitted) and thumbnails is not None \
+                and len(thumbnails) == 0:
+            raise _stored_state_error(self, prefix, "the prior is marked fitted but stores no thumbnails (it would "
+                                                    "have nothing to draw)")
 
     def _draw_summaries(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, list[dict[str, int]]]:
         choice = randint(len(self.thumbnails), (n,), generator, self.thumbnails)
@@ -465,3 +546,86 @@ class SourceImagePrior(Prior):
         provenance = [{"source": "partner", "index": int(i), **({"path": str(files[int(i)])} if files else {})}
                       for i in indices]
         return PriorSample(images.to(self.fitted.device), {"partner": images.to(self.fitted.device)}, provenance)
+
+
+class FinalStatePrior(Prior):
+    """Start states from the training data's own final states: ``x_T = D(x, T) + noise_std * eps`` for a training
+    image ``x`` drawn at random, a kernel density estimate over the degraded training set with bandwidth
+    ``noise_std``.
+
+    This is Inverse Heat Dissipation's prior (Rissanen et al., arXiv 2206.13397; their code draws training images
+    blurred to level ``K`` and adds ``delta`` noise, ``delta = 0.01`` for MNIST), and it serves any deterministic
+    degradation whose final state keeps something of the image.  It needs the model's degradation, which it is given
+    when the model is built (:meth:`bind`).  The final states of at most ``max_images`` training images (a seeded
+    random subset) are kept in a buffer, so they travel in checkpoints and exports (``max_images x C x H x W`` floats;
+    4 MB for 1,000 images of 32 x 32 RGB).  The provenance records which fitted image a start state came from.
+
+    Args:
+        noise_std: standard deviation of the noise added to a final state (the kernel's bandwidth).
+        max_images: the most final states kept.
+    """
+
+    needs_fit = True
+
+    def __init__(self, noise_std: float = 0.01, max_images: int = 2_000) -> None:
+        super().__init__()
+        if not noise_std >= 0:
+            raise ValueError(f"FinalStatePrior: noise_std must be >= 0, got {noise_std}")
+        self.noise_std = float(noise_std)
+        self.max_images = check_positive_int(max_images, "max_images", "FinalStatePrior")
+        self.register_buffer("states", torch.zeros(0, 0, 0, 0))
+        self.register_buffer("indices", torch.zeros(0, dtype=torch.long))
+        self._degradation: Any = None
+
+    def bind(self, degradation: Any) -> None:
+        if degradation.param_keys:
+            raise ValueError(f"FinalStatePrior needs a deterministic degradation (one that draws no params); "
+                             f"{type(degradation).__name__} draws {list(degradation.param_keys)}")
+        object.__setattr__(self, "_degradation", degradation)  # not a child module: the model owns it
+
+    def fit(self, images: Tensor | Iterable[Tensor], limit: int | None = None, seed: int = 0) -> Prior:
+        """Keep ``D(x, T)`` of up to ``max_images`` of ``images`` (a seeded random subset)."""
+        if self._degradation is None:
+            raise ValueError("FinalStatePrior is fitted through its model (it needs the model's degradation): build "
+                             "the model with it first, or call bind(degradation)")
+        data = self._collect(images, limit)
+        keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[: self.max_images].sort().values
+        device = self.states.device
+        with torch.no_grad():
+            states = torch.cat([self._degradation.final_state(batch.to(device)) for batch in data[keep].split(256)])
+        self.states, self.indices = states.to(device), keep.to(device)
+        self.fitted.fill_(True)
+        return self
+
+    def sample(self, n: int, shape: Sequence[int], generator: torch.Generator | None = None) -> PriorSample:
+        c, h, w = self._check_sample(n, shape)
+        if tuple(self.states.shape[1:]) != (c, h, w):
+            raise ValueError(f"FinalStatePrior holds final states of shape {tuple(self.states.shape[1:])}, but "
+                             f"({c}, {h}, {w}) was asked for")
+        like = self.states.new_empty(0)
+        pick = (rand((n,), generator, like) * len(self.states)).long().clamp(max=len(self.states) - 1)
+        x_T = self.states[pick] + self.noise_std * randn((n, c, h, w), generator, like)
+        provenance = [{"source": "prior", "prior": "FinalState", "fit_index": int(self.indices[i])} for i in pick]
+        return PriorSample(x_T, {}, provenance)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+                              unexpected_keys, error_msgs):
+        _require_stored(self, state_dict, prefix, strict)
+        states, indices = state_dict.get(prefix + "states"), state_dict.get(prefix + "indices")
+        if isinstance(states, Tensor) and (states.ndim != 4 or not states.is_floating_point()):
+            raise _stored_state_error(self, prefix, f"the stored final states must be float (N, C, H, W), got "
+                                                    f"{tuple(states.shape)} {states.dtype}")
+        if isinstance(states, Tensor) and isinstance(indices, Tensor) and len(states) != len(indices):
+            raise _stored_state_error(self, prefix, f"{len(states)} stored final states but {len(indices)} indices")
+        fitted = state_dict.get(prefix + "fitted")
+        if isinstance(fitted, Tensor) and fitted.numel() == 1 and bool(fitted) and isinstance(states, Tensor) \
+                and len(states) == 0:
+            raise _stored_state_error(self, prefix, "the prior is marked fitted but stores no final states")
+        for name, value in (("states", states), ("indices", indices)):  # their sizes are known only from the file
+            if isinstance(value, Tensor):
+                setattr(self, name, torch.empty_like(value, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        return f"noise_std={self.noise_std}, images={len(self.states)}"

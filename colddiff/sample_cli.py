@@ -19,21 +19,25 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from colddiff._checks import check_finite_output
 from colddiff._cli import (
     UsageError,
     add_data_arguments,
+    check_output_locations,
     conversion_of,
     dataset_from_args,
     device_from,
+    error_text,
     non_negative_float,
     partners_from_args,
     positive_int,
@@ -50,6 +54,7 @@ from colddiff.io import (
     atomic_write_bytes,
     read_image,
     restoration_grid,
+    save_image_atomic,
     save_png_atomic,
 )
 from colddiff.pipeline import Pipeline
@@ -117,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fit the prior on --folder/--dataset (or the checkpoint's data) and save the model with it "
                           "as --output (the model file given by --ckpt is never modified)")
     gen.add_argument("--output", default=None,
-                     help="with --fit-prior: the new model file (.ckpt) or export folder to write")
+                     help="with --fit-prior: the new model file (.ckpt) or export folder to write (a new path)")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="with --fit-prior: let --output replace an existing model file or export folder")
     gen.add_argument("--fit-images", type=positive_int, default=10_000, help="images used by --fit-prior")
     gen.add_argument("--fit-resize", action="store_true",
                      help="with --fit-prior: resize and convert --folder/--dataset images that differ from the "
@@ -197,12 +204,53 @@ def _context(args: argparse.Namespace, model: Pipeline, context: dict[str, Tenso
     return context
 
 
+def _each_name(count: int) -> list[str]:
+    return [f"{i:06d}.png" for i in range(count)]
+
+
 def _save_each(images: Tensor, folder: Path, names: Sequence[str] | None = None) -> list[Path]:
-    paths = []
-    for i, image in enumerate(images):
-        name = names[i] if names is not None else f"{i:06d}.png"
-        paths.append(save_png_atomic(image[None], folder / name, nrow=1, padding=0))
-    return paths
+    """One PNG per image with the model's channels (a 1-channel model's images are grayscale PNGs)."""
+    names = _each_name(len(images)) if names is None else names
+    return [save_image_atomic(image, folder / name) for image, name in zip(images, names)]
+
+
+_EXPORT_FILES = ("model.safetensors", "config.json")
+
+
+def _model_files(path: str | Path) -> list[Path]:
+    """The files of a model: a checkpoint, or an export folder's weights and config (to protect from outputs)."""
+    path = Path(path)
+    folder = path.parent if path.name == _EXPORT_FILES[0] else path
+    return [folder / name for name in _EXPORT_FILES] if folder.is_dir() else [path]
+
+
+def _planned_outputs(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """Every file this run will write under --out, and the files it must never write (inputs, the model)."""
+    out = Path(args.out)
+    protected = _model_files(args.ckpt)
+    if args.mode == "restore":
+        plan = _restore_plan(args)
+        protected += plan.files
+        return [out / "restored" / name for name in plan.names] + [out / "restore_grid.png",
+                                                                    out / "restore.json"], protected
+    main_file = {"reconstruct": "reconstruct_grid.png", "generate": "generate_grid.png",
+                 "trajectory": "trajectory.png"}[args.mode]
+    outputs = [out / main_file, out / f"{args.mode}.json"]
+    if args.mode == "generate":
+        outputs.append(out / "provenance.json")
+    if getattr(args, "save_images", False):
+        outputs += [out / "images" / name for name in _each_name(args.num)]
+    return outputs, protected
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output location is checked before the model is loaded: --out must be a folder (or not exist yet), no
+    output may be an input or the model file, and every file must be writable."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is an existing file; it must be a folder (created if missing)")
+    outputs, protected = _planned_outputs(args)
+    check_output_locations(outputs, protected)
 
 
 # --------------------------------------------------------------------------------------------------- modes
@@ -219,6 +267,8 @@ def run_reconstruct(args: argparse.Namespace, model: Pipeline, device: torch.dev
             result = model.reconstruct(x0, level, sampler=args.sampler, steps=args.steps, generator=generator,
                                        callback=step, noise=args.noise,
                                        **{k: v.to(device) for k, v in context.items()})
+        check_finite_output(result.direct, "direct restorations")
+        check_finite_output(result.sampled, "sampled restorations")
         for column, images in zip(columns, (result.degraded, result.direct, result.sampled, result.x0)):
             column.append(images.float().cpu())
     grid = [torch.cat(c) for c in columns]
@@ -242,11 +292,67 @@ def _level_argument(text: str) -> int | str:
     return value
 
 
-def _read_inputs(args: argparse.Namespace, model: Pipeline) -> tuple[Path, list[Path], list[Tensor]]:
+class _RestorePlan(NamedTuple):
+    """The files ``restore`` reads, the names of their outputs under ``restored/``, and what it leaves out."""
+
+    source: Path
+    files: list[Path]
+    names: list[str]
+    skipped: list[tuple[Path, int]]  # (folder of an earlier restore run, files of its outputs left out)
+
+
+def _output_name(relative: Path) -> Path:
+    """``a.png`` keeps its name; any other file keeps its extension before ``.png`` (``a.jpg`` -> ``a.jpg.png``),
+    so inputs that differ only in their extension (``a.png``, ``a.jpg``, ``a.PNG``) get different outputs."""
+    return relative if relative.suffix == ".png" else relative.with_name(relative.name + ".png")
+
+
+def _earlier_runs(folder: Path) -> list[Path]:
+    """Folders below ``folder`` (itself included) that hold an earlier ``restore`` run's settings file."""
+    runs = []
+    for settings in sorted(folder.rglob("restore.json")):
+        try:
+            mode = json.loads(settings.read_text()).get("mode")
+        except (OSError, ValueError, AttributeError):  # not this tool's settings file: an ordinary file
+            continue
+        if mode == "restore":
+            runs.append(settings.parent)
+    return runs
+
+
+def _restore_plan(args: argparse.Namespace) -> _RestorePlan:
+    """The input files and their output names, checked before any work (nothing is read or written here)."""
     source = Path(args.input)
     if not source.exists():
         raise UsageError(f"--input {str(source)!r} does not exist")
-    files = [source] if source.is_file() else find_images(source)
+    skipped: list[tuple[Path, int]] = []
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = find_images(source)
+        for run in _earlier_runs(source):  # outputs of an earlier run (e.g. --out equal to --input) are no inputs
+            outputs = {run / "restore_grid.png"}
+            kept = [f for f in files if f not in outputs and run / "restored" not in f.parents]
+            if len(kept) < len(files):
+                skipped.append((run, len(files) - len(kept)))
+            files = kept
+        if not files:
+            raise UsageError(f"--input {str(source)!r} holds no images other than the outputs of an earlier restore "
+                             "run (restore_grid.png, restored/)")
+    else:
+        raise UsageError(f"--input {str(source)!r} is neither an image file nor a folder of images")
+    names, seen = [], {}
+    for path in files:
+        name = _output_name(path.relative_to(source) if source.is_dir() else Path(path.name)).as_posix()
+        other = seen.setdefault(name.casefold(), path)
+        if other != path:
+            raise UsageError(f"{str(other)!r} and {str(path)!r} would both be restored to restored/{name}; rename "
+                             "one of them")
+        names.append(name)
+    return _RestorePlan(source, files, names, skipped)
+
+
+def _read_inputs(args: argparse.Namespace, model: Pipeline, files: list[Path]) -> list[Tensor]:
     images = []
     for path in files:
         try:
@@ -267,7 +373,7 @@ def _read_inputs(args: argparse.Namespace, model: Pipeline) -> tuple[Path, list[
             raise UsageError(f"{str(path)!r} is {image.shape[-1]}x{image.shape[-2]}: {err} (or pass --resize)") \
                 from err
         images.append(image)
-    return source, files, images
+    return images
 
 
 def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device, out: Path) -> Path:
@@ -282,7 +388,14 @@ def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device,
             check_estimable(degradation)
         except ValueError as err:
             raise UsageError(f"--level auto: {err}; give the level with --level N") from err
-    source, files, images = _read_inputs(args, model)
+    plan = _restore_plan(args)
+    outputs, protected = _planned_outputs(args)
+    check_output_locations(outputs, protected + plan.files)
+    for run, count in plan.skipped:
+        print(f"sample.py restore: note: skipping {count} file(s) that an earlier restore run wrote in {str(run)!r} "
+              "(restore_grid.png, restored/): they are outputs, not inputs", file=sys.stderr)
+    files = plan.files
+    images = _read_inputs(args, model, files)
     restore = any_size(model.restore, multiple=getattr(model.network, "size_multiple", 1), tile=args.tile,
                        overlap=args.overlap)
     sampler = args.sampler or model.sampler
@@ -305,14 +418,14 @@ def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device,
             result = sample_at_levels(sampler, restore, degradation, y, levels, steps=args.steps,
                                       generator=generator,
                                       noise=args.noise if args.noise is not None else model.sample_noise)
+        check_finite_output(result, "restored images")
         for i, image, level, note in zip(index, result.float().clamp(0, 1).cpu(), levels.tolist(), notes):
             restored[i] = image
-            records[i] = {"file": str(files[i]), "height": image.shape[-2], "width": image.shape[-1],
+            records[i] = {"file": str(files[i]), "output": f"restored/{plan.names[i]}",
+                          "height": image.shape[-2], "width": image.shape[-1],
                           "level": int(level), "level_source": "estimated" if args.level == "auto" else "given",
                           **({"estimate": note} if note else {})}
-    names = [str(p.relative_to(source).with_suffix(".png")) if source.is_dir() else p.with_suffix(".png").name
-             for p in files]
-    _save_each(restored, out / "restored", names)
+    _save_each(restored, out / "restored", plan.names)
     pairs = [torch.stack(pair) for pair in zip(images, restored)]
     height, width = max(p.shape[-2] for p in pairs), max(p.shape[-1] for p in pairs)
     padded = [torch.nn.functional.pad(p, (0, width - p.shape[-1], 0, height - p.shape[-2]), value=1.0) for p in pairs]
@@ -322,16 +435,43 @@ def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device,
 
 
 def _check_generate_arguments(args: argparse.Namespace) -> None:
-    """Everything about --fit-prior/--output is checked before any work starts."""
+    """Everything about --fit-prior/--output/--overwrite is checked before any work starts."""
     if not args.fit_prior:
         if args.output is not None:
             raise UsageError("--output is only used with --fit-prior (it names the model file to write)")
+        if args.overwrite:
+            raise UsageError("--overwrite is only used with --fit-prior (it lets --output replace a model file)")
         return
     if args.output is None:
         raise UsageError("--fit-prior needs --output NEW_FILE: the refitted model is written there, and the model "
                          f"file {args.ckpt!r} is never modified")
-    if Path(args.output).resolve() == Path(args.ckpt).resolve():
+    output, ckpt = Path(args.output), Path(args.ckpt)
+    export = ckpt.is_dir() or ckpt.name == _EXPORT_FILES[0]
+    model_paths = {p.resolve() for p in _model_files(ckpt)} | {ckpt.resolve()}
+    if export:
+        model_paths.add(_model_files(ckpt)[0].parent.resolve())  # the export folder itself
+    if output.resolve() in model_paths:
         raise UsageError(f"--output must be a new file, not the model file itself ({args.ckpt!r})")
+    if output.exists() or output.is_symlink():
+        if not args.overwrite:
+            raise UsageError(f"--output {args.output!r} already exists: --fit-prior writes a new model file and never "
+                             "replaces one silently; choose a new path, or pass --overwrite to replace it")
+        if export and not output.is_dir():
+            raise UsageError(f"--output {args.output!r} is a file, but the model is an export: its refit is written "
+                             "as an export folder")
+        if not export and output.is_dir():
+            raise UsageError(f"--output {args.output!r} is a folder, but the model is a checkpoint: its refit is "
+                             "written as a .ckpt file")
+        if export and {p.name for p in output.iterdir()} - set(_EXPORT_FILES):
+            raise UsageError(f"--output {args.output!r} holds other files than an export ({', '.join(_EXPORT_FILES)})"
+                             "; --overwrite replaces an export, never a folder of other files")
+    written = [output / name for name in _EXPORT_FILES] if export else [output]
+    check_output_locations(written, _model_files(ckpt))
+    outputs, _ = _planned_outputs(args)
+    clash = {p.resolve() for p in written} & {p.resolve() for p in outputs}
+    if clash:
+        raise UsageError(f"--output {args.output!r} is also where this run writes {str(sorted(clash)[0])!r}; choose "
+                         "another --output or --out")
 
 
 def run_generate(args: argparse.Namespace, model: Pipeline, device: torch.device, out: Path) -> Path:
@@ -343,12 +483,13 @@ def run_generate(args: argparse.Namespace, model: Pipeline, device: torch.device
                              f"{model.image_size}, {model.channels} channel(s)); they would be {change}. Fit the "
                              "prior on images like the model's training images, or pass --fit-resize to accept that")
     prepare_prior(model, args, fit_images, limit=args.fit_images)
-    if args.fit_prior:
-        print(f"saved the model with its refitted {type(model.prior).__name__} as "
-              f"{save_model_as(model, args.ckpt, args.output)}")
     with autocast(device, args.precision):
         images, draw = model.generate(args.num, torch.Generator().manual_seed(args.seed), sampler=args.sampler,
                                       steps=args.steps, batch_size=args.batch_size, noise=args.noise)
+    check_finite_output(images, "generated images")  # before anything is written, the refitted model included
+    if args.fit_prior:
+        print(f"saved the model with its refitted {type(model.prior).__name__} as "
+              f"{save_model_as(model, args.ckpt, args.output)}")
     images = images.float().cpu()
     records = [{"index": i, "seed": args.seed, "start_state": p} for i, p in enumerate(draw.provenance)]
     nrow = args.nrow or max(1, round(len(images) ** 0.5))
@@ -390,6 +531,9 @@ def run_trajectory(args: argparse.Namespace, model: Pipeline, device: torch.devi
             visited[info["t"]] = info["x"].float().clamp(0, 1).cpu()
 
     final = _sample(model, args, device, x_T, T, params, generator, callback=record)
+    check_finite_output(final, "restored images")
+    for level, images in visited.items():
+        check_finite_output(images, f"images at level {level}")
     visited[0] = final.cpu()
     shown = sorted(visited, reverse=True)  # with step skipping, the visited levels nearest to the chosen ones
     reverse = [visited[level] for level in shown]
@@ -418,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     try:
         if args.mode == "generate":
             _check_generate_arguments(args)
+        _check_outputs(args)
         device = device_from(args.device)
         model = load_model(args.ckpt, map_location="cpu").to(device)
         if args.compile:
@@ -425,8 +570,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         out = Path(args.out)
         with torch.no_grad():
             path = MODES[args.mode](args, model, device, out)
-    except (UsageError, FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
-        parser.exit(2, f"sample.py {args.mode}: error: {err}\n")
+    except (UsageError, FileNotFoundError, ValueError, pickle.UnpicklingError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as err:
+        parser.exit(2, f"sample.py {args.mode}: error: {error_text(err, args.ckpt)}\n")
     print(f"wrote {path}")
     return path
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -180,6 +182,11 @@ def test_unreadable_resume_files_get_one_line_naming_the_file(tmp_path, capsys, 
 
 @pytest.mark.parametrize("override,match", [
     (["--model.degradation.init_args.num_steps", "0"], "num_steps must be a positive int, got 0"),
+    (["--model.degradation.init_args.num_steps", "-3"], "num_steps must be a positive int, got -3"),
+    (["--data.init_args.batch_size", "0"], "batch_size must be a positive int, got 0"),
+    (["--data.init_args.image_size", "32", "--model.degradation", "colddiff.degradations.Pixelate",
+      "--model.degradation.init_args.num_steps", "8"],
+     r"divisible by 2\*\*8 = 256, got 32x32; the largest num_steps a 32x32 image allows is 5"),
     (["--model.degradation.init_args.sigma", "-2"], r"sigmas .*>= 0"),
     (["--model.degradation.init_args.kernel_size", "8"], "kernel_size must be a positive odd int, got 8"),
     (["--model.degradation.init_args.sigma", "0"], "every step's sigma must be > 0"),
@@ -191,9 +198,14 @@ def test_unreadable_resume_files_get_one_line_naming_the_file(tmp_path, capsys, 
     (["--model.degradation", "colddiff.degradations.Desaturate", "--model.degradation.init_args.num_steps", "5"],
      "the degradation expects 3 channels but channels=1"),
 ])
-def test_invalid_configs_fail_before_training_naming_the_field(override, match, tmp_path):
-    with pytest.raises(ValueError, match=match):
+def test_invalid_configs_fail_before_training_naming_the_field(override, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path), *override])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1 and re.search(match, lines[0]), err
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def _fit(folder: Path, max_steps: int, *extra: str) -> object:
@@ -312,3 +324,279 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert tensor_digest([v for k, v in saved["state_dict"].items() if k.startswith("ema_network.")]) == \
         ends[0]["ema"]
     assert Image.open(runs[0] / "grids" / "step_0000006.png").size == (4 * 18 + 2, 2 * 18 + 2)
+
+
+# ------------------------------------------------------------------------ sample.py / evaluate.py: files and outputs
+# Tiny models made without training (tests/helpers.py), images made here: each case is about the files.
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from tests.helpers import save_tiny_checkpoint, tiny_model
+
+    return save_tiny_checkpoint(tiny_model(), tmp_path_factory.mktemp("tiny") / "tiny.ckpt")
+
+
+def _grey(path: Path, value: int = 90, size: int = 16, mode: str = "L", fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8), "L").convert(mode).save(path, format=fmt)
+    return path
+
+
+def _sample(*args: str) -> Path:
+    from colddiff.sample_cli import main
+
+    return main(list(args))
+
+
+def _one_line_error(capsys, main, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
+    return err
+
+
+def _sample_error(capsys, *args: str) -> str:
+    from colddiff.sample_cli import main
+
+    return _one_line_error(capsys, main, *args)
+
+
+def _evaluate_error(capsys, *args: str) -> str:
+    from colddiff.evaluate_cli import main
+
+    return _one_line_error(capsys, main, *args)
+
+
+def _restore(ckpt: Path, source: Path, out: Path, *extra: str) -> list[str]:
+    return ["restore", "--ckpt", str(ckpt), "--input", str(source), "--out", str(out), "--level", "2", "--steps", "1",
+            *extra]
+
+
+def test_restore_never_overwrites_its_inputs(tiny_ckpt, tmp_path, capsys):
+    images = tmp_path / "photos" / "restored"  # the user's own folder happens to be called restored/
+    originals = {p: p.read_bytes() for p in (_grey(images / "a.png", 10), _grey(images / "b.png", 200))}
+    err = _sample_error(capsys, *_restore(tiny_ckpt, images, tmp_path / "photos"))
+    assert f"refusing to write '{images / 'a.png'}'" in err and "it is the input file" in err
+    assert all(p.read_bytes() == data for p, data in originals.items())
+    assert not (tmp_path / "photos" / "restore.json").exists()  # refused before any work
+
+
+def test_inputs_whose_output_names_collide_get_distinct_outputs(tiny_ckpt, tmp_path, capsys):
+    source = tmp_path / "in"
+    for name, value in (("a.png", 10), ("a.jpg", 60), ("b.png", 110), ("b.PNG", 160)):
+        _grey(source / name, value, fmt="JPEG" if name.endswith(".jpg") else "PNG")
+    _sample(*_restore(tiny_ckpt, source, tmp_path / "out"))
+    restored = tmp_path / "out" / "restored"
+    assert sorted(p.name for p in restored.iterdir()) == ["a.jpg.png", "a.png", "b.PNG.png", "b.png"]
+    records = json.loads((tmp_path / "out" / "restore.json").read_text())["images"]
+    assert sorted(r["output"] for r in records) == [f"restored/{n}" for n in ("a.jpg.png", "a.png", "b.PNG.png",
+                                                                                "b.png")]
+    _grey(source / "a.jpg.png", 30)  # its output name is the one a.jpg gets: refused, naming both
+    err = _sample_error(capsys, *_restore(tiny_ckpt, source, tmp_path / "out2"))
+    assert str(source / "a.jpg") in err and str(source / "a.jpg.png") in err and "rename one" in err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_every_output_location_is_checked_before_any_work(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    import colddiff.sample_cli as sample_cli
+
+    source = tmp_path / "in"
+    _grey(source / "a.png")
+    work = []
+    monkeypatch.setattr(sample_cli, "load_model", lambda *a, **k: work.append("load") or None)
+    (tmp_path / "file").write_text("not a folder")
+    err = _sample_error(capsys, *_restore(tiny_ckpt, source, tmp_path / "file"))
+    assert f"--out '{tmp_path / 'file'}' is an existing file" in err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "restored").write_text("a file where the restored/ folder goes")
+    err = _sample_error(capsys, *_restore(tiny_ckpt, source, tmp_path / "out"))
+    assert f"'{tmp_path / 'out' / 'restored'}' is a file, not a folder" in err
+    (tmp_path / "out2" / "restore_grid.png").mkdir(parents=True)
+    err = _sample_error(capsys, *_restore(tiny_ckpt, source, tmp_path / "out2"))
+    assert f"cannot write '{tmp_path / 'out2' / 'restore_grid.png'}': it is an existing folder" in err
+    err = _sample_error(capsys, "generate", "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "file"))
+    assert "is an existing file" in err
+    err = _evaluate_error(capsys, "restoration", "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "file"))
+    assert "is an existing file" in err
+    assert work == []  # no model was even loaded
+
+
+def test_fit_prior_never_replaces_an_existing_file_without_overwrite(tiny_ckpt, tmp_path, capsys):
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"someone else's checkpoint")
+    fit = ["generate", "--ckpt", str(tiny_ckpt), "--fit-prior", "--dataset", "embedded-mnist", "--fit-images", "20",
+           "--fit-resize", "--out", str(tmp_path / "g"), "--num", "2", "--steps", "1", "--output", str(other)]
+    err = _sample_error(capsys, *fit)
+    assert f"--output '{other}' already exists" in err and "--overwrite" in err
+    assert other.read_bytes() == b"someone else's checkpoint" and not (tmp_path / "g").exists()
+    assert "only used with --fit-prior" in _sample_error(capsys, "generate", "--ckpt", str(tiny_ckpt), "--overwrite")
+    folder = tmp_path / "folder.ckpt"
+    folder.mkdir()
+    assert "is a folder, but the model is a checkpoint" in _sample_error(capsys, *fit[:-1], str(folder),
+                                                                          "--overwrite")
+    _sample(*fit, "--overwrite")
+    from colddiff.export import load_model
+
+    assert load_model(other).prior.is_fitted
+
+
+@pytest.fixture(scope="module")
+def huge_ckpt(tmp_path_factory) -> Path:
+    """Finite weights scaled by 1e30: they load, and the network's outputs are NaN."""
+    from tests.helpers import save_tiny_checkpoint, tiny_model
+
+    model = tiny_model()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if "network." in name and tensor.is_floating_point():
+                tensor.mul_(1e30)
+    return save_tiny_checkpoint(model, tmp_path_factory.mktemp("huge") / "huge.ckpt")
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("sample", ["restore", "--input", "IN", "--level", "2"]),
+    ("sample", ["generate", "--num", "2", "--save-images"]),
+    ("sample", ["reconstruct", "--dataset", "embedded-mnist", "--num", "2", "--save-images"]),
+    ("sample", ["trajectory", "--dataset", "embedded-mnist", "--num", "1", "--columns", "2"]),
+    ("evaluate", ["restoration", "--dataset", "embedded-mnist", "--limit", "2"]),
+    ("evaluate", ["generation", "--num", "4", "--reference-dataset", "embedded-mnist", "--extractor", "pixels"]),
+], ids=["restore", "generate", "reconstruct", "trajectory", "evaluate-restoration", "evaluate-generation"])
+def test_non_finite_outputs_are_refused_before_anything_is_written(huge_ckpt, tmp_path, capsys, tool, args):
+    _grey(tmp_path / "in" / "a.png")
+    args = [str(tmp_path / "in") if a == "IN" else a for a in args]
+    out = tmp_path / "out"
+    run = _sample_error if tool == "sample" else _evaluate_error
+    err = run(capsys, *args, "--ckpt", str(huge_ckpt), "--out", str(out), "--steps", "1")
+    assert str(huge_ckpt) in err and "NaN or infinite values" in err and "nothing was written" in err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_generated_images_keep_the_models_channels_and_evaluate_as_the_extractor_needs(tiny_ckpt, tmp_path):
+    """README's pipeline: generate --save-images, then evaluate.py generation --generated with mnist-cnn."""
+    from colddiff.evaluate_cli import main as evaluate
+
+    _sample("generate", "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "g"), "--num", "6", "--steps", "1",
+            "--save-images")
+    files = sorted((tmp_path / "g" / "images").glob("*.png"))
+    assert [Image.open(p).mode for p in files] == ["L"] * 6
+    _sample(*_restore(tiny_ckpt, _grey(tmp_path / "in" / "a.png"), tmp_path / "r"))
+    assert Image.open(tmp_path / "r" / "restored" / "a.png").mode == "L"
+    score = ["generation", "--reference-dataset", "embedded-mnist", "--reference-size", "8", "--extractor",
+             "mnist-cnn", "--no-floor", "--kid-subsets", "2", "--kid-subset-size", "4",
+             "--cache-dir", str(tmp_path / "cache")]
+    evaluate([*score, "--generated", str(tmp_path / "g" / "images"), "--out", str(tmp_path / "e")])
+    protocol = json.loads((tmp_path / "e" / "generation.json").read_text())["protocol"]
+    assert protocol["channels"] == 1 and protocol["generated_conversion"].startswith("none")
+    rgb = tmp_path / "rgb"  # images an earlier colddiff wrote: grey stored as RGB, read back losslessly
+    rgb.mkdir()
+    for path in files:
+        Image.open(path).convert("RGB").save(rgb / path.name)
+    evaluate([*score, "--generated", str(rgb), "--out", str(tmp_path / "e2")])
+    report = json.loads((tmp_path / "e2" / "generation.json").read_text())
+    assert report["protocol"]["generated_conversion"] == "6 of 6 RGB with three equal channels read as grayscale " \
+                                                         "(lossless)"
+    assert report["results"] == json.loads((tmp_path / "e" / "generation.json").read_text())["results"]
+
+
+def test_a_mixed_generated_set_is_refused_or_converted_and_reported(tmp_path, capsys):
+    from colddiff.evaluate_cli import main as evaluate
+
+    folder = tmp_path / "generated"
+    for i in range(5):
+        _grey(folder / f"g{i}.png", 20 * i)
+    _grey(folder / "big.png", 50, size=20)
+    _grey(folder / "colour.png", 70, mode="RGB")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8), "RGB") \
+        .save(folder / "colour.png")
+    score = ["generation", "--generated", str(folder), "--reference-dataset", "embedded-mnist", "--reference-size",
+             "8", "--extractor", "mnist-cnn", "--no-floor", "--kid-subsets", "2", "--kid-subset-size", "4",
+             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "e")]
+    err = _evaluate_error(capsys, *score)
+    assert "the images differ in size or channels (5 16x16 grayscale" in err and "1 20x20 grayscale (e.g. big.png)" \
+        in err and "1 16x16 RGB (e.g. colour.png)" in err and "--convert-generated" in err
+    evaluate([*score, "--convert-generated"])
+    conversion = json.loads((tmp_path / "e" / "generation.json").read_text())["protocol"]["generated_conversion"]
+    assert conversion == ("1 of 7 resized (shorter side) and centre-cropped from 20x20 to 16x16; 1 of 7 converted "
+                          "from RGB to grayscale (luma)")
+    assert "the generated images: 1 of 7 resized" in capsys.readouterr().err
+    for path in folder.glob("g*.png"):  # an all-colour set for a grayscale extractor: refused, naming the flag
+        path.unlink()
+    (folder / "big.png").unlink()
+    err = _evaluate_error(capsys, *score)
+    assert "the images are RGB but the mnist-cnn extractor takes grayscale images" in err
+    assert "--convert-generated" in err and "images.mean" not in err
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "PNG"])
+def test_images_with_several_frames_are_refused_naming_the_file(tiny_ckpt, tmp_path, capsys, fmt):
+    path = tmp_path / f"anim.{fmt.lower()}"
+    frames = [Image.fromarray(np.full((16, 16), v, np.uint8), "L") for v in (0, 120, 240)]
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:])
+    err = _sample_error(capsys, *_restore(tiny_ckpt, path, tmp_path / "out"))
+    assert str(path) in err and "it holds 3 frames" in err and "save each frame as its own file" in err
+
+
+def test_inputs_that_are_not_what_a_flag_expects_get_one_line(tiny_ckpt, tmp_path, capsys):
+    err = _sample_error(capsys, *_restore(tiny_ckpt, Path("/dev/null"), tmp_path / "out"))
+    assert "--input '/dev/null' is neither an image file nor a folder of images" in err
+    image = _grey(tmp_path / "one.png")
+    err = _evaluate_error(capsys, "generation", "--generated", str(image), "--reference-dataset", "embedded-mnist",
+                          "--extractor", "pixels", "--out", str(tmp_path / "e"))
+    assert f"--generated '{image}' is a file; expected a folder of images" in err
+    err = _evaluate_error(capsys, "restoration", "--ckpt", str(tiny_ckpt), "--folder", str(image),
+                          "--out", str(tmp_path / "e"))
+    assert str(image) in err and "is not a directory" in err
+
+
+def test_a_second_restore_into_its_input_folder_skips_the_first_runs_outputs(tiny_ckpt, tmp_path, capsys):
+    folder = tmp_path / "digits"
+    _grey(folder / "a.png", 40)
+    _grey(folder / "sub" / "b.png", 80)
+    for _ in range(2):
+        _sample(*_restore(tiny_ckpt, folder, folder))
+    assert "skipping 3 file(s) that an earlier restore run wrote" in capsys.readouterr().err
+    records = json.loads((folder / "restore.json").read_text())["images"]
+    assert sorted(r["file"] for r in records) == [str(folder / "a.png"), str(folder / "sub" / "b.png")]
+    assert sorted(str(p.relative_to(folder / "restored")) for p in (folder / "restored").rglob("*.png")) == \
+        ["a.png", "sub/b.png"]
+
+
+# -------------------------------------------------------------------------------------- train.py: one line each
+def _train_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(list(args))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    return err
+
+
+def test_pixelate_names_the_largest_num_steps_an_image_size_allows():
+    import colddiff.degradations as cd
+
+    with pytest.raises(ValueError, match=r"got 32x32; the largest num_steps a 32x32 image allows is 5"):
+        cd.Pixelate(8).degrade(torch.rand(1, 1, 32, 32), torch.tensor([8]), {})  # as samplers call it
+    with pytest.raises(ValueError, match=r"got 8x8; the largest num_steps a 8x8 image allows is 7"):
+        cd.Pixelate(9, schedule="linear", image_size=8)
+    assert cd.Pixelate(5).degrade(torch.rand(1, 1, 32, 32), torch.tensor([5]), {}).shape == (1, 1, 32, 32)
+
+
+def test_a_training_folder_with_one_image_says_the_training_split_is_empty(tmp_path, capsys):
+    _grey(tmp_path / "data" / "only.png", size=28)
+    err = _train_error(capsys, "fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path / "run"),
+                       "--data", "colddiff.data.ImageFolderDataModule", "--data.init_args.root",
+                       str(tmp_path / "data"), "--data.init_args.image_size", "28", "--data.init_args.channels", "1")
+    assert "ImageFolderDataModule: the training split is empty" in err and "has 1 image(s)" in err
+    assert "val_fraction" in err and "KeyError" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_last_with_only_a_truncated_checkpoint_gives_one_consistent_message(tmp_path, capsys):
+    override = run_config(tmp_path, max_steps=2, every=2, probe=False)
+    (tmp_path / "checkpoints").mkdir()
+    truncated = tmp_path / "checkpoints" / "last.ckpt"
+    truncated.write_bytes(b"PK\x03\x04" + b"\x00" * 200)
+    err = _train_error(capsys, "fit", "--config", str(QUICKSTART), "--config", str(override), "--ckpt_path", "last")
+    assert "--ckpt_path last: no complete checkpoint to resume from" in err and str(truncated) in err
+    assert "Restoring states" not in err and "skipping" not in err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]  # nothing trained

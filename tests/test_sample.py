@@ -92,7 +92,7 @@ def test_restore_own_images(restoration_ckpt, tmp_path):
                "--level", "4", "--steps", "2")
     folder = tmp_path / "out" / "restored"
     restored = sorted(p.relative_to(folder) for p in folder.rglob("*.png"))
-    assert [str(p) for p in restored] == ["a.png", "c.png", "sub/b.png"]
+    assert [str(p) for p in restored] == ["a.png", "c.png", "sub/b.jpg.png"]  # a non-PNG keeps its extension
     assert size_of(path) == grid_size(2, 3)
 
 

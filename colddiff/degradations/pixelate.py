@@ -23,7 +23,7 @@ from torch import Tensor
 
 from colddiff.degradations.base import Degradation, Params, check_image
 
-__all__ = ["Pixelate", "pixelate", "pixelate_sizes"]
+__all__ = ["Pixelate", "pixelate", "pixelate_sizes", "largest_num_steps"]
 
 PixelSchedule = Literal["halving", "linear"]
 
@@ -40,19 +40,30 @@ def pixelate_sizes(size: int, num_steps: int, schedule: PixelSchedule) -> Tensor
     return size - levels
 
 
-def _check_sizes(height: int, width: int, num_steps: int, schedule: str, who: str) -> None:
+def largest_num_steps(height: int, width: int, schedule: PixelSchedule) -> int:
+    """The largest ``T`` a ``height x width`` image allows: the halvings that divide both sides (``halving``), or
+    one less than the shorter side (``linear``)."""
     if schedule == "halving":
-        block = 2**num_steps
-        if height % block or width % block:
-            raise ValueError(
-                f"{who}: halving pixelation with num_steps={num_steps} needs image sides divisible by "
-                f"2**{num_steps} = {block}, got {height}x{width}"
-            )
-    elif min(height, width) <= num_steps:
+        sides = int(height) | int(width)  # the lowest set bit of either side bounds the halvings
+        return (sides & -sides).bit_length() - 1 if sides > 0 else 0
+    return max(0, min(int(height), int(width)) - 1)
+
+
+def _check_sizes(height: int, width: int, num_steps: int, schedule: PixelSchedule, who: str) -> None:
+    largest = largest_num_steps(height, width, schedule)
+    if num_steps <= largest:
+        return
+    allows = f"the largest num_steps a {height}x{width} image allows is {largest}" if largest else \
+        f"a {height}x{width} image allows no pixelation step"
+    if schedule == "halving":
         raise ValueError(
-            f"{who}: one-pixel-per-step pixelation with num_steps={num_steps} needs image sides larger than "
-            f"{num_steps}, got {height}x{width}"
+            f"{who}: halving pixelation with num_steps={num_steps} needs image sides divisible by "
+            f"2**{num_steps} = {2**num_steps}, got {height}x{width}; {allows}"
         )
+    raise ValueError(
+        f"{who}: one-pixel-per-step pixelation with num_steps={num_steps} needs image sides larger than "
+        f"{num_steps}, got {height}x{width}; {allows}"
+    )
 
 
 def _area_nearest_axis(x: Tensor, low: Tensor, dim: int) -> Tensor:
@@ -177,6 +188,7 @@ class Pixelate(Degradation):
 
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
         height, width = x0.shape[-2:]
+        self.check_image_size(height, width)  # samplers call degrade directly: no bare division by zero here
         rows, cols = self._cached(
             ("sizes", height, width, str(x0.device)),
             lambda: tuple(s.to(x0.device) for s in self.level_sizes(height, width)),

@@ -25,6 +25,7 @@ from colddiff.evaluation.generation import (
 )
 from colddiff.evaluation.metrics import (
     CachedFeatures,
+    CacheEntryError,
     ReferenceCache,
     RestorationMetrics,
     class_entropy,
@@ -45,6 +46,7 @@ __all__ = [
     "FeatureExtractor", "InceptionV3Features", "CifarResNetFeatures", "MnistClassifierFeatures", "PixelFeatures",
     "ModuleFeatures", "build_extractor", "RestorationMetrics", "frechet_distance", "kernel_distance",
     "extract_features", "extract_features_and_logits", "dataset_fingerprint", "ReferenceCache", "CachedFeatures",
+    "CacheEntryError",
     "quantize", "precision_recall", "generation_metrics", "class_entropy", "real_vs_real", "AuditConfig",
     "AuditResult", "nearest_training_images", "write_audit", "RestorationReport", "evaluate_restoration",
     "markdown_table", "GenerationReport", "generate_images", "reference_features", "evaluate_generation",

@@ -60,6 +60,8 @@ class FeatureExtractor(nn.Module):
     is_fid_inception: bool = False
     #: how images are prepared for the network (for reports)
     preprocessing: str = "none"
+    #: the channel counts the extractor takes (readers of image folders convert to one of these, or refuse)
+    input_channels: tuple[int, ...] = (1, 3)
 
     def metric_names(self) -> tuple[str, str]:
         """``("FID", "KID")`` for the standard Inception network, else ``("FD-<name>", "KD-<name>")``."""
@@ -254,6 +256,7 @@ class MnistClassifierFeatures(FeatureExtractor):
 
     name, num_features, num_classes = "mnist-cnn", 128, 10
     preprocessing = "1 channel, bilinear (antialiased) resize to 28, MNIST mean/std normalisation"
+    input_channels = (1,)
 
     def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()

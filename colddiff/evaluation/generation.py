@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from colddiff._checks import check_positive_int
+from colddiff._checks import check_finite_output, check_positive_int
 from colddiff.datasets import unpack_batch
 from colddiff.evaluation.features import FeatureExtractor
 from colddiff.evaluation.metrics import (
@@ -55,6 +55,9 @@ def generate_images(
 
     Returns:
         Images ``(num, C, H, W)`` on the CPU and records ``{"index", "seed", "start_state"}``.
+
+    Raises:
+        NonFiniteOutputError: the model produced NaN or infinite values (a corrupt or out-of-range model).
     """
     check_positive_int(num, "num")
     check_positive_int(batch_size, "batch_size")
@@ -73,6 +76,7 @@ def generate_images(
     with tqdm(total=batches * levels, desc="generate", disable=not progress) as bar, autocast(device, precision):
         images, draw = model.generate(num, torch.Generator().manual_seed(seed), sampler=sampler, steps=steps,
                                       callback=lambda info: bar.update(1), batch_size=batch_size, noise=noise)
+    check_finite_output(images, "generated images")
     records = [{"index": i, "seed": seed, "start_state": p} for i, p in enumerate(draw.provenance)]
     return quantize(images).cpu(), records
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -51,6 +52,7 @@ __all__ = [
     "dataset_fingerprint",
     "ReferenceCache",
     "CachedFeatures",
+    "CacheEntryError",
     "extractor_fingerprint",
     "precision_recall",
     "generation_metrics",
@@ -329,13 +331,30 @@ class CachedFeatures:
         return f"cache {self.key}" if self.hit else f"computed and stored as {self.key}"
 
 
+class CacheEntryError(ValueError):
+    """A reference-feature cache entry that cannot be used (corrupt, foreign, or not what its key promises); the
+    message names the file and says to delete it.
+
+    Attributes:
+        path: the cache file.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"reference-feature cache entry {self.path!r} is unusable: {reason}; delete it "
+                         f"(rm -r {self.path!r}) and run again: colddiff then recomputes the features")
+
+
 class ReferenceCache:
     """Reference-set features, cached on disk per (data set content, split, size, channels, extractor, count).
 
     Files are safetensors (no pickle) in ``folder`` (default ``$COLDDIFF_CACHE`` or ``~/.cache/colddiff``), under
     ``reference/``.  Use :meth:`load_or_compute`: it keys the entry on :func:`dataset_fingerprint`, so rewriting the
     images of a folder (same names, same count) can never return features of the old images, and it says which
-    entry it used.
+    entry it used.  Every entry read is checked (a safetensors file with float ``features`` of one row per image,
+    as many columns as the extractor gives, finite, and logits to match); an entry that fails is refused with
+    :class:`CacheEntryError`, never used.
     """
 
     def __init__(self, folder: str | os.PathLike | None = None) -> None:
@@ -362,9 +381,54 @@ class ReferenceCache:
         return self.folder / f"{key}.safetensors"
 
     def get(self, key: str) -> Tensor | None:
-        """The features of an entry, or ``None``."""
+        """The features of an entry, or ``None`` when there is none.
+
+        Raises:
+            CacheEntryError: the entry exists but is not a valid cache entry.
+        """
         path = self.path(key)
-        return load_file(str(path))["features"] if path.is_file() else None
+        if not os.path.lexists(path):
+            return None
+        return self._read(path)["features"]
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Tensor]:
+        """An entry's tensors, checked for what every entry holds (float features ``(N, D)``, logits ``(N, K)``)."""
+        if not path.is_file():
+            raise CacheEntryError(path, "it is not a file")
+        try:
+            stored = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            detail = (str(err).splitlines() or [type(err).__name__])[0][:160]
+            raise CacheEntryError(path, f"it is not a safetensors file ({detail})") from err
+        features = stored.get("features")
+        if features is None:
+            raise CacheEntryError(path, f"it has no 'features' tensor (tensors: {sorted(stored) or 'none'})")
+        if features.ndim != 2 or not features.is_floating_point() or len(features) == 0:
+            raise CacheEntryError(path, f"its features are {tuple(features.shape)} {features.dtype}, not float "
+                                        "(N, D) with N >= 1")
+        logits = stored.get("logits")
+        if logits is not None and (logits.ndim != 2 or not logits.is_floating_point()
+                                   or len(logits) != len(features)):
+            raise CacheEntryError(path, f"its logits are {tuple(logits.shape)} {logits.dtype}, not float (N, K) "
+                                        f"with N = {len(features)} rows like its features")
+        for name, tensor in (("features", features), ("logits", logits)):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                raise CacheEntryError(path, f"its {name} hold NaN or infinite values")
+        return stored
+
+    @staticmethod
+    def _check_hit(path: Path, stored: dict[str, Tensor], count: int, extractor: FeatureExtractor) -> None:
+        """What a hit must hold for this data set and extractor: one row per image, the extractor's widths."""
+        features, logits = stored["features"], stored.get("logits")
+        if len(features) != count:
+            raise CacheEntryError(path, f"it holds features of {len(features)} images but the reference has {count}")
+        if extractor.num_features and features.shape[1] != extractor.num_features:
+            raise CacheEntryError(path, f"its features have {features.shape[1]} columns but the {extractor.name} "
+                                        f"extractor gives {extractor.num_features}")
+        if logits is not None and extractor.num_classes and logits.shape[1] != extractor.num_classes:
+            raise CacheEntryError(path, f"its logits have {logits.shape[1]} columns but the {extractor.name} "
+                                        f"extractor has {extractor.num_classes} classes")
 
     def put(self, key: str, features: Tensor, description: dict[str, Any], logits: Tensor | None = None) -> Path:
         """Store an entry atomically; returns its file."""
@@ -401,8 +465,9 @@ class ReferenceCache:
         fingerprint = dataset_fingerprint(dataset, file_contents=file_contents)
         key = self.key(dataset_id, split, size, channels, extractor, len(dataset), fingerprint=fingerprint)
         path = self.path(key)
-        if path.is_file():
-            stored = load_file(str(path))
+        if os.path.lexists(path):  # an entry that exists is checked on every hit (a directory is no entry either)
+            stored = self._read(path)
+            self._check_hit(path, stored, len(dataset), extractor)
             # an entry written without logits (by put) serves a classifier only after recomputing them
             if "logits" in stored or not extractor.is_classifier:
                 return CachedFeatures(stored["features"], stored.get("logits"), key, path, True, fingerprint)

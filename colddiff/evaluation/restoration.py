@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from colddiff._checks import check_positive_int
+from colddiff._checks import check_finite_output, check_positive_int
 from colddiff.datasets import random_items, unpack_batch
 from colddiff.evaluation.features import FeatureExtractor
 from colddiff.evaluation.metrics import RestorationMetrics, quantize
@@ -90,6 +90,9 @@ def evaluate_restoration(
 
     Returns:
         A :class:`RestorationReport`; ``rows["Sampled"]["PSNR"]`` etc., every row with ``N`` images.
+
+    Raises:
+        NonFiniteOutputError: the model produced NaN or infinite values (a corrupt or out-of-range model).
     """
     check_positive_int(batch_size, "batch_size")
     model = as_pipeline(model)
@@ -114,6 +117,8 @@ def evaluate_restoration(
         with autocast(device, precision):
             result = model.reconstruct(x0, level, sampler=sampler, steps=steps, generator=generator, noise=noise,
                                        **context)
+        check_finite_output(result.direct, "direct restorations")
+        check_finite_output(result.sampled, "sampled restorations")
         metrics.update("Degraded", result.degraded, x0, targets_are_new=True)
         metrics.update("Direct", result.direct, x0)
         metrics.update("Sampled", result.sampled, x0)
