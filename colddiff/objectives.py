@@ -45,7 +45,8 @@ the velocity): ``min(SNR, gamma) / SNR`` for ε and ``min(SNR, gamma) / (SNR + 1
 **Level draws** (``levels=``): ``"uniform"``, ``t ~ U{1, ..., T}`` independently per sample (the paper; DDPM's
 Algorithm 1); ``"stratified"``, one level from each of ``B`` equal strata of ``[1, T]`` in random order (the
 low-discrepancy draw of Kingma et al., arXiv 2107.00630, appendix I.1): the same distribution per sample, lower
-variance of the batch loss.  A hot model "trains on 1,000 levels and samples on 20" by a degradation with
+variance of the batch loss; ``end_probability`` moves that share of the draws to the last level ``T`` (InDI's point
+mass at the observation, Delbracio & Milanfar, arXiv 2303.11435, sec. 3).  A hot model "trains on 1,000 levels and samples on 20" by a degradation with
 ``num_steps=1000`` and ``sample_steps=20`` (the samplers skip levels).
 
 Torch only: no Lightning.
@@ -91,6 +92,8 @@ class Objective(RecordsInit, nn.Module):
         snr_gamma: ``gamma`` of min-SNR-γ (their default 5).
         levels: the training level draw, ``"uniform"`` or ``"stratified"``.
         clip_x0: clip ``x0_hat`` to ``[0, 1]`` while sampling (DDPM's ``clip_denoised``); training never clips.
+        end_probability: the chance that a training sample is drawn at the last level ``T`` instead (InDI's point
+            mass at the observation, ``a / (1 + a)`` with their ``a = 0.5``: 1/3); 0: none.
     """
 
     #: the name of what the network outputs
@@ -99,7 +102,7 @@ class Objective(RecordsInit, nn.Module):
     needs_signal_noise: ClassVar[bool] = True
 
     def __init__(self, loss: LossName = "l2", weighting: Weighting = "none", snr_gamma: float = 5.0,
-                 levels: LevelDraw = "uniform", clip_x0: bool = False) -> None:
+                 levels: LevelDraw = "uniform", clip_x0: bool = False, end_probability: float = 0.0) -> None:
         super().__init__()
         who = type(self).__name__
         if loss not in ("l1", "l2"):
@@ -114,8 +117,11 @@ class Objective(RecordsInit, nn.Module):
             raise ValueError(f"{who}: levels must be 'uniform' or 'stratified', got {levels!r}")
         if not isinstance(clip_x0, bool):
             raise TypeError(f"{who}: clip_x0 must be a bool, got {type(clip_x0).__name__}")
+        if isinstance(end_probability, bool) or not isinstance(end_probability, numbers.Real) \
+                or not 0 <= end_probability <= 1:
+            raise ValueError(f"{who}: end_probability must be a number in [0, 1], got {end_probability!r}")
         self.loss_name, self.weighting, self.snr_gamma = loss, weighting, float(snr_gamma)
-        self.levels, self.clip_x0 = levels, clip_x0
+        self.levels, self.clip_x0, self.end_probability = levels, clip_x0, float(end_probability)
 
     # ------------------------------------------------------------------------------------------- binding
     def check_degradation(self, degradation: Degradation) -> None:
@@ -127,25 +133,31 @@ class Objective(RecordsInit, nn.Module):
                 f"{type(self).__name__} ({what}) needs a degradation with signal and noise coefficients "
                 f"(colddiff.degradations.base.SignalNoise: GaussianNoise, BlurNoise, Mix), but "
                 f"{type(degradation).__name__} has none: train it with PredictX0")
-        if self.weighting == "min-snr":
+        if needs:
             t = torch.arange(1, degradation.num_steps + 1)
             _, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
             if bool((sigma == 0).any()):
-                raise ValueError(f"{type(self).__name__}: min-SNR weighting needs noise at every level t >= 1, but "
+                what = "its target" if self.needs_signal_noise else "min-SNR weighting"
+                raise ValueError(f"{type(self).__name__}: {what} needs noise at every level t >= 1, but "
                                  f"{type(degradation).__name__} has sigma_t = 0 at levels "
-                                 f"{(t[sigma == 0]).tolist()}")
+                                 f"{(t[sigma == 0]).tolist()[:10]}: train it with PredictX0")
 
     # ---------------------------------------------------------------------------------------- level draw
     def draw_levels(self, batch: int, num_steps: int, device: torch.device | str,
                     generator: torch.Generator | None = None) -> Tensor:
         """Training levels ``t`` in ``{1, ..., T}``, ``(batch,)`` long (see the module docstring)."""
-        if self.levels == "uniform":
-            return torch.randint(1, num_steps + 1, (batch,), device=device, generator=generator)
         gen_device = generator.device if generator is not None else device
-        u = torch.rand(batch, generator=generator, device=gen_device, dtype=torch.float64).to(device)
-        order = torch.randperm(batch, generator=generator, device=gen_device).to(device)
-        strata = (order.double() + u) / batch  # one point in each of the batch's strata of [0, 1)
-        return (strata * num_steps).long().clamp_(0, num_steps - 1) + 1
+        if self.levels == "uniform":
+            t = torch.randint(1, num_steps + 1, (batch,), device=device, generator=generator)
+        else:
+            u = torch.rand(batch, generator=generator, device=gen_device, dtype=torch.float64).to(device)
+            order = torch.randperm(batch, generator=generator, device=gen_device).to(device)
+            strata = (order.double() + u) / batch  # one point in each of the batch's strata of [0, 1)
+            t = (strata * num_steps).long().clamp_(0, num_steps - 1) + 1
+        if self.end_probability > 0:  # InDI's point mass at the observation (the direct restoration's level)
+            at_end = torch.rand(batch, generator=generator, device=gen_device).to(device) < self.end_probability
+            t = torch.where(at_end, torch.full_like(t, num_steps), t)
+        return t
 
     # ------------------------------------------------------------------------------------- conversions
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
@@ -215,8 +227,8 @@ class PredictX0(Objective):
     needs_signal_noise = False
 
     def __init__(self, loss: LossName = "l1", weighting: Weighting = "none", snr_gamma: float = 5.0,
-                 levels: LevelDraw = "uniform", clip_x0: bool = False) -> None:
-        super().__init__(loss, weighting, snr_gamma, levels, clip_x0)
+                 levels: LevelDraw = "uniform", clip_x0: bool = False, end_probability: float = 0.0) -> None:
+        super().__init__(loss, weighting, snr_gamma, levels, clip_x0, end_probability)
 
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
         return x0

@@ -51,7 +51,8 @@ from colddiff.schedules import level_values
 
 __all__ = ["Restore", "Sampler", "SamplerName", "Precision", "register_sampler", "get_sampler", "sampler_names",
            "check_sampler_name", "timesteps", "prepare", "level_tensor", "sampling_deltas", "add_sampling_noise",
-           "sample", "sample_naive", "sample_improved", "sample_direct", "sample_heun", "autocast"]
+           "sample", "sample_naive", "sample_improved", "sample_direct", "sample_heun", "sample_ancestral",
+           "autocast"]
 
 Restore = Callable[[Tensor, Tensor], Tensor]
 
@@ -403,6 +404,51 @@ def sample_heun(
 
 
 sample_heun.network_calls = lambda steps: max(2 * steps - 1, 0)  # type: ignore[attr-defined]
+
+
+@register_sampler("ancestral")
+@torch.no_grad()
+def sample_ancestral(
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    steps: int | Sequence[int] | Tensor | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+    noise: Noise = None,
+) -> Tensor:
+    """The ancestral sampler of a Gaussian forward process: ``x_s ~ q(x_s | x_t, x0 = R(x_t, t))`` at each visited
+    level (DDPM's Algorithm 2, Ho et al., arXiv 2006.11239; Blurring Diffusion's frequency-wise sampler for
+    ``BlurNoise``, arXiv 2209.05557; with skipped levels, the posterior between the visited ones, i.e. DDIM with
+    ``eta = 1``).  Each degradation gives its posterior draw
+    (:meth:`~colddiff.degradations.base.SignalNoise.ancestral_step`); the last step returns ``x0_hat``.  The
+    posterior's own noise is drawn from ``generator`` (or one generator per image): ``noise`` must be ``None``.
+
+    Arguments as :func:`sample_naive`.
+
+    Shape:
+        ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
+    """
+    _check_restore(restore)
+    if not isinstance(degradation, SignalNoise):
+        raise ValueError(f"the ancestral sampler needs a Gaussian forward process (a SignalNoise degradation: "
+                         f"GaussianNoise, FlowNoise, BlurNoise), got {type(degradation).__name__}")
+    if noise is not None:
+        raise ValueError("the ancestral sampler draws the posterior's own noise; it takes no sampling noise "
+                         "(noise=None)")
+    x, start, params = prepare(degradation, x_t, t, params, generator, need_params=False)
+    levels = timesteps(start, steps)
+    batch = x.shape[0]
+    for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
+        level, level_next = level_tensor(s, batch, x.device), level_tensor(s_next, batch, x.device)
+        x0_hat = restore(x, level).to(x.dtype)
+        x_next = degradation.ancestral_step(x, x0_hat, level, level_next, generator)
+        if callback is not None:
+            callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
+        x = x_next
+    return x
 
 
 def sample(

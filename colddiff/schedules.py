@@ -30,6 +30,8 @@ __all__ = [
     "linear_remaining",
     "level_linspace",
     "sine_blur_sigmas",
+    "log_blur_sigmas",
+    "cosine_logsnr_alpha_bar",
     "blur_to_noise_sigmas",
     "check_level_sigmas",
 ]
@@ -169,6 +171,44 @@ def sine_blur_sigmas(num_steps: int, sigma_max: float) -> Tensor:
     sigmas = float(sigma_max) * torch.sin(t * math.pi / 2) ** 2
     sigmas[0] = 0.0
     return sigmas
+
+
+def log_blur_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """Per-level blur widths of Inverse Heat Dissipation (Rissanen et al., arXiv 2206.13397; their code's
+    ``exp(linspace(log sigma_min, log sigma_max, K))``): 0 at level 0, then log-spaced from ``sigma_min`` (level 1) to
+    ``sigma_max`` (level ``T``), in pixels; the dissipation time is ``tau = sigma^2 / 2``.  Their MNIST setting:
+    ``T = K = 100``, ``sigma_min = 0.5``, ``sigma_max = 20``.
+
+    Shape:
+        ``(T + 1,)``.
+    """
+    num_steps = check_num_steps(num_steps)
+    if not (math.isfinite(sigma_min) and math.isfinite(sigma_max) and 0 < sigma_min <= sigma_max):
+        raise ValueError(f"log blur widths need 0 < sigma_min <= sigma_max (finite), got {sigma_min!r}, {sigma_max!r}")
+    widths = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), num_steps, dtype=torch.float64))
+    return torch.cat([torch.zeros(1, dtype=torch.float64), widths])
+
+
+def cosine_logsnr_alpha_bar(num_steps: int, logsnr_min: float = -10.0, logsnr_max: float = 10.0) -> Tensor:
+    """The cosine schedule with its log-SNR confined to ``[logsnr_min, logsnr_max]`` (Blurring Diffusion, Hoogeboom &
+    Salimans, arXiv 2209.05557, their pseudo-code; Kingma et al.'s shifted cosine): ``alpha_bar(t) = cos^2(a t / T +
+    b)`` with ``b = arctan(exp(-logsnr_max / 2))`` and ``a = arctan(exp(-logsnr_min / 2)) - b``, so that
+    ``log(alpha_bar / (1 - alpha_bar))`` runs from ``logsnr_max`` to ``logsnr_min``.  Level 0 is the clean image
+    (``alpha_bar_0 = 1``; the paper's ``t = 0`` keeps a log-SNR of 10, a difference of 5e-5).  Some signal is left at
+    ``T`` (``alpha_bar_T = sigmoid(logsnr_min)``, 4.5e-5 for -10), so ε-prediction is well posed at every level.
+
+    Shape:
+        ``(T + 1,)``.
+    """
+    num_steps = check_num_steps(num_steps)
+    if not (math.isfinite(logsnr_min) and math.isfinite(logsnr_max) and logsnr_min < logsnr_max):
+        raise ValueError(f"need finite logsnr_min < logsnr_max, got {logsnr_min!r}, {logsnr_max!r}")
+    b = math.atan(math.exp(-logsnr_max / 2))
+    a = math.atan(math.exp(-logsnr_min / 2)) - b
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    alpha_bar = torch.cos(a * t + b) ** 2
+    alpha_bar[0] = 1.0
+    return alpha_bar
 
 
 def blur_to_noise_sigmas(alpha_bar: Tensor, ratio: float) -> Tensor:

@@ -162,8 +162,11 @@ def _functional(op, x0, t, params):
         return F.gaussian_noise(x0, params["noise"], op.alpha_bar[t])
     if isinstance(op, cd.FlowNoise):
         return F.flow_noise(x0, params["noise"], t.double() / op.num_steps)
-    if isinstance(op, cd.BlurNoise) and op.blur == "heat":
-        return F.blur_noise(x0, params["noise"], op.alpha_bar[t], op.heat_sigmas[t], op.min_scale)
+    if isinstance(op, cd.Interpolation):
+        return F.interpolate(x0, params["observation"], t.double() / op.num_steps)
+    if isinstance(op, cd.BlurNoise) and op.blur == "heat":  # a noise-free instance takes no noise param
+        noise = params.get("noise", torch.zeros_like(x0))
+        return F.blur_noise(x0, noise, op.alpha_bar[t], op.heat_sigmas[t], op.min_scale)
     if isinstance(op, cd.BlurNoise):  # the kernel blur, then the blend with no further blur
         blurred = F.gaussian_blur(x0, t, op.sigmas, op.kernel_size, op.border)
         return F.blur_noise(blurred, params["noise"], op.alpha_bar[t])

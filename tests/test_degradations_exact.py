@@ -610,7 +610,8 @@ def test_blur_noise_schedules():
     no_noise = [1.0] * 11
     sharp = cd.BlurNoise(10, heat_sigmas=blur_to_noise_sigmas(a, 0.5).tolist(), alpha_bar=no_noise)
     soft = cd.BlurNoise(10, heat_sigmas=blur_to_noise_sigmas(a, 4.0).tolist(), alpha_bar=no_noise)
-    assert (soft(x0, 5, params) - x0).abs().mean() > (sharp(x0, 5, params) - x0).abs().mean()
+    assert (soft(x0, 5) - x0).abs().mean() > (sharp(x0, 5) - x0).abs().mean()  # noise-free: no params
+    assert sharp.param_keys == () and sharp.make_params(x0) == {} and sharp.unknown_params_reason() is None
     assert torch.equal(cd.BlurNoise(10, heat_schedule="ratio", blur_to_noise=0.0).heat_sigmas, torch.zeros(11))
 
 

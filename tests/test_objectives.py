@@ -159,6 +159,9 @@ def test_level_draws():
     # stratified: a batch of T covers every level once, in random order
     t = stratified.draw_levels(20, 20, "cpu", torch.Generator().manual_seed(1))
     assert sorted(t.tolist()) == list(range(1, 21)) and t.tolist() != list(range(1, 21))
+    # InDI's point mass at the observation: a third of the draws at T
+    t = PredictX0(end_probability=1 / 3).draw_levels(6000, 20, "cpu", torch.Generator().manual_seed(2))
+    assert abs((t == 20).float().mean().item() - (1 / 3 + 2 / 3 / 20)) < 0.02
     # uniform keeps the draws of the module before objectives existed (same generator, same levels)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(uniform.draw_levels(16, 7, "cpu", g1), torch.randint(1, 8, (16,), generator=g2))

@@ -18,6 +18,7 @@ from colddiff.degradations.blur import GaussianBlur
 from colddiff.degradations.blur_noise import BlurNoise
 from colddiff.degradations.compose import Compose
 from colddiff.degradations.desaturate import Desaturate
+from colddiff.degradations.interpolate import Interpolation
 from colddiff.degradations.mask import GaussianMask
 from colddiff.degradations.mix import Mix
 from colddiff.degradations.noise import FlowNoise, GaussianNoise
@@ -37,4 +38,5 @@ __all__ = [
     "FlowNoise",
     "BlurNoise",
     "Compose",
+    "Interpolation",
 ]

@@ -20,7 +20,7 @@ Conventions (the same everywhere in colddiff, see README "Conventions"):
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -358,14 +358,47 @@ class SignalNoise:
         """Whether every ``A_t`` is invertible, so that ``A_t x~0`` determines ``x~0`` (true for the identity)."""
         return True
 
+    def ancestral_step(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
+                       generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+        """A draw of ``x_s`` from the forward process's posterior ``q(x_s | x_t, x0 = x0_hat)``, ``s < t``: one step
+        of the ancestral sampler (DDPM, Ho et al., arXiv 2006.11239, eqs. 6-7; for a signal operator, Blurring
+        Diffusion's frequency-wise version, arXiv 2209.05557).  In centred units, with ``alpha_ts = alpha_t /
+        alpha_s`` and ``sigma_ts^2 = sigma_t^2 - alpha_ts^2 sigma_s^2``::
+
+            x~_s = (alpha_ts sigma_s^2 / sigma_t^2) x~_t + (alpha_s sigma_ts^2 / sigma_t^2) x~0_hat
+                   + sqrt(sigma_s^2 sigma_ts^2 / sigma_t^2) eps
+
+        (the posterior's mean and standard deviation); at ``s = 0`` it is ``x0_hat``.  This default is for
+        ``A_t = I``; operators with a signal operator override it (hot path, no checks).
+
+        Shape:
+            ``x_t``, ``x0_hat``: ``(B, C, H, W)``; ``t``, ``s``: ``(B,)`` long; output: ``(B, C, H, W)``.
+        """
+        from colddiff._checks import randn
+
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = self.coefficients(t), self.coefficients(s)
+        alpha_ts = alpha_t / alpha_s.clamp(min=1e-12)
+        var_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0.0)
+        var_t = (sigma_t**2).clamp(min=1e-12)
+
+        def view(v: Tensor) -> Tensor:
+            return v.to(x_t)[:, None, None, None]
+
+        mean = view(alpha_ts * sigma_s**2 / var_t) * (2 * x_t - 1) + view(alpha_s * var_ts / var_t) * (2 * x0_hat - 1)
+        x_s = mean + view((sigma_s**2 * var_ts / var_t).sqrt()) * randn(tuple(x_t.shape), generator, x_t)
+        return torch.where(view(s) == 0, x0_hat, 0.5 + 0.5 * x_s)
+
     def default_objective(self) -> tuple[str, dict[str, Any]]:
         """What the noise-bearing methods' papers train: ε-prediction under MSE with ``x0_hat`` clipped to the data
         range while sampling (DDPM, Ho et al. arXiv 2006.11239, eq. 14; Blurring Diffusion, arXiv 2209.05557), where
         every level keeps some signal; where the schedule ends with no signal at all (``alpha_T = 0``, as the
         cosine schedule here), ε cannot determine x0 at that level and the default is v-prediction (Salimans & Ho,
-        arXiv 2202.00512), the remedy of Lin et al. (arXiv 2305.08891) for zero terminal SNR."""
+        arXiv 2202.00512), the remedy of Lin et al. (arXiv 2305.08891) for zero terminal SNR.  An operator with
+        noise-free levels (``sigma_t = 0``, e.g. ``BlurNoise(noise="none")``) is deterministic there: x0 under L1."""
         num_steps = self.num_steps  # type: ignore[attr-defined]
         device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
-        alpha, _ = self.coefficients(torch.arange(1, num_steps + 1, device=device))
+        alpha, sigma = self.coefficients(torch.arange(1, num_steps + 1, device=device))
+        if not bool((sigma > 0).all()):  # noise-free levels: deterministic, the cold paper's objective
+            return self.default_objective_spec  # type: ignore[attr-defined]
         name = "epsilon" if bool((alpha > 0).all()) and self.signal_invertible() else "v"
         return name, {"loss": "l2", "clip_x0": True}

@@ -74,6 +74,8 @@ from colddiff.schedules import (
     blur_to_noise_sigmas,
     check_level_sigmas,
     cosine_alpha_bar,
+    cosine_logsnr_alpha_bar,
+    log_blur_sigmas,
     sigma_schedule,
     sine_blur_sigmas,
 )
@@ -81,7 +83,8 @@ from colddiff.schedules import (
 __all__ = ["BlurNoise", "blur_noise", "heat_blur", "heat_transfer"]
 
 BlurKind = Literal["heat", "kernel"]
-HeatSchedule = Literal["sine", "ratio"]
+HeatSchedule = Literal["sine", "ratio", "log"]
+NoiseSchedule = Literal["cosine", "cosine-logsnr", "none"]
 
 
 def _dct2_frequencies_squared(size: int, full: bool, device: torch.device) -> Tensor:
@@ -222,8 +225,8 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
             ``sigma_B(t)``; ``"kernel"``: :class:`~colddiff.degradations.GaussianBlur`'s iterated kernels, with its
             arguments ``kernel_size, sigmas, schedule, sigma, sigma_step, rate, border``.
         heat_schedule: for ``blur="heat"``: ``"sine"``, ``sigma_B(t) = heat_sigma_max sin^2(pi t / 2T)`` (Blurring
-            Diffusion's), or ``"ratio"``, ``sigma_B(t) = blur_to_noise * sqrt((1 - alpha_bar_t) / alpha_bar_t)``
-            (Warm Diffusion's fixed blur-to-noise ratio).
+            Diffusion's), ``"ratio"``, ``sigma_B(t) = blur_to_noise * sqrt((1 - alpha_bar_t) / alpha_bar_t)``
+            (Warm Diffusion's fixed blur-to-noise ratio), or ``"log"`` (Inverse Heat Dissipation's log-spaced widths).
         heat_sigma_max: ``sigma_B,max`` of the sine schedule, in pixels.
         blur_to_noise: the ratio of the ``"ratio"`` schedule (blur width in pixels per unit of noise level).
         heat_sigmas: explicit per-level widths ``sigma_B(t)`` (``T + 1`` values from 0; ``inf`` allowed); overrides
@@ -236,6 +239,15 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         reestimate: re-estimate the noise from ``x0_hat`` during sampling (default on: deterministic DDIM with
             Algorithm 2; off: the noise drawn for ``x_T`` is kept).
         channels: accepted channel count, or ``None`` for any.
+        noise: the noise schedule when ``alpha_bar`` is not given: ``"cosine"`` (``cosine_s``; ends at
+            ``alpha_bar_T = 0``), ``"cosine-logsnr"`` (Blurring Diffusion's: the cosine schedule with its log-SNR in
+            ``logsnr_range``, :func:`~colddiff.schedules.cosine_logsnr_alpha_bar`), or ``"none"`` (the blur alone,
+            ``alpha_bar = 1``: Inverse Heat Dissipation's forward process, whose small noise is added in training by
+            the model's ``train_noise``).
+        logsnr_range: ``(min, max)`` log-SNR of ``noise="cosine-logsnr"`` (the paper: ``(-10, 10)``).
+        heat_sigma_min: the level-1 width of ``heat_schedule="log"`` (Inverse Heat Dissipation's log-spaced widths
+            from ``heat_sigma_min`` to ``heat_sigma_max``, :func:`~colddiff.schedules.log_blur_sigmas`; their MNIST
+            setting: 0.5 to 20 over 100 levels).
 
     The defaults ``heat_sigma_max = 20`` and ``min_scale = 0.001`` are the values of Blurring Diffusion's
     pseudo-code.  ``alpha_bar`` set to ones gives the blur alone (``blur="kernel"``: exactly ``GaussianBlur``);
@@ -273,13 +285,25 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         cosine_s: float = 0.008,
         reestimate: bool = True,
         channels: int | None = None,
+        noise: NoiseSchedule = "cosine",
+        logsnr_range: tuple[float, float] = (-10.0, 10.0),
+        heat_sigma_min: float = 0.5,
     ) -> None:
         super().__init__(num_steps, channels)
         who = type(self).__name__
         if blur not in ("heat", "kernel"):
             raise ValueError(f"{who}: blur must be 'heat' or 'kernel', got {blur!r}")
-        if heat_schedule not in ("sine", "ratio"):
-            raise ValueError(f"{who}: heat_schedule must be 'sine' or 'ratio', got {heat_schedule!r}")
+        if heat_schedule not in ("sine", "ratio", "log"):
+            raise ValueError(f"{who}: heat_schedule must be 'sine', 'ratio' or 'log', got {heat_schedule!r}")
+        if noise not in ("cosine", "cosine-logsnr", "none"):
+            raise ValueError(f"{who}: noise must be 'cosine', 'cosine-logsnr' or 'none', got {noise!r}")
+        if noise != "cosine" and alpha_bar is not None:
+            raise ValueError(f"{who}: give alpha_bar or noise={noise!r}, not both")
+        if noise == "none":
+            alpha_bar = [1.0] * (self.num_steps + 1)
+        elif noise == "cosine-logsnr":
+            alpha_bar = cosine_logsnr_alpha_bar(self.num_steps, *map(float, logsnr_range)).tolist()
+        self.noise = noise
         if blur == "kernel" and heat_sigmas is not None:
             raise ValueError(f"{who}: heat_sigmas are the widths of blur='heat'; blur='kernel' takes sigmas")
         if blur == "heat" and sigmas is not None:
@@ -289,6 +313,8 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         self.min_scale = _check_min_scale(min_scale, who)
         self.reestimate = bool(reestimate)
         self.register_buffer("alpha_bar", self._alpha_bar(alpha_bar, cosine_s, who).float())
+        if bool((self.alpha_bar == 1).all()):  # no noise at any level: the blur alone, deterministic (no params)
+            self.param_keys = ()
         if blur == "heat":
             self.border = "symmetric"
             self.kernel_size = None
@@ -296,6 +322,8 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
                 widths = check_level_sigmas(heat_sigmas, self.num_steps, "heat_sigmas")
             elif heat_schedule == "sine":
                 widths = sine_blur_sigmas(self.num_steps, heat_sigma_max)
+            elif heat_schedule == "log":
+                widths = log_blur_sigmas(self.num_steps, heat_sigma_min, heat_sigma_max)
             else:
                 widths = blur_to_noise_sigmas(self.alpha_bar.double(), blur_to_noise)
             self.register_buffer("heat_sigmas", widths.float())
@@ -360,6 +388,9 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         return a.sqrt(), (1 - a).sqrt()
 
     def noise_of(self, params: Params) -> Tensor:
+        if "noise" not in params:
+            raise ValueError("BlurNoise: this instance is noise-free (alpha_bar = 1 at every level): it has no noise "
+                             "image; train it with PredictX0")
         return params["noise"]
 
     def apply_signal(self, x: Tensor, t: Tensor) -> Tensor:
@@ -374,6 +405,32 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         system = scale.double().to(h.device)[:, None, None] * h + shift.double().to(h.device)[:, None, None]
         return _apply_transfer(y, 1.0 / system, self.border)
 
+    def ancestral_step(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Blurring Diffusion's ancestral step (Hoogeboom & Salimans, arXiv 2209.05557, their ``denoise``): the
+        posterior ``q(x_s | x_t, x0_hat)`` frequency by frequency, with ``alpha_t = a_t d_t`` per frequency (``a_t``
+        the noise schedule's signal, ``d_t`` the blur's transfer function) and scalar ``sigma_t``: the formula of
+        :meth:`SignalNoise.ancestral_step` with per-frequency ``alpha_ts = a_t d_t / (a_s d_s)``, applied as filters
+        (one FFT each for ``x_t``, ``x0_hat`` and the white noise, whose filtered copy is the posterior's coloured
+        noise).  Denominators are clipped at 1e-12 (their pseudo-code clips at 1e-8)."""
+        from colddiff._checks import randn
+
+        rows, cols, _ = self.transfer(x_t.shape[-2], x_t.shape[-1], x_t.device)
+        (a_t, sigma_t), (a_s, sigma_s) = self.coefficients(t), self.coefficients(s)
+
+        def per(v: Tensor) -> Tensor:
+            return v.to(rows.device)[:, None, None]
+
+        alpha_t, alpha_s = per(a_t) * self._transfer2d(rows, cols, t), per(a_s) * self._transfer2d(rows, cols, s)
+        alpha_ts = alpha_t / alpha_s.clamp(min=1e-12)
+        var_t = per(sigma_t**2).clamp(min=1e-12)
+        var_ts = (per(sigma_t**2) - alpha_ts**2 * per(sigma_s**2)).clamp(min=0.0)
+        filters = (alpha_ts * per(sigma_s**2) / var_t, alpha_s * var_ts / var_t, (per(sigma_s**2) * var_ts / var_t).sqrt())
+        noise = randn(tuple(x_t.shape), generator, x_t)
+        x_s = sum(_apply_transfer(image, f, self.border) for image, f in zip((2 * x_t - 1, 2 * x0_hat - 1, noise),
+                                                                              filters))
+        return torch.where((s == 0)[:, None, None, None], x0_hat, 0.5 + 0.5 * x_s)
+
     def signal_invertible(self) -> bool:
         """The heat blur with ``d_min > 0`` keeps a fraction of every frequency; the kernel blur's transfer function
         (and the heat blur's with ``d_min = 0``) reaches zero."""
@@ -381,6 +438,8 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
 
     # ------------------------------------------------------------------ degradation
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
+        if not self.param_keys:  # noise-free: the blur alone (B_t is exactly the identity at level 0)
+            return self.blurred(x0, t)
         y = _mix(self.blurred(x0, t), params["noise"].to(x0.dtype), self.alpha_bar.index_select(0, t))
         return torch.where(t[:, None, None, None] == 0, x0, y)
 
@@ -393,13 +452,15 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         blur_part = _apply_transfer(x0, transfer, self.border)
         a4, a4_next = a.to(x0.dtype)[:, None, None, None], a_next.to(x0.dtype)[:, None, None, None]
         constant = (a4.sqrt() - a4_next.sqrt()) * 0.5
+        if not self.param_keys:  # noise-free
+            return blur_part + constant
         noise = 0.5 * ((1 - a4_next).sqrt() - (1 - a4).sqrt()) * params["noise"].to(x0.dtype)
         return blur_part + constant + noise
 
     def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
         """With ``reestimate``: the noise that maps ``x0_hat`` to ``x_t`` at level ``t``, equation (3) (kept where
         ``alpha_bar_t = 1``)."""
-        if not self.reestimate:
+        if not self.reestimate or not self.param_keys:
             return params
         a = self.alpha_bar.index_select(0, t).to(x_t.dtype)[:, None, None, None]
         signal, spread = a.sqrt(), 0.5 * (1 - a).sqrt()

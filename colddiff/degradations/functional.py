@@ -7,6 +7,7 @@ functions; the test suite checks they agree.
 from colddiff.degradations.blur import gaussian_blur, gaussian_kernel1d
 from colddiff.degradations.blur_noise import blur_noise, heat_blur
 from colddiff.degradations.desaturate import desaturate, grayscale
+from colddiff.degradations.interpolate import interpolate
 from colddiff.degradations.mask import gaussian_mask
 from colddiff.degradations.mix import mix
 from colddiff.degradations.noise import flow_noise, gaussian_noise
@@ -27,4 +28,5 @@ __all__ = [
     "flow_noise",
     "blur_noise",
     "heat_blur",
+    "interpolate",
 ]

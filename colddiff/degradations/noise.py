@@ -51,15 +51,17 @@ class NoiseParams:
 
     def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
         self._check_context(context)
-        return {"noise": randn(tuple(x0.shape), generator, x0)}
+        return {"noise": randn(tuple(x0.shape), generator, x0)} if self.param_keys else {}
 
     def unknown_params_reason(self) -> str | None:
+        if not self.param_keys:  # a noise-free instance (BlurNoise with alpha_bar = 1) is deterministic
+            return None
         return (f"{type(self).__name__}: the noise of a given image is unknown, and re-estimating it from the image "
                 "(as the samplers do) explains every level exactly, so the residual cannot tell levels apart")
 
     def check_params(self, params, x: Tensor) -> Params:
         params = super().check_params(params, x)
-        if params["noise"].shape != x.shape:
+        if "noise" in params and params["noise"].shape != x.shape:
             raise ValueError(f"{type(self).__name__}: params['noise'] must have shape {tuple(x.shape)}, "
                              f"got {tuple(params['noise'].shape)}")
         return params
