@@ -46,8 +46,8 @@ the velocity): ``min(SNR, gamma) / SNR`` for ε and ``min(SNR, gamma) / (SNR + 1
 Algorithm 1); ``"stratified"``, one level from each of ``B`` equal strata of ``[1, T]`` in random order (the
 low-discrepancy draw of Kingma et al., arXiv 2107.00630, appendix I.1): the same distribution per sample, lower
 variance of the batch loss; ``end_probability`` moves that share of the draws to the last level ``T`` (InDI's point
-mass at the observation, Delbracio & Milanfar, arXiv 2303.11435, sec. 3).  A hot model "trains on 1,000 levels and samples on 20" by a degradation with
-``num_steps=1000`` and ``sample_steps=20`` (the samplers skip levels).
+mass at the observation, Delbracio & Milanfar, arXiv 2303.11435, sec. 3).  A hot model "trains on 1,000 levels and
+samples on 20" by a degradation with ``num_steps=1000`` and ``sample_steps=20`` (the samplers skip levels).
 
 Torch only: no Lightning.
 """

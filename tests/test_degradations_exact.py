@@ -606,7 +606,6 @@ def test_blur_noise_schedules():
     torch.testing.assert_close(op.heat_sigmas, blur_to_noise_sigmas(op.alpha_bar.double(), 2.0).float())
     # a larger ratio blurs more at the same noise level; the ratio 0 is the noise alone
     x0 = smooth_images(batch=2, size=16)
-    params = op.make_params(x0)
     no_noise = [1.0] * 11
     sharp = cd.BlurNoise(10, heat_sigmas=blur_to_noise_sigmas(a, 0.5).tolist(), alpha_bar=no_noise)
     soft = cd.BlurNoise(10, heat_sigmas=blur_to_noise_sigmas(a, 4.0).tolist(), alpha_bar=no_noise)

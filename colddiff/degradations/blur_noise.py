@@ -425,7 +425,8 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         alpha_ts = alpha_t / alpha_s.clamp(min=1e-12)
         var_t = per(sigma_t**2).clamp(min=1e-12)
         var_ts = (per(sigma_t**2) - alpha_ts**2 * per(sigma_s**2)).clamp(min=0.0)
-        filters = (alpha_ts * per(sigma_s**2) / var_t, alpha_s * var_ts / var_t, (per(sigma_s**2) * var_ts / var_t).sqrt())
+        filters = (alpha_ts * per(sigma_s**2) / var_t, alpha_s * var_ts / var_t,
+                   (per(sigma_s**2) * var_ts / var_t).sqrt())
         noise = randn(tuple(x_t.shape), generator, x_t)
         x_s = sum(_apply_transfer(image, f, self.border) for image, f in zip((2 * x_t - 1, 2 * x0_hat - 1, noise),
                                                                               filters))
