@@ -7,6 +7,19 @@ functions; the test suite checks they agree.
 from colddiff.degradations.blur import gaussian_blur, gaussian_kernel1d
 from colddiff.degradations.blur_noise import blur_noise, heat_blur
 from colddiff.degradations.desaturate import desaturate, grayscale
+from colddiff.degradations.kornia_ops import (
+    contrast,
+    defocus_blur,
+    disk_kernels,
+    elastic,
+    elastic_field,
+    jpeg,
+    motion_blur,
+    motion_kernels,
+    posterize,
+    rotate,
+    zoom,
+)
 from colddiff.degradations.mask import gaussian_mask
 from colddiff.degradations.mix import mix
 from colddiff.degradations.noise import gaussian_noise
@@ -26,4 +39,15 @@ __all__ = [
     "gaussian_noise",
     "blur_noise",
     "heat_blur",
+    "motion_blur",
+    "motion_kernels",
+    "defocus_blur",
+    "disk_kernels",
+    "jpeg",
+    "rotate",
+    "zoom",
+    "posterize",
+    "contrast",
+    "elastic",
+    "elastic_field",
 ]
