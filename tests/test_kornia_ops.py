@@ -65,6 +65,7 @@ def test_motion_blur_params_and_sizes():
     assert fixed.param_keys == () and fixed.unknown_params_reason() is None
     with pytest.raises(ValueError, match=r"11x11 motion kernel needs image sides longer than 5 pixels, got 5x9"):
         fixed(torch.rand(1, 1, 5, 9), 1)
+    assert cd.MotionBlur(5, angle=45.0, border="replicate")(torch.rand(1, 1, 5, 9), 1).shape == (1, 1, 5, 9)
     with pytest.raises(ValueError, match=r"direction must lie in \[-1, 1\]"):
         cd.MotionBlur(5, direction=2.0)
     with pytest.raises(ValueError, match="border must be one of"):

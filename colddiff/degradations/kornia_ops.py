@@ -470,8 +470,9 @@ class MotionBlur(Transform):
                          options=options, random=random, channels=channels)
 
     def check_image_size(self, height: int, width: int) -> None:
+        """``reflect`` and ``circular`` padding need image sides longer than half the largest kernel."""
         size = _kernel_size_for(float(self.severity.max()))
-        if min(height, width) <= size // 2:
+        if self.options["border"] in ("reflect", "circular") and min(height, width) <= size // 2:
             raise ValueError(f"{type(self).__name__}: a {size}x{size} motion kernel needs image sides longer than "
                              f"{size // 2} pixels, got {height}x{width}")
 
@@ -509,8 +510,9 @@ class DefocusBlur(Transform):
                          options={"border": border}, channels=channels)
 
     def check_image_size(self, height: int, width: int) -> None:
+        """``reflect`` and ``circular`` padding need image sides longer than half the largest kernel."""
         size = 2 * max(math.ceil(float(self.severity.max()) + 0.5) - 1, 0) + 1
-        if min(height, width) <= size // 2:
+        if self.options["border"] in ("reflect", "circular") and min(height, width) <= size // 2:
             raise ValueError(f"{type(self).__name__}: a {size}x{size} disk kernel needs image sides longer than "
                              f"{size // 2} pixels, got {height}x{width}")
 
