@@ -140,15 +140,18 @@ def test_jpeg_quantize_rounds_the_observed_form_only():
 
 
 def test_the_level_of_a_jpeg_image_is_found_exactly_with_a_perfect_restorer():
-    """JPEG is deterministic: re-degrading the true image explains its level exactly.  (An exhaustive scan: with a
-    perfect restorer the residual is a spike at the true level, since JPEG's levels are not ordered by distance,
-    narrower than the coarse grid; a trained restorer's residual curve is what benchmarks/bench_restore.py measures.)
-    """
+    """JPEG is deterministic: re-degrading the true image explains its level exactly.  With a perfect restorer the
+    residual is a spike at the true level (JPEG's levels are not ordered by distance), narrower than the default
+    coarse grid: JPEG asks the estimator for an exhaustive scan, which finds every level."""
     op = cd.JPEG(8, min_quality=5.0)
     x0 = smooth_images(batch=6)
     t = torch.tensor([0, 1, 3, 5, 7, 8])
-    estimate = estimate_level(lambda y, s: _rows(x0, y), op, op(x0, t), grid=9)
+    estimate = estimate_level(lambda y, s: _rows(x0, y), op, op(x0, t))
     assert estimate.levels.tolist() == t.tolist()
+    assert estimate.evaluations == [9] * 6 and op.level_search_grid(9) == 9
+    coarse = estimate_level(lambda y, s: _rows(x0, y), op, op(x0, t), grid=5)  # what the default search would do
+    assert coarse.levels.tolist() != t.tolist()
+    assert cd.GaussianBlur(8).level_search_grid(9) is None
 
 
 def _rows(x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
