@@ -138,7 +138,10 @@ def kornia_loop(op: cd.Transform, x: Tensor, t: Tensor, params: dict) -> Tensor:
     """``D(x, t)`` for the kornia operators as a user would otherwise write it: the kornia call looped over the
     images, each with its own level's parameter (a Python scalar where kornia takes one), and level 0 kept.
 
-    Same mathematics as colddiff's operators (the test suite checks they agree), fp32, no compilation.
+    Same mathematics as colddiff's operators (the test suite checks they agree), fp32, no compilation.  For
+    :class:`~colddiff.degradations.Elastic`, ``params`` also holds ``"noise"``, the unsmoothed noise of the field
+    (:func:`~colddiff.degradations.functional.elastic_noise` from the same generator state), which
+    ``kornia.geometry.transform.elastic_transform2d`` smooths at every call.
     """
     out = []
     options = op.options
@@ -165,12 +168,12 @@ def kornia_loop(op: cd.Transform, x: Tensor, t: Tensor, params: dict) -> Tensor:
             y = kornia.enhance.posterize(image, int(round(s.item())))
         elif isinstance(op, cd.ContrastLoss):
             y = kornia.enhance.adjust_contrast_with_mean_subtraction(image, float(s))
-        elif isinstance(op, cd.Elastic):
+        elif isinstance(op, cd.Elastic):  # kornia smooths the raw noise at every call (params["noise"]: see below)
             height, width = image.shape[-2:]
             scale = torch.tensor([2.0 / width, 2.0 / height]).to(x)[None, :, None, None]
-            sigma = options["sigma"]
+            sigma = op.draw_options["sigma"]
             k = 2 * math.ceil(3 * sigma) + 1
-            noise = params["field"][b : b + 1] * s * scale
+            noise = params["noise"][b : b + 1] * s * scale
             y = kornia.geometry.transform.elastic_transform2d(image, noise, (k, k), (sigma, sigma), (1.0, 1.0),
                                                               padding_mode=options["padding"])
         else:

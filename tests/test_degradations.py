@@ -203,7 +203,7 @@ def _transform_twin(op, x0, s, params):
     if isinstance(op, cd.ContrastLoss):
         return F.contrast(x0, s)
     if isinstance(op, cd.Elastic):
-        return F.elastic(x0, s, params["field"], options["sigma"], options["padding"])
+        return F.elastic(x0, s, params["field"], options["padding"])
     # the generic adapter: its own function, clamped to [0, 1]
     return op.function(x0, s, **options, **params).clamp(0, 1)
 

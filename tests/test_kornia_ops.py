@@ -98,6 +98,16 @@ def test_jpeg_equals_kornias_codec_at_that_quality():
                                kornia.enhance.jpeg_codec_differentiable(x, op.severity[[1, 5, 9]]).clamp(0, 1))
 
 
+def test_large_cpu_batches_are_coded_in_chunks_with_the_same_result(monkeypatch):
+    from colddiff.degradations import kornia_ops
+
+    x = smooth_images(batch=5)
+    quality = torch.tensor([95.0, 70.0, 50.0, 30.0, 10.0])
+    whole = F.jpeg(x, quality)
+    monkeypatch.setattr(kornia_ops, "JPEG_CPU_CHUNK", 2 * x[0].numel())  # chunks of 2 images
+    torch.testing.assert_close(F.jpeg(x, quality), whole, atol=1e-6, rtol=0)
+
+
 def test_jpeg_at_other_sizes_pads_by_edge_replication_and_crops_back():
     x = smooth_images(batch=2)[..., :20, :28]
     padded = torch.nn.functional.pad(x, (0, 4, 0, 12), mode="replicate")
@@ -230,12 +240,24 @@ def test_elastic_displaces_pixels_by_the_requested_rms():
     image = torch.stack([ramp_x, ramp_x.T])[None].repeat(2, 1, 1, 1)  # channel 0: x, channel 1: y
     field = F.elastic_field(image, sigma, torch.Generator().manual_seed(0))
     displacement = torch.tensor([0.0, 2.0], dtype=torch.float64)
-    moved = F.elastic(image, displacement, field, sigma, padding="border")
+    moved = F.elastic(image, displacement, field, padding="border")
     shift = (moved - image) * size  # in pixels
     interior = shift[..., 8:-8, 8:-8]
     rms = interior.pow(2).sum(dim=1).mean(dim=(1, 2)).sqrt()
     assert rms[0].item() < 1e-9
     assert rms[1].item() == pytest.approx(2.0, rel=0.2)
+
+
+def test_elastic_is_kornias_elastic_transform_with_the_field_smoothed_once():
+    x = smooth_images()
+    sigma, d = 4.0, torch.tensor([0.5, 1.0, 2.0, 3.0])
+    field = F.elastic_field(x, sigma, torch.Generator().manual_seed(5))
+    noise = F.elastic_noise(x, sigma, torch.Generator().manual_seed(5))  # the same draw, unsmoothed
+    scale = torch.tensor([2.0 / 32, 2.0 / 32])[None, :, None, None]
+    expected = kornia.geometry.transform.elastic_transform2d(x, noise * d[:, None, None, None] * scale, (25, 25),
+                                                             (sigma, sigma), (1.0, 1.0), align_corners=False,
+                                                             padding_mode="border")
+    torch.testing.assert_close(F.elastic(x, d, field), expected, atol=1e-5, rtol=0)
 
 
 def test_elastic_field_is_drawn_once_and_checked():

@@ -13,6 +13,7 @@ from colddiff.degradations.kornia_ops import (
     disk_kernels,
     elastic,
     elastic_field,
+    elastic_noise,
     jpeg,
     motion_blur,
     motion_kernels,
@@ -50,4 +51,5 @@ __all__ = [
     "contrast",
     "elastic",
     "elastic_field",
+    "elastic_noise",
 ]

@@ -73,9 +73,10 @@ class RegisteredTransform:
         clean: the severity at which ``f`` is (close to) the identity: the schedule's value at level 0.
         end: the default severity at level ``T``.
         low, high: the valid range of severities (schedules are checked against it).
-        draw: ``draw(x0, generator, **options) -> params`` for random tensors ``f`` needs (e.g. a displacement
-            field), or ``None``.
+        draw: ``draw(x0, generator, **draw_options) -> params`` for random tensors ``f`` needs (e.g. a
+            displacement field), or ``None``.
         param_keys: the keys ``draw`` returns.
+        draw_options: the names of options that go to ``draw`` rather than to ``f`` (e.g. the field's smoothness).
         description: one line for error messages and listings.
     """
 
@@ -87,6 +88,7 @@ class RegisteredTransform:
     high: float = math.inf
     draw: ParamDraw | None = None
     param_keys: tuple[str, ...] = ()
+    draw_options: tuple[str, ...] = ()
     description: str = ""
 
 
@@ -103,6 +105,7 @@ def register_transform(
     high: float = math.inf,
     draw: ParamDraw | None = None,
     param_keys: Sequence[str] = (),
+    draw_options: Sequence[str] = (),
     description: str = "",
     replace: bool = False,
 ) -> Any:
@@ -116,8 +119,9 @@ def register_transform(
         function: ``f(x, severity, **kwargs) -> x'``.
         clean, end: default severities at levels 0 and ``T``.
         low, high: valid range of severities.
-        draw: ``draw(x0, generator, **options) -> params`` for the random tensors ``f`` needs.
+        draw: ``draw(x0, generator, **draw_options) -> params`` for the random tensors ``f`` needs.
         param_keys: the keys ``draw`` returns.
+        draw_options: names of :class:`Transform` options passed to ``draw`` instead of ``f``.
         description: one line shown in listings.
         replace: allow re-registering an existing name.
 
@@ -140,7 +144,7 @@ def register_transform(
             raise ValueError(f"register_transform({name!r}): give draw and param_keys together, got draw={draw!r}, "
                              f"param_keys={tuple(param_keys)}")
         _REGISTRY[name] = RegisteredTransform(name, fn, float(clean), float(end), float(low), float(high), draw,
-                                              tuple(param_keys), description)
+                                              tuple(param_keys), tuple(draw_options), description)
         return fn
 
     return add if function is None else add(function)
@@ -262,7 +266,8 @@ class Transform(Degradation):
             schedule's level-0 entry; level 0 itself never depends on it.
         end: the severity at level ``T`` (default: the registered transform's).
         severities: ``T + 1`` given severities, one per level (overrides ``schedule``, ``clean`` and ``end``).
-        options: fixed keyword arguments of ``f`` (numbers, strings, booleans).
+        options: fixed keyword arguments of ``f`` (numbers, strings, booleans); for a registered transform with
+            random tensors of its own, those named in its ``draw_options`` go to its draw instead.
         random: keyword arguments of ``f`` drawn per image by :meth:`make_params`, as
             ``{name: ["uniform", low, high] | ["normal", mean, std] | ["choice", v1, v2, ...]}``.
         clamp: clamp outputs to ``[0, 1]``.
@@ -319,11 +324,14 @@ class Transform(Degradation):
                 raise ValueError(f"{label}: severities must lie in [{entry.low:g}, {entry.high:g}] "
                                  f"({entry.description or entry.name}), got values in [{low:g}, {high:g}]")
         self.schedule = schedule if severities is None else "given"
-        self.options = _check_options(options, who)
+        options = _check_options(options, who)
+        for_draw = entry.draw_options if entry is not None else ()
+        self.options = {k: v for k, v in options.items() if k not in for_draw}
+        self.draw_options = {k: v for k, v in options.items() if k in for_draw}
         self.random = _check_random(random, who)
         self.clamp = bool(clamp)
         drawn = entry.param_keys if entry is not None else ()
-        clash = (set(self.options) & set(self.random)) | (set(drawn) & (set(self.options) | set(self.random)))
+        clash = (set(options) & set(self.random)) | (set(drawn) & (set(options) | set(self.random)))
         if clash:
             raise ValueError(f"{who}: {sorted(clash)} given twice (options, random and the transform's own random "
                              "params must not share names)")
@@ -338,7 +346,7 @@ class Transform(Degradation):
         like = x0 if x0.dtype in (torch.float32, torch.float64) else x0.float()
         params: Params = {}
         if self.entry is not None and self.entry.draw is not None:
-            params.update(self.entry.draw(like, generator, **self.options))
+            params.update(self.entry.draw(like, generator, **self.draw_options))
         for key, (dist, values) in self.random.items():
             params[key] = _draw_scalars(dist, values, x0.shape[0], generator, like)
         return params
