@@ -108,3 +108,25 @@ def test_a_checkpoint_naming_a_dangerous_function_is_refused(transform_ckpt, tmp
         sample_main(["restore", "--ckpt", str(evil), "--input", str(tmp_path), "--level", "auto",
                      "--out", str(tmp_path / "out")])
     assert not (tmp_path / "pwned").exists()
+
+
+def _transform_override(tmp_path: Path, **init_args) -> Path:
+    override = tmp_path / "transform.yaml"
+    override.write_text(json.dumps({"model": {"degradation": {"class_path": "colddiff.degradations.Transform",
+                                                              "init_args": {"num_steps": 4, **init_args}}}}))
+    return override
+
+
+def test_a_training_config_names_a_registered_transform_but_never_another_function(tmp_path):
+    quiet = ["--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+             "--trainer.enable_model_summary", "false", "--trainer.fast_dev_run", "1"]
+    quickstart = str(ROOT / "configs" / "quickstart.yaml")
+    cli = cli_main(["fit", "--config", quickstart, "--config", str(_transform_override(tmp_path, function="jpeg")),
+                    *quiet])
+    assert cli.model.degradation.function_name == "jpeg" and cli.trainer.global_step == 1
+    marker = tmp_path / "pwned"
+    evil = _transform_override(tmp_path, function="os.system", clean=0.0, end=1.0,
+                               options={"command": f"touch {marker}"})
+    with pytest.raises(ValueError, match="refusing to import 'os.system' from a config"):
+        cli_main(["fit", "--config", quickstart, "--config", str(evil), *quiet])
+    assert not marker.exists()
