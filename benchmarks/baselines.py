@@ -6,18 +6,24 @@ desaturation step), recomputes the snow layers of every level whenever a new sno
 Algorithm 2 recomputes both ``D(x0_hat, s)`` and ``D(x0_hat, s - 1)`` from scratch at every step: ``O(T)`` operator
 steps per call and ``O(T^2)`` per sampled image.  These functions reproduce that cost with the same mathematics as
 colddiff's operators (so outputs agree), in fp32, without compilation.
+
+The operators built on kornia have no original implementation; their baseline, :func:`kornia_loop`, is what a user
+would otherwise write for a batch of per-image levels: the kornia call looped over the images.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import colddiff.degradations as cd
 from colddiff.degradations.blur import gaussian_kernel1d
+from colddiff.degradations.functional import disk_kernels
 from colddiff.degradations.mask import mask_keep_table
 
 
@@ -126,3 +132,51 @@ def naive_sample_improved(restore, op: cd.Degradation, x_t: Tensor, params: dict
         x0_hat = restore(x, torch.full((x.shape[0],), s, device=x.device, dtype=torch.long))
         x = x - naive_degrade(op, x0_hat, s, params) + naive_degrade(op, x0_hat, s - 1, params)
     return x
+
+
+def kornia_loop(op: cd.Transform, x: Tensor, t: Tensor, params: dict) -> Tensor:
+    """``D(x, t)`` for the kornia operators as a user would otherwise write it: the kornia call looped over the
+    images, each with its own level's parameter (a Python scalar where kornia takes one), and level 0 kept.
+
+    Same mathematics as colddiff's operators (the test suite checks they agree), fp32, no compilation.  For
+    :class:`~colddiff.degradations.Elastic`, ``params`` also holds ``"noise"``, the unsmoothed noise of the field
+    (:func:`~colddiff.degradations.functional.elastic_noise` from the same generator state), which
+    ``kornia.geometry.transform.elastic_transform2d`` smooths at every call.
+    """
+    out = []
+    options = op.options
+    for b in range(x.shape[0]):
+        image, level = x[b : b + 1], int(t[b])
+        s = op.severity[level : level + 1].to(x)
+        if level == 0:
+            out.append(image)
+            continue
+        if isinstance(op, cd.MotionBlur):  # whole odd lengths: kornia's kernel size
+            angle, direction = (params[k][b : b + 1] if k in params else torch.tensor([options[k]]).to(x)
+                                for k in ("angle", "direction"))
+            y = kornia.filters.motion_blur(image, int(round(s.item())), angle, direction,
+                                           border_type=options["border"])
+        elif isinstance(op, cd.DefocusBlur):  # kornia has no disk kernel: the user builds one per image
+            y = kornia.filters.filter2d(image, disk_kernels(s), border_type=options["border"])
+        elif isinstance(op, cd.JPEG):
+            y = kornia.enhance.jpeg_codec_differentiable(image, s)
+        elif isinstance(op, cd.Rotate):
+            y = kornia.geometry.transform.rotate(image, s, padding_mode=options["padding"])
+        elif isinstance(op, cd.Zoom):
+            y = kornia.geometry.transform.scale(image, s, padding_mode=options["padding"])
+        elif isinstance(op, cd.Posterize):  # kornia's posterize: whole bits, the top-bits rounding
+            y = kornia.enhance.posterize(image, int(round(s.item())))
+        elif isinstance(op, cd.ContrastLoss):
+            y = kornia.enhance.adjust_contrast_with_mean_subtraction(image, float(s))
+        elif isinstance(op, cd.Elastic):  # kornia smooths the raw noise at every call (params["noise"]: see below)
+            height, width = image.shape[-2:]
+            scale = torch.tensor([2.0 / width, 2.0 / height]).to(x)[None, :, None, None]
+            sigma = op.draw_options["sigma"]
+            k = 2 * math.ceil(3 * sigma) + 1
+            noise = params["noise"][b : b + 1] * s * scale
+            y = kornia.geometry.transform.elastic_transform2d(image, noise, (k, k), (sigma, sigma), (1.0, 1.0),
+                                                              padding_mode=options["padding"])
+        else:
+            raise TypeError(f"kornia_loop: no kornia call for {type(op).__name__}")
+        out.append(y.clamp(0.0, 1.0))
+    return torch.cat(out)

@@ -13,7 +13,15 @@ degraded with the model's own degradation at a known random level ``t`` uniform 
   true level, and from wrong fixed levels (``T`` and ``T // 2``), with ``sample_improved`` and ``sample_direct``;
 * images blurred by a *different* blur than the model's (a box blur and a horizontal motion blur, circular
   borders): the degraded input's PSNR/SSIM against the restoration's (estimated level, improved sampler), so a user
-  knows whether restoring helps.
+  knows whether restoring helps;
+* for a JPEG model (:class:`colddiff.degradations.JPEG`, e.g. ``configs/dejpeg_mnist.yaml``), **real JPEG files**:
+  the same digits at the same levels, encoded by Pillow (libjpeg) at each level's quality and decoded to 8 bits, as
+  a user's own ``.jpg`` files reach ``sample.py restore --level auto``: the level estimate against the level whose
+  quality made the file, and the restoration from it.  The model was trained on kornia's differentiable codec, an
+  approximation of libjpeg's, so this measures how well it carries over.
+
+Any restoration model works: the degradation is the model's own (``python -m benchmarks.bench_restore --ckpt
+runs/dejpeg_mnist/checkpoints/last.ckpt`` for the JPEG digits).
 
 Prints Markdown tables, writes JSON (``--json``) and a picture (``--picture``): degraded | restored with the
 estimated level | original.
@@ -22,18 +30,21 @@ estimated level | original.
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from benchmarks.common import machine, pick_device, print_table, report
 from colddiff.datasets import EmbeddedMNIST, ImageTransform
-from colddiff.degradations import GaussianBlur
+from colddiff.degradations import JPEG, GaussianBlur
 from colddiff.estimation import check_estimable, estimate_level, sample_at_levels
 from colddiff.evaluation.metrics import RestorationMetrics
 from colddiff.io import restoration_grid, save_png_atomic
@@ -64,6 +75,40 @@ def _convolve(x: Tensor, kernel: Tensor) -> Tensor:
     padded = F.pad(x, (kw // 2, kw - 1 - kw // 2, kh // 2, kh - 1 - kh // 2), mode="circular")
     weight = kernel.expand(x.shape[1], 1, kh, kw)
     return F.conv2d(padded, weight, groups=x.shape[1]).clamp(0.0, 1.0)
+
+
+def pillow_jpeg(x: Tensor, quality: Tensor) -> Tensor:
+    """Each image written as a JPEG file by Pillow (libjpeg, baseline, 4:2:0 for RGB) at its own integer quality and
+    read back as 8 bits ``/ 255``; quality 0 stands for level 0, a clean image stored losslessly in 8 bits.
+
+    Shape:
+        ``x``: ``(B, C, H, W)``, ``C`` 1 or 3; ``quality``: ``(B,)`` integers in ``[0, 100]``; output: like ``x``.
+    """
+    out = []
+    for image, q in zip(x.detach().cpu(), quality.tolist()):
+        pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        if q == 0:
+            out.append(torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1))
+            continue
+        picture = Image.fromarray(pixels[..., 0], "L") if pixels.shape[-1] == 1 else Image.fromarray(pixels, "RGB")
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=int(q))
+        buffer.seek(0)
+        decoded = np.asarray(Image.open(buffer), dtype=np.float32) / 255
+        out.append(torch.from_numpy(decoded.reshape(*decoded.shape[:2], -1).copy()).permute(2, 0, 1))
+    return torch.stack(out).to(x.device, x.dtype)
+
+
+def _error_summary(t_hat: Tensor, t: Tensor) -> dict:
+    errors = (t_hat - t).abs()
+    values = [float(e) for e in errors.tolist()]
+    by_level = {int(level): {"n": int((t == level).sum()), "mean_estimate": float(t_hat[t == level].float().mean())}
+                for level in sorted(set(t.tolist()))}
+    return {"num_images": len(values), "median_abs_error": statistics.median(values),
+            "p90_abs_error": _percentile(values, 0.9), "mean_abs_error": sum(values) / len(values),
+            "exact_fraction": sum(e == 0 for e in values) / len(values),
+            "within_1_fraction": sum(e <= 1 for e in values) / len(values),
+            "mean_signed_error": float((t_hat - t).float().mean()), "by_true_level": by_level}
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
@@ -216,6 +261,33 @@ def main(argv: list[str] | None = None) -> dict:
                                f"{entry['psnr_gain_db']:+.2f}", f"{values['degraded']['SSIM']:.4f}",
                                f"{values['restored']['SSIM']:.4f}", f"{entry['median_estimated_level']:g}"])
 
+    # a JPEG model: the digits as real JPEG files (Pillow), at the qualities of their levels
+    files_result, files_rows = None, []
+    if isinstance(degradation, JPEG):
+        files = RestorationMetrics(device)
+        qualities = degradation.severity.round().long().cpu()
+        found: list[Tensor] = []
+        tick = time.perf_counter()
+        for start, stop in _chunks(args.num, args.batch_size):
+            x0, t = x0_all[start:stop].to(device), t_all[start:stop]
+            y = pillow_jpeg(x0, torch.where(t == 0, 0, qualities[t]))
+            t_hat = estimate_level(restore, degradation, y).levels
+            found.append(t_hat.cpu())
+            degraded = (t > 0).to(device)
+            if degraded.any():
+                files.update("JPEG file (the degraded input)", y[degraded], x0[degraded], targets_are_new=True)
+                for sampler in ("improved", "direct"):
+                    restored = sample_at_levels(sampler, restore, degradation, y, t_hat)
+                    files.update(f"{sampler}, estimated t_hat", restored[degraded], x0[degraded])
+                    restored = sample_at_levels(sampler, restore, degradation, y, t.to(device))
+                    files.update(f"{sampler}, true t", restored[degraded], x0[degraded])
+            print(f"  JPEG files {stop}/{args.num}", file=sys.stderr)
+        values = files.compute()
+        files_result = {"encoder": f"Pillow {Image.__version__} (libjpeg), quality round(q_t), 8-bit decode",
+                        "qualities_by_level": qualities.tolist(), "seconds": time.perf_counter() - tick,
+                        "estimation": _error_summary(torch.cat(found), t_all), "restoration": values}
+        files_rows = [[name, f"{v['PSNR']:.2f}", f"{v['SSIM']:.4f}", f"{v['RMSE']:.4f}"] for name, v in values.items()]
+
     if args.picture:
         n = min(args.picture_num, args.num)
         x0 = x0_all[:n].to(device)
@@ -255,12 +327,19 @@ def main(argv: list[str] | None = None) -> dict:
               "estimated level, improved sampler)\n")
         print_table(["input", "degraded PSNR", "restored PSNR", "gain", "degraded SSIM", "restored SSIM",
                      "median t_hat"], other_rows)
+    if files_result is not None:
+        e = files_result["estimation"]
+        print(f"\nReal JPEG files ({args.num} test digits, Pillow at quality round(q_t) of each digit's level, the "
+              f"clean file at level 0): level estimate |t_hat - t| median {e['median_abs_error']:g}, 90th pct. "
+              f"{e['p90_abs_error']:g}, exact {100 * e['exact_fraction']:.1f}%, within 1 "
+              f"{100 * e['within_1_fraction']:.1f}%, mean t_hat - t {e['mean_signed_error']:+.3f}\n")
+        print_table(["digits with t >= 1", "PSNR", "SSIM", "RMSE"], files_rows)
     count = next(iter(results.values()))["N"] if results else 0
     return report("restore", info, f"Restoration of the {count} degraded test digits (t >= 1) by the level the sampler "
                   "is told (PSNR/SSIM/RMSE on 8-bit images)",
                   ["sampler", "level told", "PSNR", "PSNR - true-level PSNR", "SSIM", "RMSE"], rows, records,
                   args.json, checkpoint=str(args.ckpt), degradation=repr(degradation), seed=args.seed,
-                  estimation=estimation, other_blurs=other_results, seconds_total=main_s)
+                  estimation=estimation, other_blurs=other_results, jpeg_files=files_result, seconds_total=main_s)
 
 
 if __name__ == "__main__":

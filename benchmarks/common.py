@@ -60,13 +60,18 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
-def print_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Print (and return) a Markdown table."""
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (no rows: the header alone)."""
+    widths = [max([len(str(h)), *(len(str(r[i])) for r in rows)]) for i, h in enumerate(headers)]
     lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Print (and return) a Markdown table."""
+    text = format_table(headers, rows)
     print(text)
     return text
 

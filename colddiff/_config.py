@@ -6,18 +6,21 @@ Checkpoints and exported models store this description instead of pickled object
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib
 import inspect
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 __all__ = ["RecordsInit", "describe", "describe_or_mark", "build", "build_factory", "model_kwargs", "class_path",
-           "check_class_path", "resolve_component", "check_component_entries", "ModelFileError"]
+           "check_class_path", "resolve_component", "check_component_entries", "ModelFileError", "allowed_callables",
+           "resolve_callable"]
 
 
 class ModelFileError(ValueError):
@@ -166,6 +169,55 @@ def resolve_component(path: Any, name: str = "config", base: type = RecordsInit,
     return cls
 
 
+#: dotted paths of functions trusted in the current context (see :func:`allowed_callables`)
+_ALLOWED_CALLABLES: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("colddiff_allowed_callables",
+                                                                                    default=frozenset())
+
+
+@contextlib.contextmanager
+def allowed_callables(paths: Iterable[str]) -> Iterator[frozenset[str]]:
+    """Trust these dotted paths to functions while building components in this context (nests; thread- and
+    task-local).
+
+    Components that take a function by name from a config (:class:`~colddiff.degradations.Transform`'s
+    ``function``) resolve a dotted path only if it is listed here, so a file's config cannot make colddiff import
+    ``os.system``.  :func:`build` (and so ``ColdDiffusion.load_from_checkpoint(..., allow=[...])``) opens this context
+    with its ``allow`` list.
+    """
+    if isinstance(paths, str):
+        raise TypeError(f"allowed_callables takes a list of dotted paths, got the string {paths!r}")
+    token = _ALLOWED_CALLABLES.set(_ALLOWED_CALLABLES.get() | frozenset(paths))
+    try:
+        yield _ALLOWED_CALLABLES.get()
+    finally:
+        _ALLOWED_CALLABLES.reset(token)
+
+
+def resolve_callable(path: Any, name: str, allow: Sequence[str] = (),
+                     kind: str = "registered names or functions you allow explicitly") -> Callable[..., Any]:
+    """The function at dotted ``path``, which must be listed in ``allow`` or in the current
+    :func:`allowed_callables` context (checked on the string, before anything is imported).
+
+    ``kind`` says in the error what may be named instead.
+    """
+    if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path):
+        raise ValueError(f"{name}: expected a dotted import path to a function, got {path!r}")
+    if path not in allow and path not in _ALLOWED_CALLABLES.get():
+        raise ValueError(
+            f"{name}: refusing to import {path!r} from a config: only {kind} can be named. To trust this function, "
+            f"list it: colddiff.degradations.allowed_callables([{path!r}]) around the build, or "
+            f"ColdDiffusion.load_from_checkpoint(path, allow=[{path!r}])"
+        )
+    module_name, _, attr = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{name}: cannot import {path!r} ({err})") from err
+    if not callable(function):
+        raise ValueError(f"{name}: {path!r} is not callable (got {type(function).__name__})")
+    return function
+
+
 def _check_arguments(cls: type, init_args: Mapping[str, Any], name: str, path: str,
                      source: str | os.PathLike | None) -> None:
     """Refuse arguments ``cls`` does not take, and missing required ones, naming the field (before building)."""
@@ -224,7 +276,8 @@ def build(value: Any, name: str = "config", allow: Sequence[str] = (),
         _check_arguments(cls, raw, name, value["class_path"], source)
         init_args = {k: build(v, f"{name}.init_args.{k}", allow, source) for k, v in raw.items()}
         try:
-            return cls(**init_args)
+            with allowed_callables(allow):  # paths in allow are also functions a component may import by name
+                return cls(**init_args)
         except (TypeError, ValueError, RuntimeError, OverflowError) as err:
             if isinstance(err, ModelFileError):
                 raise err.with_source(source) from None

@@ -24,7 +24,9 @@ A bracket shrinks to at most three quarters of its width every two probes, so ea
 evaluations and the whole search ``G + starts * O(log n) = O(log T)``.  The residual curve of a real network need not
 be unimodal: the grid sees every basin wider than its spacing ``n / G``, and refining the ``starts`` best grid
 minima (default 2) keeps a second basin whose grid point was unlucky.  A minimum narrower than the grid spacing can
-still be missed; ``grid=n`` evaluates every candidate (an exhaustive scan).  All images are searched together: each
+still be missed; ``grid=n`` evaluates every candidate (an exhaustive scan), which is also the default for an
+operator that asks for it (:meth:`~colddiff.degradations.Degradation.level_search_grid`: JPEG, whose levels are not
+ordered by distance, so its true level is a narrow minimum between grid points).  All images are searched together: each
 round evaluates one probe per image and bracket in one batched call of ``restore``, every image at its own level.
 
 **Level 0** (a clean input) is a candidate like any other: ``r(0) = ||R(y, 0) - y||`` calls the restorer at level 0.
@@ -248,7 +250,9 @@ def estimate_level(
         y: the degraded images, each at its own unknown level.
         params: the degradation's params when it has random ones and they are known (see :func:`check_estimable`).
         levels: the candidate levels, strictly increasing (default ``0 .. T``).
-        grid: coarse-grid size (default :func:`default_grid_size`; ``len(levels)`` for an exhaustive scan).
+        grid: coarse-grid size (default: the degradation's
+            :meth:`~colddiff.degradations.Degradation.level_search_grid`, else :func:`default_grid_size`;
+            ``len(levels)`` for an exhaustive scan).
         starts: how many of the grid's best local minima are refined (``>= 1``).
         batch_size: the most (image, level) pairs per ``restore`` call (default: a whole round at once).
 
@@ -263,7 +267,7 @@ def estimate_level(
     candidates = _candidates(levels, degradation.num_steps)
     n = len(candidates)
     if grid is None:
-        grid = default_grid_size(n)
+        grid = degradation.level_search_grid(n) or default_grid_size(n)
     if isinstance(grid, bool) or not isinstance(grid, numbers.Integral) or grid < 2:
         raise ValueError(f"grid must be an int >= 2 (coarse-grid candidates), got {grid!r}")
     if isinstance(starts, bool) or not isinstance(starts, numbers.Integral) or starts < 1:

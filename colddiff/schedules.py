@@ -34,9 +34,12 @@ __all__ = [
     "cosine_logsnr_alpha_bar",
     "blur_to_noise_sigmas",
     "check_level_sigmas",
+    "SeveritySchedule",
+    "severity_schedule",
 ]
 
 SigmaSchedule = Literal["constant", "linear", "exponential"]
+SeveritySchedule = Literal["linear", "exponential"]
 
 
 def constant(num_steps: int, value: float) -> Tensor:
@@ -276,3 +279,59 @@ def level_values(value: float | Sequence[float] | Tensor, num_steps: int, name: 
     if not torch.isfinite(values).all() or values.min() < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {values.tolist()}")
     return values
+
+
+def severity_schedule(
+    num_steps: int,
+    clean: float | None = None,
+    end: float | None = None,
+    schedule: SeveritySchedule = "linear",
+    values: Sequence[float] | Tensor | None = None,
+    name: str = "severity",
+) -> Tensor:
+    """Per-level severities of a transform: ``clean`` at level 0 (where the transform is the identity), ``end`` at
+    level ``T``.
+
+    * ``"linear"``: ``clean + (end - clean) * t / T``;
+    * ``"exponential"``: ``clean * (end / clean) ** (t / T)``, evenly spaced in ``log`` (``clean`` and ``end``
+      non-zero and of the same sign), for severities that act multiplicatively (a zoom factor, a kernel length);
+    * ``values``: given, ``T + 1`` numbers, entry ``t`` for level ``t`` (``schedule``, ``clean`` and ``end`` are then
+      not used).
+
+    Shape:
+        ``(T + 1,)`` float64.
+
+    Example:
+        >>> severity_schedule(4, clean=100.0, end=20.0).tolist()
+        [100.0, 80.0, 60.0, 40.0, 20.0]
+        >>> severity_schedule(2, clean=1.0, end=4.0, schedule="exponential").tolist()
+        [1.0, 2.0, 4.0]
+    """
+    num_steps = check_num_steps(num_steps)
+    if values is not None:
+        try:
+            tensor = torch.as_tensor(values, dtype=torch.float64).flatten().clone()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name}: values must be {num_steps + 1} numbers (one per level), got {values!r}") from err
+        if tensor.numel() != num_steps + 1:
+            raise ValueError(f"{name}: values must have one value per level, level 0 included ({num_steps + 1} "
+                             f"values), got {tensor.numel()}")
+    else:
+        if clean is None or end is None:
+            raise ValueError(f"{name}: give clean and end (the severities at levels 0 and T) or values, got "
+                             f"clean={clean!r}, end={end!r}")
+        clean, end = float(clean), float(end)
+        fraction = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        if schedule == "linear":
+            tensor = clean + (end - clean) * fraction
+        elif schedule == "exponential":
+            if clean == 0 or end == 0 or (clean > 0) != (end > 0):
+                raise ValueError(f"{name}: an exponential schedule needs clean and end non-zero and of the same "
+                                 f"sign, got clean={clean}, end={end}")
+            tensor = clean * (end / clean) ** fraction
+            tensor[-1] = end  # exactly the requested end, whatever the rounding of the power
+        else:
+            raise ValueError(f"{name}: schedule must be 'linear' or 'exponential', got {schedule!r}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name}: severities must be finite, got {tensor.tolist()}")
+    return tensor

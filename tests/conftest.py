@@ -18,6 +18,14 @@ torch.set_num_threads(int(os.environ.get("COLDDIFF_TEST_THREADS", "1")))
 T = 5  # levels used by the generic suite (small, so per-level loops stay fast; 2**5 divides 32)
 
 
+def fade_to_grey(x: torch.Tensor, severity: torch.Tensor, grey: float | torch.Tensor = 0.5) -> torch.Tensor:
+    """A user's own transform for :class:`~colddiff.degradations.Transform`: keep a fraction ``severity`` of the
+    image, the rest a grey level (a number, or one per image)."""
+    s = severity[:, None, None, None]
+    g = grey[:, None, None, None] if isinstance(grey, torch.Tensor) else grey
+    return s * x + (1 - s) * g
+
+
 def _operators() -> dict[str, callable]:
     return {
         "GaussianBlur": lambda T: cd.GaussianBlur(T),
@@ -44,6 +52,25 @@ def _operators() -> dict[str, callable]:
         "BlurNoise-kernel-fixed": lambda T: cd.BlurNoise(T, blur="kernel", kernel_size=5, schedule="linear",
                                                          sigma=0.5, border="reflect", reestimate=False),
         "Compose": lambda T: cd.Compose([cd.GaussianBlur(T), cd.GaussianNoise(T)]),
+        "Transform-own-function-random": lambda T: cd.Transform(T, function=fade_to_grey, clean=1.0, end=0.0,
+                                                                random={"grey": ["uniform", 0.2, 0.8]}),
+        "Transform-registered-name": lambda T: cd.Transform(T, function="defocus_blur", end=2.0,
+                                                            options={"border": "replicate"}),
+        "MotionBlur": lambda T: cd.MotionBlur(T),
+        "MotionBlur-fixed-weighted-circular": lambda T: cd.MotionBlur(T, max_length=7.5, angle=30.0, direction=0.5,
+                                                                      border="circular"),
+        "MotionBlur-random-direction": lambda T: cd.MotionBlur(T, max_length=5.0, direction=None),
+        "DefocusBlur": lambda T: cd.DefocusBlur(T),
+        "JPEG": lambda T: cd.JPEG(T),
+        "JPEG-exponential": lambda T: cd.JPEG(T, min_quality=5.0, schedule="exponential"),
+        "Rotate": lambda T: cd.Rotate(T),
+        "Rotate-random-direction": lambda T: cd.Rotate(T, max_angle=45.0, random_direction=True,
+                                                       padding="reflection"),
+        "Zoom": lambda T: cd.Zoom(T),
+        "Posterize": lambda T: cd.Posterize(T),
+        "Posterize-truncate": lambda T: cd.Posterize(T, rounding="truncate"),
+        "ContrastLoss": lambda T: cd.ContrastLoss(T),
+        "Elastic": lambda T: cd.Elastic(T),
     }
 
 

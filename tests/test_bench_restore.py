@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from benchmarks import bench_restore
-from colddiff.degradations import GaussianBlur
+from colddiff.degradations import JPEG, GaussianBlur
 from colddiff.export import export_model
 from colddiff.module import ColdDiffusion
-from colddiff.nets import UNet
+from colddiff.nets import ConvNeXtUNet, UNet
 
 
 @pytest.fixture
@@ -50,3 +50,28 @@ def test_bench_restore_writes_its_tables_json_and_picture(tiny_export, tmp_path)
 def test_bench_restore_without_a_checkpoint_says_how_to_make_one(tmp_path):
     with pytest.raises(SystemExit, match="configs/quickstart.yaml"):
         bench_restore.main(["--ckpt", str(tmp_path / "missing.ckpt")])
+
+
+def test_bench_restore_measures_a_jpeg_model_on_real_jpeg_files(tmp_path):
+    """For a JPEG model the digits are also written as Pillow JPEG files at their levels' qualities (a user's own
+    .jpg files) and their levels estimated."""
+    torch.manual_seed(0)
+    network = ConvNeXtUNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16)
+    model = ColdDiffusion(JPEG(4, quantize=True), network, image_size=16, channels=1)
+    export = export_model(model, tmp_path / "tiny_jpeg")
+    saved = bench_restore.main(["--ckpt", str(export), "--num", "6", "--batch-size", "4", "--device", "cpu",
+                                "--json", str(tmp_path / "restore.json")])
+    files = saved["jpeg_files"]
+    assert files["qualities_by_level"] == [100, 78, 55, 32, 10]
+    assert files["estimation"]["num_images"] == 6 and 0 <= files["estimation"]["median_abs_error"] <= 4
+    assert set(files["restoration"]) == {"JPEG file (the degraded input)", "improved, estimated t_hat",
+                                         "improved, true t", "direct, estimated t_hat", "direct, true t"}
+    assert saved["other_blurs"] == []
+
+
+def test_pillow_jpeg_files_are_libjpeg_at_that_quality():
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = bench_restore.pillow_jpeg(x, torch.tensor([0, 95, 10]))
+    assert torch.equal(y[0], torch.round(x[0] * 255) / 255)  # level 0: the clean image, stored in 8 bits
+    assert torch.equal(y, torch.round(y * 255) / 255)
+    assert (y[2] - x[2]).abs().mean() > (y[1] - x[1]).abs().mean() > 0

@@ -35,3 +35,36 @@ def test_bench_sample_compares_the_sampler_with_bare_network_calls(tmp_path):
     assert result["batch"] == 1 and result["num_steps"] == 50 and result["tiny_network"]
     assert result["ours_images_per_s"] > 0 and result["bare_network_images_per_s"] > 0
     assert "naive_images_per_s" not in result
+
+
+def test_the_kornia_loop_baseline_computes_the_operators_images():
+    """The baseline of the kornia operators (their kornia call looped over the images) gives the same images as the
+    one batched call, at mixed levels: the timings compare like with like."""
+    import colddiff.degradations as cd
+    from benchmarks.baselines import kornia_loop
+    from colddiff.degradations.functional import elastic_noise
+
+    x = torch.rand(4, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    for name, op in bench_degradations.kornia_operators().items():
+        params = op.make_params(x, torch.Generator().manual_seed(1))
+        loop_params = dict(params)
+        if isinstance(op, cd.Elastic):
+            loop_params["noise"] = elastic_noise(x, op.draw_options["sigma"], torch.Generator().manual_seed(1))
+        t = torch.tensor([0, 1, op.num_steps // 2, op.num_steps])
+        torch.testing.assert_close(kornia_loop(op, x, t, loop_params), op.degrade(x, t, params), atol=1e-5, rtol=0,
+                                   msg=name)
+
+
+def test_bench_degradations_times_the_kornia_operators_beside_the_loop(tmp_path):
+    out = tmp_path / "degradations.json"
+    bench_degradations.main(["--device", "cpu", "--batch", "2", "--size", "32", "--budget", "0", "--only", "JPEG",
+                             "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["results"] == [] and [r["operator"] for r in saved["kornia_results"]] == [
+        "JPEG (T 20, quality 100 -> 10)"]
+    (entry,) = saved["kornia_results"]
+    assert entry["max_abs_difference_mixed"] == 0.0 and entry["loop_tT_s"] > 0 and entry["ours_mixed_s"] > 0
+    elastic = bench_degradations.main(["--device", "cpu", "--batch", "2", "--size", "32", "--budget", "0", "--only",
+                                       "Elastic", "--operators", "kornia"])["kornia_results"][0]
+    assert elastic["max_abs_difference_mixed"] < 1e-5
+    assert "| JPEG (T 20, quality 100 -> 10) |" in saved["kornia_table"]

@@ -18,7 +18,8 @@ import colddiff.degradations
 
 #: the functional twins whose docstrings must carry an example (the twins of every operator)
 FUNCTIONAL_TWINS = ("gaussian_blur", "gaussian_mask", "pixelate", "snow", "desaturate", "mix", "gaussian_noise",
-                    "blur_noise", "heat_blur")
+                    "blur_noise", "heat_blur", "motion_blur", "defocus_blur", "jpeg", "rotate", "zoom", "posterize",
+                    "contrast", "elastic")
 
 
 def _modules() -> list:

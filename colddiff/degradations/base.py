@@ -180,6 +180,17 @@ class Degradation(RecordsInit, nn.Module):
         return (f"{type(self).__name__}: it draws random params {list(self.param_keys)} that are unknown for a given "
                 "image")
 
+    def level_search_grid(self, candidates: int) -> int | None:
+        """How many of ``candidates`` evenly spaced levels the level estimator's coarse grid evaluates, or ``None``
+        for its default (``O(log T)``, :func:`colddiff.estimation.default_grid_size`).
+
+        The default search assumes that an image's residual curve over levels has basins wider than the grid
+        spacing, as it has when neighbouring levels are neighbouring images (blur, masks).  Operators whose levels
+        are not ordered that way (JPEG: a lower quality is not a further degradation of a higher one, and the true
+        level is a narrow minimum) return ``candidates``: an exhaustive scan.
+        """
+        return None
+
     # ------------------------------------------------------------------ public API
     def forward(
         self,

@@ -8,6 +8,20 @@ from colddiff.degradations.blur import gaussian_blur, gaussian_kernel1d
 from colddiff.degradations.blur_noise import blur_noise, heat_blur
 from colddiff.degradations.desaturate import desaturate, grayscale
 from colddiff.degradations.interpolate import interpolate
+from colddiff.degradations.kornia_ops import (
+    contrast,
+    defocus_blur,
+    disk_kernels,
+    elastic,
+    elastic_field,
+    elastic_noise,
+    jpeg,
+    motion_blur,
+    motion_kernels,
+    posterize,
+    rotate,
+    zoom,
+)
 from colddiff.degradations.mask import gaussian_mask
 from colddiff.degradations.mix import mix
 from colddiff.degradations.noise import flow_noise, gaussian_noise
@@ -29,4 +43,16 @@ __all__ = [
     "blur_noise",
     "heat_blur",
     "interpolate",
+    "motion_blur",
+    "motion_kernels",
+    "defocus_blur",
+    "disk_kernels",
+    "jpeg",
+    "rotate",
+    "zoom",
+    "posterize",
+    "contrast",
+    "elastic",
+    "elastic_field",
+    "elastic_noise",
 ]
