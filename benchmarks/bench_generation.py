@@ -1,32 +1,38 @@
-"""Generation quality of cold, warm and hot diffusion side by side, on the embedded digits, at one budget.
+"""Generation quality of cold, warm and hot diffusion side by side, each method as its paper trains and samples it.
 
-    python -m benchmarks.bench_generation                       # every method, 1,000 steps each, 2,000 images
-    python -m benchmarks.bench_generation --steps 4000          # 4x the budget (GPUs: scale up freely)
-    python -m benchmarks.bench_generation --methods quickstart quickstart-before --steps 1500   # the quickstarts
-    python -m benchmarks.bench_generation --methods hot quickstart --num 500 --steps 300   # a quick look
+    python -m benchmarks.bench_generation                          # every method at the quickstart budget (2,000 steps)
+    python -m benchmarks.bench_generation --steps 8000 --curve-every 500 --methods quickstart cold-blur ddpm flow \\
+        ihdm blurring                                              # 4x the budget, with FD against training steps
+    python -m benchmarks.bench_generation --methods ddpm flow --num 500 --steps 300   # a quick look
 
-Every method trains the same small U-Net (the quickstart's: ``ConvNeXtUNet(dim=16, dim_mults=(1, 2, 4),
-num_blocks=1, attention="none")``) with the same optimiser (Adam 2e-3, cosine decay to 0 over the run: the
-quickstart's recipe; only ``quickstart-before`` keeps its historic Adam 1e-3), batch and number of steps on the 6,000
-embedded MNIST training digits, then generates ``--num`` digits from its start-state prior (seed 0) with about the
-same number of network calls (T = 20 or 21 levels, every level visited).  Scores are measured in the feature space
-of colddiff's MNIST classifier (``mnist-cnn``: its 128-d penultimate layer; FD/KD, never called FID), against
-the first 4,000 training digits as the reference set:
+Every method trains the same small U-Net (the generation quickstart's: ``ConvNeXtUNet(dim=16, dim_mults=(1, 2, 4),
+num_blocks=1, attention="none")``) with the same optimiser (Adam 2e-3, cosine decay to 0 over the run), batch (32),
+EMA (0.99 every step from step 200) and number of steps on the 6,000 embedded MNIST training digits, each with its
+paper's objective (:mod:`colddiff.objectives`), then generates ``--num`` digits from its start-state prior (seed 0)
+with about 20 network calls (each sampling's count is in the table).  The methods (``METHODS``), each a
+configuration of the library read from its YAML file under ``configs/`` where there is one:
 
-* FD and KD (Fréchet and kernel distance), improved precision and recall (k = 3), all by torch-fidelity;
-* the entropy of the classifier's predicted-class histogram as a fraction of log 10 (1.0: all ten digits equally
-  often; mode collapse lowers it);
-* the **floor**: the same numbers for the other 2,000 training digits (real digits the reference does not hold)
-  against the same reference: how close a perfect generator of this many images would come.
+* **quickstart** (cold): pixelation 28 -> 7, kernel density prior, Algorithm 1 (``configs/quickstart_generate.yaml``);
+* **cold-blur** (cold): the paper's blur generation, channel-mean end state, x0 under L1, Algorithm 2;
+* **cold-mask** (cold): the paper's mask-based generation;
+* **ddpm** (hot): DDPM, ε under MSE on DDPM's linear betas over 1,000 levels, DDIM on 20
+  (``configs/quickstart_hot.yaml``);
+* **ddpm-v** (hot): the same with v-prediction on the cosine schedule (Salimans & Ho);
+* **flow** (hot): flow matching / rectified flow, velocity under MSE, Euler on 20 steps and Heun on 10
+  (``configs/flow_mnist.yaml``);
+* **ihdm** (warm): inverse heat dissipation, their MNIST setting (``configs/ihdm_mnist.yaml``);
+* **blurring** (warm): Blurring Diffusion, ε under MSE, DDIM and its ancestral sampler
+  (``configs/blurring_diffusion_mnist.yaml``);
+* ablations (labelled): **ddpm-x0-l1**, **blurring-x0-l1**, **ihdm-x0-l1** — the same configurations with the
+  network trained as every method used to be, x0 under L1 (the objective is the only difference).
 
-Methods (each a configuration of the library, see ``METHODS``): the generation quickstart as configured in
-``configs/quickstart_generate.yaml`` and its earlier configuration; cold blur as the paper (channel-mean end state,
-fitted colour prior, 0.002 noise, Algorithm 2); cold mask-based generation; IHDM-style noise-augmented ("warm") blur
-(the same blur, trained on inputs with sigma = 0.01 noise, Algorithm 2 with a sweep of sampling noise delta, and
-IHDM's own ancestral step, Algorithm 1 with noise); the blur +
-noise hybrid of Blurring Diffusion (``BlurNoise``, DDIM by noise re-estimation); and hot diffusion
-(``GaussianNoise``, DDIM).  Writes a JSON file, a Markdown table (``--results`` replaces this benchmark's section in
-``benchmarks/RESULTS.md``) and a picture with one row of samples per method.
+Scores are measured in the feature space of colddiff's MNIST classifier (``mnist-cnn``: its 128-d penultimate
+layer; FD/KD, never called FID), against the first 4,000 training digits: FD, KD, improved precision and recall
+(k = 3), and the entropy of the predicted-class histogram (a fraction of log 10; mode collapse lowers it), beside the
+**floor**: the same numbers for the other 2,000 training digits.  ``--curve-every N`` keeps the EMA pipeline every
+``N`` steps and scores it with ``--curve-num`` images (FD against training steps, one curve per method, the method's
+first sampling).  Writes a JSON file, a Markdown section of ``benchmarks/RESULTS.md`` (``--results``), a picture
+with one row of samples per method (``--picture``) and the curves (``--curves``).
 """
 
 from __future__ import annotations
@@ -55,175 +61,260 @@ from colddiff.evaluation.metrics import class_entropy, extract_features_and_logi
 from colddiff.io import save_png_atomic
 from colddiff.module import ColdDiffusion
 from colddiff.nets import ConvNeXtUNet
-from colddiff.priors import ChannelMeanPrior, ConstantColourPrior, GaussianNoisePrior, LowResPrior, Prior
+from colddiff.pipeline import Pipeline
+from colddiff.priors import ChannelMeanPrior, ConstantColourPrior
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "quickstart_generate.yaml"
 
 
 def _markers(key: str) -> tuple[str, str]:
-    """Each budget (and each subset of methods) has its own section of RESULTS.md, so a 4x run does not replace the
-    default one."""
+    """Each budget (and each subset of methods) has its own section of RESULTS.md."""
     return f"<!-- bench_generation:{key}:start -->", f"<!-- bench_generation:{key}:end -->"
 
 
 def section_key(steps: int, methods: list[str]) -> str:
-    """``"1000"`` for every method, ``"1000:hot+quickstart"`` for a subset."""
+    """``"2000"`` for every method, ``"2000:ddpm+quickstart"`` for a subset."""
     return str(steps) if sorted(methods) == sorted(METHODS) else f"{steps}:{'+'.join(methods)}"
 
 
 # ------------------------------------------------------------------------------------------------- methods
-Sampling = tuple[str, "str | None", "float | None", dict[str, Any]]
+@dataclass
+class Sampling:
+    """One way to sample a trained model: the sampler, its levels and noise (``None``: the model's own), and settings
+    set on the prior or the objective for this sampling only (e.g. ``{"bandwidth": 0.0}``, ``{"clip_x0": True}``)."""
+
+    label: str
+    sampler: str | None = None
+    steps: int | None = None
+    noise: float | None = None
+    prior: dict[str, Any] = field(default_factory=dict)
+    objective: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Method:
-    """One way to generate: a degradation, its prior, the sampler, and the training/sampling noise.
-
-    ``samplings`` lists the sampling variants scored for the same trained model: ``(label, sampler, noise delta,
-    prior settings)`` (``None`` for the sampler: the method's; the prior settings, e.g. ``{"bandwidth": 0.0}``, are
-    set on the model's prior for that variant only).
-    """
+    """A generation method: the model's components and sampling defaults (``model()``: constructor arguments of
+    :class:`~colddiff.module.ColdDiffusion` other than the shared network and training settings), its paper, and the
+    samplings scored for one trained model."""
 
     name: str
-    family: str  # cold, warm or hot
-    degradation: Callable[[], cd.Degradation]
-    prior: Callable[[], Prior]
-    sampler: str
-    train_noise: float | None = None
-    samplings: list[Sampling] = field(default_factory=lambda: [("", None, None, {})])
-    description: str = ""
-    lr: float = 2e-3  # Adam
-    cosine: bool = True  # cosine learning-rate decay to 0 over the run's steps (CosineAnnealingLR, T_max = steps)
+    family: str  # cold, warm, hot, or ablation
+    model: Callable[[], dict[str, Any]]
+    samplings: list[Sampling]
+    paper: str
+    lr: float = 2e-3
+    cosine: bool = True
+
+
+_COMPONENTS = ("degradation", "prior", "objective")
+_SETTINGS = ("sampler", "sample_steps", "sample_noise", "train_noise")
+
+
+def from_config(name: str, **changes: Any) -> Callable[[], dict[str, Any]]:
+    """The model of ``configs/<name>.yaml`` (components built from their class paths, sampling defaults), with
+    ``changes`` replacing entries (objects, or configs to build)."""
+
+    def model() -> dict[str, Any]:
+        config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]
+        config.update(changes)
+        kwargs = {key: build(config[key], key) for key in _COMPONENTS if config.get(key) is not None}
+        kwargs.update({key: config[key] for key in _SETTINGS if key in config})
+        return kwargs
+
+    return model
+
+
+def _config_optimiser(name: str) -> tuple[float, bool]:
+    config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]
+    return float(config["optimizer"]["init_args"]["lr"]), config.get("lr_scheduler") is not None
 
 
 def _blur() -> cd.GaussianBlur:
-    """Blur generation on 28x28 digits: T 20, kernel 11, sigma_i = 0.5 exp(0.15 i) (cumulative sigma about 17 px at
-    T - 1, circular), the end state is the per-channel mean (the paper's generation setting at this size)."""
+    """Blur generation on 28x28 digits: T 20, kernel 11, sigma_i = 0.5 exp(0.15 i), circular, the end state is the
+    per-channel mean (the paper's generation setting at this size)."""
     return cd.GaussianBlur(20, kernel_size=11, schedule="exponential", sigma=0.5, rate=0.15, border="circular",
                            final_mean=True)
 
 
-def _quickstart_model_config() -> dict[str, Any]:
-    return yaml.safe_load(QUICKSTART.read_text())["model"]
-
-
 def _quickstart() -> Method:
-    """The generation quickstart as configs/quickstart_generate.yaml configures it (its Adam learning rate and, if
-    it has one, its cosine schedule, stretched to the benchmark's ``--steps``)."""
-    config = _quickstart_model_config()
-    noise = config.get("sample_noise")
-    optimizer, scheduler = config.get("optimizer") or {}, config.get("lr_scheduler") or {}
-    if optimizer.get("class_path", "torch.optim.Adam") != "torch.optim.Adam" or scheduler.get(
-            "class_path", "torch.optim.lr_scheduler.CosineAnnealingLR") != "torch.optim.lr_scheduler.CosineAnnealingLR":
-        raise ValueError("bench_generation trains with Adam and an optional CosineAnnealingLR; the quickstart config "
-                         f"names {optimizer.get('class_path')} / {scheduler.get('class_path')}")
-    bandwidth = (config["prior"].get("init_args") or {}).get("bandwidth")
-    samplings: list[Sampling] = [("as configured" + (f" (prior bandwidth {bandwidth:g})" if bandwidth is not None
-                                                     else ""), None, noise, {})]
-    if config["prior"]["class_path"].endswith("LowResKDEPrior") and bandwidth is not None:  # the prior's trade-off
-        samplings += [(f"prior bandwidth {h:g}", None, noise, {"bandwidth": h}) for h in (0.0, 0.05) if h != bandwidth]
-    return Method("quickstart", "cold" if not (noise or config.get("train_noise")) else "warm",
-                  lambda: build(config["degradation"], "degradation"), lambda: build(config["prior"], "prior"),
-                  config.get("sampler", "improved"), config.get("train_noise"), samplings,
-                  "configs/quickstart_generate.yaml", lr=float((optimizer.get("init_args") or {}).get("lr", 1e-3)),
-                  cosine=bool(scheduler))
+    lr, cosine = _config_optimiser("quickstart_generate")
+    bandwidth = yaml.safe_load((ROOT / "configs" / "quickstart_generate.yaml").read_text())["model"]["prior"][
+        "init_args"]["bandwidth"]
+    return Method("quickstart", "cold", from_config("quickstart_generate"),
+                  [Sampling(f"Algorithm 1, prior bandwidth {bandwidth:g} (as configured)")]
+                  + [Sampling(f"Algorithm 1, prior bandwidth {h:g}", prior={"bandwidth": h}) for h in (0.0, 0.05)
+                     if h != bandwidth],
+                  "Cold Diffusion (arXiv 2208.09392), pixelation, configs/quickstart_generate.yaml", lr, cosine)
 
 
-DELTAS = [0.0, 0.01, 0.025, 0.05]
+def _hot(name: str, objective: Any, schedule: str, label: str, family: str, paper: str) -> Method:
+    degradation = {"class_path": "colddiff.degradations.GaussianNoise",
+                   "init_args": {"num_steps": 1000, "schedule": schedule, "reestimate": True}}
+    samplings = [Sampling("DDIM, 20 steps")]
+    if family != "ablation":
+        samplings.append(Sampling("ancestral (DDPM), 20 steps", sampler="ancestral"))
+    return Method(name, family, from_config("quickstart_hot", objective=objective, degradation=degradation),
+                  samplings, f"{paper}; {label}")
+
 
 METHODS: dict[str, Callable[[], Method]] = {
     "quickstart": _quickstart,
-    "quickstart-before": lambda: Method(
-        "quickstart-before", "cold", lambda: cd.Pixelate(21, schedule="linear"),
-        lambda: LowResPrior(1, low_size=7, num_components=10), "naive", lr=1e-3, cosine=False,
-        description="the quickstart before this benchmark: one-pixel pixelation 28 -> 7, 10-component GMM prior, "
-                    "Adam 1e-3 without decay"),
     "cold-blur": lambda: Method(
-        "cold-blur", "cold", _blur, lambda: ChannelMeanPrior(1, num_components=1, noise_std=0.002), "improved",
-        description="the paper's blur generation: mean end state, Gaussian colour prior + 0.002 noise, Algorithm 2"),
+        "cold-blur", "cold",
+        lambda: {"degradation": _blur(), "prior": ChannelMeanPrior(1, num_components=1, noise_std=0.002),
+                 "sampler": "improved"},
+        [Sampling("Algorithm 2")],
+        "Cold Diffusion (arXiv 2208.09392): blur to the channel mean, Gaussian colour prior + 0.002 noise, x0 + L1"),
     "cold-mask": lambda: Method(
         "cold-mask", "cold",
-        lambda: cd.GaussianMask(20, schedule="linear", sigma=1.0, sigma_step=0.4, reverse=True, fill="random",
-                                fill_range=(0.0, 0.3)),
-        lambda: ConstantColourPrior(0.0, 0.3), "improved",
-        description="mask-based generation: a central disc of image grows from a random constant colour"),
-    "warm-blur": lambda: Method(
-        "warm-blur", "warm", _blur, lambda: ChannelMeanPrior(1, num_components=1, noise_std=0.01), "improved",
-        train_noise=0.01,
-        samplings=[(f"improved, delta {d:g}", "improved", d, {}) for d in DELTAS]
-        + [("naive, delta 0.025", "naive", 0.025, {})],
-        description="the same blur, trained on inputs + 0.01 noise (IHDM's sigma; the prior's noise matches it), "
-                    "Algorithm 2 + sampling noise delta; the last row is IHDM's ancestral step (Algorithm 1 + delta)"),
-    "blur-noise": lambda: Method(
-        "blur-noise", "warm", lambda: cd.BlurNoise(20, blur="heat"), GaussianNoisePrior, "improved",
-        description="Blurring Diffusion: heat blur + variance-preserving noise, DDIM (noise re-estimated)"),
-    "hot": lambda: Method(
-        "hot", "hot", lambda: cd.GaussianNoise(20), GaussianNoisePrior, "improved",
-        description="Gaussian noise (cosine, T 20), DDIM by noise re-estimation"),
+        lambda: {"degradation": cd.GaussianMask(20, schedule="linear", sigma=1.0, sigma_step=0.4, reverse=True,
+                                                fill="random", fill_range=(0.0, 0.3)),
+                 "prior": ConstantColourPrior(0.0, 0.3), "sampler": "improved"},
+        [Sampling("Algorithm 2")],
+        "Cold Diffusion (arXiv 2208.09392): a disc of image grows from a random constant colour, x0 + L1"),
+    "ddpm": lambda: _hot("ddpm", {"class_path": "colddiff.objectives.PredictEpsilon",
+                                  "init_args": {"loss": "l2", "clip_x0": True}}, "linear",
+                         "ε + MSE, linear betas, T 1000, x0 clipped", "hot",
+                         "DDPM (arXiv 2006.11239) sampled by DDIM (arXiv 2010.02502), configs/quickstart_hot.yaml"),
+    "ddpm-v": lambda: _hot("ddpm-v", {"class_path": "colddiff.objectives.PredictV",
+                                      "init_args": {"loss": "l2", "clip_x0": True}}, "cosine",
+                           "v + MSE, cosine schedule, T 1000, x0 clipped", "hot",
+                           "v-prediction (Salimans & Ho, arXiv 2202.00512)"),
+    "flow": lambda: Method(
+        "flow", "hot", from_config("flow_mnist"),
+        [Sampling("Euler, 20 steps"), Sampling("Heun, 10 steps", sampler="heun", steps=10)],
+        "flow matching / rectified flow (arXiv 2210.02747, 2209.03003), velocity + MSE, configs/flow_mnist.yaml",
+        *_config_optimiser("flow_mnist")),
+    "ihdm": lambda: Method(
+        "ihdm", "warm", from_config("ihdm_mnist"),
+        [Sampling("Algorithm 1 + delta 0.01, 20 of 100 levels", steps=20),
+         Sampling("Algorithm 1 + delta 0.01, all 100 levels (100 calls)")],
+        "Inverse Heat Dissipation (arXiv 2206.13397), MNIST setting, x0 + MSE, configs/ihdm_mnist.yaml",
+        *_config_optimiser("ihdm_mnist")),
+    "blurring": lambda: Method(
+        "blurring", "warm", from_config("blurring_diffusion_mnist"),
+        [Sampling("DDIM, 20 steps"), Sampling("ancestral, 20 steps", sampler="ancestral"),
+         Sampling("DDIM, 20 steps, x0 clipped", objective={"clip_x0": True})],
+        "Blurring Diffusion (arXiv 2209.05557), ε + MSE, configs/blurring_diffusion_mnist.yaml",
+        *_config_optimiser("blurring_diffusion_mnist")),
+    # ablations: the same configurations trained as every method used to be (x0 under L1)
+    "ddpm-x0-l1": lambda: _hot("ddpm-x0-l1", {"class_path": "colddiff.objectives.PredictX0",
+                                              "init_args": {"loss": "l1"}}, "linear",
+                               "ablation: the ddpm row's configuration with x0 + L1", "ablation", "DDPM"),
+    "blurring-x0-l1": lambda: Method(
+        "blurring-x0-l1", "ablation",
+        from_config("blurring_diffusion_mnist", objective={"class_path": "colddiff.objectives.PredictX0",
+                                                           "init_args": {"loss": "l1"}}),
+        [Sampling("DDIM, 20 steps")], "ablation: the blurring row's configuration with x0 + L1"),
+    "ihdm-x0-l1": lambda: Method(
+        "ihdm-x0-l1", "ablation",
+        from_config("ihdm_mnist", objective={"class_path": "colddiff.objectives.PredictX0",
+                                             "init_args": {"loss": "l1"}}),
+        [Sampling("Algorithm 1 + delta 0.01, 20 of 100 levels", steps=20)],
+        "ablation: the ihdm row's configuration with x0 + L1"),
 }
 
 
 def network() -> nn.Module:
-    """The same small U-Net for every method (the quickstart's)."""
+    """The same small U-Net for every method (the generation quickstart's)."""
     return ConvNeXtUNet(in_channels=1, dim=16, dim_mults=(1, 2, 4), num_blocks=1, attention="none", image_size=28)
 
 
-def train(method: Method, steps: int, work: Path, reuse: bool) -> tuple[ColdDiffusion, float]:
-    """Train (or reload with ``reuse``) the method's model; returns it and the training wall time in seconds."""
+class KeepPipelines(L.Callback):
+    """Saves the EMA pipeline (an export folder) every ``every`` optimiser steps, for the curve of FD against steps;
+    the time spent saving is kept out of the training time."""
+
+    def __init__(self, folder: Path, every: int) -> None:
+        self.folder, self.every, self.seconds = folder, every, 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: ColdDiffusion, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0:
+            start = time.perf_counter()
+            module.pipeline.save(self.folder / f"step{step:06d}")
+            self.seconds += time.perf_counter() - start
+
+
+def train(method: Method, steps: int, work: Path, reuse: bool, curve_every: int = 0) -> tuple[Pipeline, float]:
+    """Train (or reload with ``reuse``) the method's model; returns its pipeline and the training wall time (s)."""
     path = work / f"{method.name}-{steps}.ckpt"
     timing = path.with_suffix(".seconds")  # the training wall time, kept beside the checkpoint for --reuse
     if reuse and path.is_file():
         seconds = float(timing.read_text()) if timing.is_file() else float("nan")
-        return ColdDiffusion.load_from_checkpoint(path).eval(), seconds
+        return Pipeline.load(path), seconds
     torch.manual_seed(0)
-    model = ColdDiffusion(method.degradation(), network(), prior=method.prior(), image_size=28, channels=1,
+    model = ColdDiffusion(network=network(), image_size=28, channels=1, **method.model(),
                           optimizer=lambda p: torch.optim.Adam(p, lr=method.lr), ema_decay=0.99, ema_every=1,
                           lr_scheduler=(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps))
                           if method.cosine else None,
-                          ema_start=200, sampler=method.sampler, val_sample_batches=0, prior_fit_images=6000,
-                          train_noise=method.train_noise, channels_last=True)
+                          ema_start=200, val_sample_batches=0, prior_fit_images=6000, channels_last=True)
+    keep = KeepPipelines(work / f"{method.name}-{steps}-curve", curve_every)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, default_root_dir=work, plugins=[AtomicCheckpointIO()])
+                        num_sanity_val_steps=0, default_root_dir=work, plugins=[AtomicCheckpointIO()],
+                        callbacks=[keep])
     data = EmbeddedMNISTDataModule(image_size=28, channels=1, batch_size=32, num_workers=0)
     start = time.perf_counter()
     trainer.fit(model, data)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - keep.seconds
     trainer.save_checkpoint(path, weights_only=False)
     timing.write_text(f"{seconds:.3f}\n")
-    return model.eval(), seconds
+    return Pipeline.load(path), seconds
 
 
 # ----------------------------------------------------------------------------------------------- scoring
 def reference_sets() -> tuple[torch.Tensor, torch.Tensor]:
     """The reference (training digits 0-3,999) and the floor's real set (training digits 4,000-5,999)."""
-    train = EmbeddedMNIST("train", ImageTransform(28, 1, train=False))
-    images = torch.stack([train[i] for i in range(len(train))])
+    train_set = EmbeddedMNIST("train", ImageTransform(28, 1, train=False))
+    images = torch.stack([train_set[i] for i in range(len(train_set))])
     return images[:4000], images[4000:]
 
 
-def score(extractor, reference: tuple[torch.Tensor, torch.Tensor | None], images: torch.Tensor) -> dict[str, Any]:
+def score(extractor, reference: tuple[torch.Tensor, torch.Tensor], images: torch.Tensor,
+          kid_subset_size: int = 1000) -> dict[str, Any]:
     features, logits = extract_features_and_logits(extractor, images.split(500), "cpu")
-    metrics = generation_metrics(reference[0], features, kid_subsets=100, kid_subset_size=1000, seed=0)
+    metrics = generation_metrics(reference[0], features, kid_subsets=100,
+                                 kid_subset_size=min(kid_subset_size, len(images)), seed=0)
     entropy = class_entropy(logits)
     return {**metrics, "class_entropy": entropy["entropy_fraction"], "class_counts": entropy["counts"]}
 
 
+def _swap(part: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Set ``settings`` on ``part``; returns what they replaced."""
+    previous = {key: getattr(part, key) for key in settings}
+    for key, value in settings.items():
+        setattr(part, key, value)
+    return previous
+
+
+def generate(pipeline: Pipeline, sampling: Sampling, num: int, batch_size: int) -> tuple[torch.Tensor, float, int]:
+    """``num`` images with ``sampling``'s settings (restored afterwards); the seconds and network calls per image."""
+    prior, objective = _swap(pipeline.prior, sampling.prior), _swap(pipeline.objective, sampling.objective)
+    try:
+        begin = time.perf_counter()
+        images, _ = generate_images(pipeline, num, seed=0, sampler=sampling.sampler, steps=sampling.steps,
+                                    noise=sampling.noise, batch_size=batch_size, device="cpu")
+        seconds = time.perf_counter() - begin
+    finally:
+        _swap(pipeline.prior, prior), _swap(pipeline.objective, objective)
+    return images, seconds, pipeline.network_calls(sampling.sampler, sampling.steps)
+
+
 # ------------------------------------------------------------------------------------------------ reports
-def _fmt(value: float, digits: int = 2) -> str:
+def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def table(rows: list[dict[str, Any]], floor: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    headers = ["method", "family", "sampling", "FD-mnist-cnn", "KD-mnist-cnn", "precision", "recall",
-               "class entropy", "train s", "sample img/s"]
-    body = [["real vs real (floor)", "-", "held-out training digits", _fmt(floor["FD"]), _fmt(floor["KD"], 4),
+    headers = ["method", "family", "sampling", "network calls", "FD-mnist-cnn", "KD-mnist-cnn", "precision",
+               "recall", "class entropy", "train s", "sample img/s"]
+    body = [["real vs real (floor)", "-", "held-out training digits", "-", _fmt(floor["FD"]), _fmt(floor["KD"], 4),
              _fmt(floor["precision"], 3), _fmt(floor["recall"], 3), _fmt(floor["class_entropy"], 3), "-", "-"]]
     for r in sorted(rows, key=lambda r: r["FD"]):
-        body.append([r["method"], r["family"], r["sampling"], _fmt(r["FD"]), _fmt(r["KD"], 4), _fmt(r["precision"], 3),
-                     _fmt(r["recall"], 3), _fmt(r["class_entropy"], 3), _fmt(r["train_seconds"], 0),
-                     _fmt(r["images_per_second"], 1)])
+        body.append([r["method"], r["family"], r["sampling"], str(r["network_calls"]), _fmt(r["FD"]),
+                     _fmt(r["KD"], 4), _fmt(r["precision"], 3), _fmt(r["recall"], 3), _fmt(r["class_entropy"], 3),
+                     _fmt(r["train_seconds"], 0), _fmt(r["images_per_second"], 1)])
     return headers, body
 
 
@@ -247,6 +338,30 @@ def picture(samples: dict[str, torch.Tensor], path: Path, per_row: int = 12) -> 
     return path
 
 
+def curves_picture(curves: dict[str, list[tuple[int, float]]], floor: float, path: Path, num: int) -> Path:
+    """FD against training steps, one curve per method (log scale), with the floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for name, points in curves.items():
+        axes.plot([s for s, _ in points], [fd for _, fd in points], marker="o", markersize=3, label=name)
+    axes.axhline(floor, color="grey", linestyle="--", label="floor (real vs real)")
+    axes.set_yscale("log")
+    axes.set_xlabel("training steps (batch 32)")
+    axes.set_ylabel(f"FD-mnist-cnn ({num} samples)")
+    axes.set_title("Generation quality against training steps, embedded digits, 2 CPU cores")
+    axes.legend(fontsize=7, ncol=2)
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def write_results(markdown: str, results: Path, key: str) -> None:
     """Replace this benchmark's section ``key`` (see :func:`section_key`) in RESULTS.md, or append it."""
     start, end = _markers(key)
@@ -262,16 +377,19 @@ def write_results(markdown: str, results: Path, key: str) -> None:
 # --------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
-    parser.add_argument("--steps", type=int, default=1000, help="training steps per method (batch 32)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--steps", type=int, default=2000, help="training steps per method (batch 32)")
     parser.add_argument("--num", type=int, default=2000, help="images generated per method and sampling")
     parser.add_argument("--batch-size", type=int, default=500, help="generation batch size")
+    parser.add_argument("--curve-every", type=int, default=0, help="keep and score the model every N steps (0: no)")
+    parser.add_argument("--curve-num", type=int, default=500, help="images per point of the curves")
     parser.add_argument("--work", default="runs/bench_generation", help="checkpoints of the trained models")
     parser.add_argument("--reuse", action="store_true", help="reload models trained earlier with the same steps")
     parser.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/"
                                                      "generation-<device>-<steps>.json)")
     parser.add_argument("--results", default=None, help="replace this benchmark's section of this Markdown file")
     parser.add_argument("--picture", default=None, help="write one row of samples per method here (PNG)")
+    parser.add_argument("--curves", default=None, help="write FD against training steps here (PNG)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -285,51 +403,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference_images, held_out = reference_sets()
     reference = extract_features_and_logits(extractor, reference_images.split(500), "cpu")
     floor = score(extractor, reference, held_out)
-    print(f"floor (2,000 held-out real digits vs the 4,000 reference digits): FD {floor['FD']:.2f}")
+    print(f"floor (2,000 held-out real digits vs the 4,000 reference digits): FD {floor['FD']:.2f}", flush=True)
 
-    rows, samples = [], {}
+    rows, samples, curves = [], {}, {}
     for name in args.methods:
         method = METHODS[name]()
-        model, train_seconds = train(method, args.steps, work, args.reuse)
-        for label, sampler, noise, prior_settings in method.samplings:
-            sampler = sampler or method.sampler
-            saved = {key: getattr(model.prior, key) for key in prior_settings}
-            for key, value in prior_settings.items():
-                setattr(model.prior, key, value)
-            begin = time.perf_counter()
-            images, _ = generate_images(model, args.num, seed=0, sampler=sampler, noise=noise,
-                                        batch_size=args.batch_size, device="cpu")
-            seconds = time.perf_counter() - begin
-            for key, value in saved.items():
-                setattr(model.prior, key, value)
+        pipeline, train_seconds = train(method, args.steps, work, args.reuse, args.curve_every)
+        for sampling in method.samplings:
+            images, seconds, calls = generate(pipeline, sampling, args.num, args.batch_size)
             result = score(extractor, reference, images)
-            row = {"method": name, "family": method.family, "sampling": label or sampler,
-                   "sampler": sampler, "noise": noise, "train_noise": method.train_noise,
-                   "train_seconds": train_seconds, "sample_seconds": seconds,
-                   "images_per_second": args.num / seconds, "description": method.description, **result}
-            rows.append(row)
-            samples[f"{name} {label}".strip()] = images
-            print(f"{name:18s} {label:22s} FD {result['FD']:8.2f}  precision {result['precision']:.3f}  "
-                  f"recall {result['recall']:.3f}  classes {result['class_entropy']:.3f}")
+            rows.append({"method": name, "family": method.family, "sampling": sampling.label,
+                         "sampler": sampling.sampler or pipeline.sampler, "steps": sampling.steps,
+                         "noise": sampling.noise, "network_calls": calls,
+                         "objective": type(pipeline.objective).__name__, "loss": pipeline.objective.loss_name,
+                         "train_seconds": train_seconds,
+                         "sample_seconds": seconds, "images_per_second": args.num / seconds, "paper": method.paper,
+                         **result})
+            samples.setdefault(name, images)
+            print(f"{name:15s} {sampling.label:44s} calls {calls:3d}  FD {result['FD']:8.2f}  precision "
+                  f"{result['precision']:.3f}  recall {result['recall']:.3f}  classes {result['class_entropy']:.3f}",
+                  flush=True)
+        folder = work / f"{name}-{args.steps}-curve"
+        if args.curve_every and folder.is_dir():
+            points = []
+            for export in sorted(folder.iterdir()):
+                images, _, _ = generate(Pipeline.load(export), method.samplings[0], args.curve_num, args.batch_size)
+                points.append((int(export.name.removeprefix("step")), score(extractor, reference, images)["FD"]))
+            curves[name] = points
+            print(f"{name:15s} curve: " + ", ".join(f"{s}: {fd:.1f}" for s, fd in points), flush=True)
     total = time.perf_counter() - started
 
     headers, body = table(rows, floor)
     command = " ".join(([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHODS) else [])
-                       + [f"--steps {args.steps}", f"--num {args.num}"])
-    title = (f"Generation on the embedded digits, {len(args.methods)} method(s) x {args.steps} training steps "
-             f"(batch 32, "
-             f"the same small U-Net), {args.num} images each, scored against 4,000 training digits in the feature "
-             f"space of colddiff's MNIST classifier (`mnist-cnn`)")
+                       + [f"--steps {args.steps}", f"--num {args.num}"]
+                       + ([f"--curve-every {args.curve_every}"] if args.curve_every else []))
+    title = (f"Generation on the embedded digits, {len(args.methods)} method(s) x {args.steps} training steps (batch "
+             f"32, the same small U-Net, optimiser and EMA; each method's own objective), {args.num} images each, "
+             "scored against 4,000 training digits in the feature space of colddiff's MNIST classifier (`mnist-cnn`)")
     print(f"\n{title}\n")
     text = print_table(headers, body)
     markdown = "\n".join([
-        (f"## Generation: cold, warm and hot at {args.steps} steps" if section_key(args.steps, args.methods)
-         == str(args.steps) else f"## Generation at {args.steps} steps: {', '.join(args.methods)}"),
+        (f"## Generation, every method as its paper trains it, at {args.steps} steps"
+         if section_key(args.steps, args.methods) == str(args.steps)
+         else f"## Generation at {args.steps} steps: {', '.join(args.methods)}"),
         "",
-        f"`python -m benchmarks.bench_generation {command}` — {info['date']}, "
-        f"{info['device_name']} ({info['cpu_threads']} threads), torch {info['torch']}, fp32; "
-        f"{total / 60:.0f} min in all" + (" (models reloaded with `--reuse`: their training times are the ones "
-                                          "recorded when they were trained)." if args.reuse else "."),
+        f"`python -m benchmarks.bench_generation {command}` — {info['date']}, {info['device_name']} "
+        f"({info['cpu_threads']} threads), torch {info['torch']}, fp32; {total / 60:.0f} min in all"
+        + (" (models reloaded with `--reuse`: their training times are the ones recorded when they were trained)."
+           if args.reuse else "."),
         "",
         title + ". Sorted by FD; the first row is the floor. Precision/recall: improved precision and recall "
         "(Kynkäänniemi et al. 2019, k = 3); class entropy: entropy of the predicted-digit histogram / log 10.",
@@ -337,13 +458,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text,
     ])
     payload = {"benchmark": "generation", "machine": info, "steps": args.steps, "num": args.num,
-               "total_seconds": total, "floor": floor, "results": rows, "table": text}
+               "total_seconds": total, "floor": floor, "results": rows, "table": text,
+               "curves": {k: [{"step": s, "FD": fd} for s, fd in v] for k, v in curves.items()},
+               "curve_num": args.curve_num}
     json_path = args.json or f"benchmarks/results/generation-{info['device']}-{args.steps}.json"
     write_json(json_path, payload)
     if args.results:
         write_results(markdown, Path(args.results), section_key(args.steps, args.methods))
     if args.picture:
         print(f"wrote {picture(samples, Path(args.picture))}")
+    if args.curves and curves:
+        print(f"wrote {curves_picture(curves, floor['FD'], Path(args.curves), args.curve_num)}")
     return payload
 
 
