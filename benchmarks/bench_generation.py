@@ -61,6 +61,7 @@ from colddiff.evaluation.metrics import class_entropy, extract_features_and_logi
 from colddiff.io import save_png_atomic
 from colddiff.module import ColdDiffusion
 from colddiff.nets import ConvNeXtUNet
+from colddiff.objectives import describe_objective
 from colddiff.pipeline import Pipeline
 from colddiff.priors import ChannelMeanPrior, ConstantColourPrior
 
@@ -143,7 +144,8 @@ def _quickstart() -> Method:
     return Method("quickstart", "cold", from_config("quickstart_generate"),
                   [Sampling(f"Algorithm 1, prior bandwidth {bandwidth:g} (as configured)")]
                   + [Sampling(f"Algorithm 1, prior bandwidth {h:g}", prior={"bandwidth": h}) for h in (0.0, 0.05)
-                     if h != bandwidth],
+                     if h != bandwidth]
+                  + [Sampling(f"Algorithm 1, {n} of 21 levels", steps=n) for n in (10, 5)],
                   "Cold Diffusion (arXiv 2208.09392), pixelation, configs/quickstart_generate.yaml", lr, cosine)
 
 
@@ -153,6 +155,8 @@ def _hot(name: str, objective: Any, schedule: str, label: str, family: str, pape
     samplings = [Sampling("DDIM, 20 steps")]
     if family != "ablation":
         samplings.append(Sampling("ancestral (DDPM), 20 steps", sampler="ancestral"))
+    if name == "ddpm":  # fewer network calls
+        samplings += [Sampling(f"DDIM, {n} steps", steps=n) for n in (10, 5)]
     return Method(name, family, from_config("quickstart_hot", objective=objective, degradation=degradation),
                   samplings, f"{paper}; {label}")
 
@@ -182,7 +186,8 @@ METHODS: dict[str, Callable[[], Method]] = {
                            "v-prediction (Salimans & Ho, arXiv 2202.00512)"),
     "flow": lambda: Method(
         "flow", "hot", from_config("flow_mnist"),
-        [Sampling("Euler, 20 steps"), Sampling("Heun, 10 steps", sampler="heun", steps=10)],
+        [Sampling("Euler, 20 steps"), Sampling("Heun, 10 steps", sampler="heun", steps=10),
+         Sampling("Euler, 10 steps", steps=10), Sampling("Euler, 5 steps", steps=5)],
         "flow matching / rectified flow (arXiv 2210.02747, 2209.03003), velocity + MSE, configs/flow_mnist.yaml",
         *_config_optimiser("flow_mnist")),
     "ihdm": lambda: Method(
@@ -415,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append({"method": name, "family": method.family, "sampling": sampling.label,
                          "sampler": sampling.sampler or pipeline.sampler, "steps": sampling.steps,
                          "noise": sampling.noise, "network_calls": calls,
-                         "objective": type(pipeline.objective).__name__, "loss": pipeline.objective.loss_name,
+                         "objective": type(pipeline.objective).__name__, **describe_objective(pipeline.objective),
                          "train_seconds": train_seconds,
                          "sample_seconds": seconds, "images_per_second": args.num / seconds, "paper": method.paper,
                          **result})

@@ -44,7 +44,7 @@ def build(setup: Setup, device: torch.device, tiny: bool, fast: bool, compile_mo
     model = ColdDiffusion(degradation, network, image_size=setup.image_size, channels=setup.channels,
                           channels_last=True).to(device).eval()
     if compile_mode:
-        getattr(model, "pipeline", model).compile_for_sampling(compile_mode)
+        model.pipeline.compile_for_sampling(compile_mode)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def restore(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -64,11 +64,10 @@ def make_step(setup: Setup, variant: str, batch: int, device: torch.device, tiny
     torch.manual_seed(0)
     fast = variant == "ours"
     model = ColdDiffusion(setup.degradation(), setup.network(tiny), image_size=setup.image_size,
-                          channels=setup.channels, channels_last=fast).to(device)  # layout set at construction
+                          channels=setup.channels, channels_last=fast,  # the layout is set at construction
+                          compile=(compile_mode or False) if fast else False).to(device)
+    model.setup("fit")  # compiles the training network when asked, as Lightning's fit does
     network = model.network
-    if fast and compile_mode:
-        network = torch.compile(network, mode=compile_mode)
-        model._compiled[:] = [network]  # the module's training path runs the compiled network
     fused = fast and device.type == "cuda"
     optimizer = torch.optim.Adam(model.network.parameters(), lr=2e-5, fused=fused or None,
                                  foreach=None if fused else True)

@@ -126,7 +126,7 @@ def describe_or_mark(obj: Any) -> dict[str, Any]:
 
 
 _COMPONENTS = "colddiff components (degradations, networks, priors and their subclasses)"
-_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 #: torch classes a model config may name, by argument: the optimiser and scheduler factories
 _TORCH_FACTORIES = {"optimizer": "torch.optim.", "lr_scheduler": "torch.optim.lr_scheduler."}
 
@@ -137,7 +137,7 @@ def check_class_path(path: Any, name: str, prefixes: Sequence[str] = ("colddiff.
 
     This is checked on the string, before anything is imported: importing a module can run its code.
     """
-    if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path):
+    if not isinstance(path, str) or not CLASS_PATH.fullmatch(path):
         raise ValueError(f"{name}: class_path must be a dotted import path, got {path!r}")
     if path in allow or any(path.startswith(prefix) for prefix in prefixes):
         return path
@@ -200,7 +200,7 @@ def resolve_callable(path: Any, name: str, allow: Sequence[str] = (),
 
     ``kind`` says in the error what may be named instead.
     """
-    if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path):
+    if not isinstance(path, str) or not CLASS_PATH.fullmatch(path):
         raise ValueError(f"{name}: expected a dotted import path to a function, got {path!r}")
     if path not in allow and path not in _ALLOWED_CALLABLES.get():
         raise ValueError(
@@ -313,8 +313,7 @@ def build_factory(value: Any, name: str, source: str | os.PathLike | None = None
 
 
 #: entries of a model config that, when present, must be components (``{class_path, init_args}``), and whether
-#: ``null`` is allowed for them (a model without a prior)
-#: a model config's component entries, and whether each may be null
+#: ``null`` is allowed for them (a model without a prior, or with its degradation's default objective)
 _COMPONENT_KEYS = {"degradation": False, "network": False, "prior": True, "objective": True}
 
 

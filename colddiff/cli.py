@@ -23,7 +23,7 @@ from colddiff._config import build, describe
 from colddiff.data import ImageDataModule
 from colddiff.io import load_checkpoint
 from colddiff.module import ColdDiffusion
-from colddiff.objectives import resolve_objective
+from colddiff.objectives import PredictX0, resolve_objective
 from colddiff.sampling import SamplerName, check_sampler_name
 
 # a sampler name in a config is checked while parsing, against the samplers registered at that moment
@@ -148,13 +148,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _resolve_objective(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with its objective as the model resolves it (``objective`` unset: ``loss``'s x0-prediction, or the
-    degradation's default; a named objective with every argument), so two configs for the same training compare
-    equal however they spell the objective (checkpoints record it resolved)."""
+def _resolve_objective(config: dict[str, Any], from_file: bool) -> dict[str, Any]:
+    """The config with its objective as the model resolves it, so two configs for the same training compare equal
+    however they spell it.  A checkpoint's config (``from_file``) is never built: it records its objective resolved
+    (or, before objectives existed, its ``loss``: x0-prediction).  The run's own config is built (a named objective
+    with every argument, or the degradation's default)."""
+    objective, loss = config.get("objective"), config.get("loss")
     try:
-        objective = resolve_objective(build(config.get("objective"), "objective"), config.get("loss"),
-                                      build(config.get("degradation"), "degradation"))
+        if from_file:
+            if objective is not None or loss is None:
+                return config
+            return {**config, "objective": describe(PredictX0(loss=loss)), "loss": None}
+        objective = resolve_objective(build(objective, "objective"), loss, build(config.get("degradation"),
+                                                                                 "degradation"))
     except (ValueError, TypeError, KeyError, AttributeError):
         return config  # compared as written; building the model reports the error
     return {**config, "objective": describe(objective), "loss": None}
@@ -172,7 +178,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
         elif a != b:
             changes.setdefault(group, []).append(f"{where or group} {a!r} -> {b!r}")
 
-    saved, current = _resolve_objective(_plain(saved)), _resolve_objective(_plain(current))
+    saved, current = _resolve_objective(_plain(saved), from_file=True), _resolve_objective(_plain(current), False)
     for key in sorted(set(saved) | set(current)):
         walk(saved.get(key), current.get(key), "", key)
     return changes

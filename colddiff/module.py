@@ -28,7 +28,7 @@ from colddiff.datasets import DatasetSource, unpack_batch
 from colddiff.degradations.base import Degradation
 from colddiff.ema import ema_update
 from colddiff.objectives import Objective, resolve_objective
-from colddiff.pipeline import Pipeline, Reconstruction, check_network_weights, compile_network, read_training_checkpoint
+from colddiff.pipeline import Pipeline, Reconstruction, compile_network, read_training_checkpoint
 from colddiff.priors import Prior, PriorSample
 from colddiff.sampling import SamplerName
 from colddiff.schedules import level_values
@@ -246,8 +246,8 @@ class ColdDiffusion(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         apply_resume_changes(self, checkpoint, getattr(self, "resume_changes", set()))
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.check_finite()  # never write weights that a NaN step has corrupted
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # never write weights a NaN step corrupted
+        self.check_finite()
 
     def update_ema(self, copy_only: bool = False) -> None:
         """``ema = decay * ema + (1 - decay) * weights`` (or a plain copy), for parameters and buffers."""
@@ -290,9 +290,7 @@ class ColdDiffusion(L.LightningModule):
             raise ValueError("colddiff reads checkpoints with weights_only=True only (weights_only=False would "
                              "unpickle arbitrary objects and could run code from the file), and rebuilds a model "
                              "from the checkpoint's own config (hparams_file is not supported)")
-        hparams, state, source = read_training_checkpoint(checkpoint_path)
-        if "network" not in overrides:  # both copies of the weights fit the config, checked before allocation
-            check_network_weights(hparams.get("network"), state, source, allow, ("network", "ema_network"))
+        hparams, state, source = read_training_checkpoint(checkpoint_path, allow, overrides, ("network", "ema_network"))
         model = cls(**model_kwargs(hparams, overrides, allow, source))
         model.load_state_dict(state, strict=True if strict is None else strict)
         return model.to(map_location) if map_location is not None else model

@@ -12,8 +12,10 @@ An objective owns three choices that together define training, and one conversio
 Why it matters: the minimiser of L1 is the per-pixel posterior *median* of ``x0`` given ``x_t``, the minimiser of
 L2 its posterior *mean*.  Deterministic degradations (blur, masks, pixelation...) are inverted by either, and the
 cold paper trains x0 under L1 (``PredictX0``, their default here).  The noise-bearing methods (DDPM/DDIM, IHDM,
-Blurring Diffusion, flow matching) are derived for the posterior mean, and their papers train ε, v or a velocity
-with MSE; trained with L1 they sample from the wrong distribution (mode collapse, measured in issue 19).
+Blurring Diffusion, flow matching) are derived for the posterior mean, and their papers train with MSE: ε (DDPM,
+Blurring Diffusion), v, a velocity (flow matching), or the less degraded image (IHDM, which colddiff trains as x0
+under MSE, the same minimiser); trained with L1 they sample from the wrong distribution (mode collapse, measured in
+issue 19).
 
 The ε, v and velocity predictions need the degradation's signal and noise coefficients: the degradation must be a
 :class:`~colddiff.degradations.base.SignalNoise` operator (Gaussian noise, blur + noise, mixing), whose form in the
@@ -29,7 +31,9 @@ Conversions (``o`` the network output, all per sample):
   ``A_t``.
 * ``PredictV`` (Salimans & Ho, arXiv 2202.00512, sec. 4 and appendix D; target ``v = alpha_t z~ - sigma_t x~0``):
   ``x~0 = (alpha_t^2 A_t + sigma_t^2)^-1 (alpha_t x~_t - sigma_t o)``, which for ``A_t = I`` and
-  ``alpha^2 + sigma^2 = 1`` is their ``x0 = alpha z_t - sigma v``; well posed at every level, zero-SNR included.
+  ``alpha^2 + sigma^2 = 1`` is their ``x0 = alpha z_t - sigma v``; well posed at every level, zero-SNR included,
+  for a signal operator that stays positive (refused for one whose transfer function changes sign: the kernel
+  blur; the same holds for the velocity).
 * ``PredictVelocity`` (rectified flow / flow matching, Liu et al. arXiv 2209.03003, Lipman et al.
   arXiv 2210.02747; target ``u = z~ - x~0``, the velocity ``d x~_s / ds`` of the linear path
   ``x~_s = (1 - s) x~0 + s z~``): ``x~0 = (alpha_t A_t + sigma_t)^-1 (x~_t - sigma_t o)``, which for the linear
@@ -62,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from colddiff._checks import randn
 from colddiff._config import RecordsInit
 from colddiff.degradations.base import Degradation, Params, SignalNoise
 
@@ -72,6 +77,12 @@ LossName = Literal["l1", "l2"]
 Weighting = Literal["none", "min-snr"]
 LevelDraw = Literal["uniform", "stratified"]
 Network = Callable[[Tensor, Tensor], Tensor]
+
+
+def _levels(degradation: Degradation) -> Tensor:
+    """Levels ``1..T`` on the degradation's device (its coefficients index its buffers)."""
+    device = next(iter(degradation.buffers()), torch.empty(0)).device
+    return torch.arange(1, degradation.num_steps + 1, device=device)
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
@@ -131,24 +142,35 @@ class Objective(RecordsInit, nn.Module):
             what = f"{self.prediction}-prediction" if self.needs_signal_noise else "min-SNR weighting"
             raise ValueError(
                 f"{type(self).__name__} ({what}) needs a degradation with signal and noise coefficients "
-                f"(colddiff.degradations.base.SignalNoise: GaussianNoise, BlurNoise, Mix), but "
+                f"(colddiff.degradations.base.SignalNoise: GaussianNoise, FlowNoise, BlurNoise, Mix), but "
                 f"{type(degradation).__name__} has none: train it with PredictX0")
         if needs:
-            t = torch.arange(1, degradation.num_steps + 1)
-            _, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+            alpha, sigma = degradation.coefficients(_levels(degradation))  # type: ignore[attr-defined]
+            levels = torch.arange(1, degradation.num_steps + 1)
             if bool((sigma == 0).any()):
                 what = "its target" if self.needs_signal_noise else "min-SNR weighting"
                 raise ValueError(f"{type(self).__name__}: {what} needs noise at every level t >= 1, but "
                                  f"{type(degradation).__name__} has sigma_t = 0 at levels "
-                                 f"{(t[sigma == 0]).tolist()[:10]}: train it with PredictX0")
+                                 f"{levels[(sigma == 0).cpu()].tolist()[:10]}: train it with PredictX0")
+            if self.needs_signal_noise and not degradation.signal_nonnegative():  # type: ignore[attr-defined]
+                raise ValueError(f"{type(self).__name__} needs a signal operator whose transfer function stays "
+                                 f"positive, so that its conversion to x0 is well conditioned; "
+                                 f"{type(degradation).__name__}'s ({degradation!r}) changes sign (the kernel "
+                                 "blur): use the heat blur, or PredictX0")
+            if self.weighting == "min-snr" and bool((alpha == 0).any()):
+                raise ValueError(f"{type(self).__name__}: min-SNR weighting gives no weight where SNR_t = 0, and "
+                                 f"{type(degradation).__name__} has no signal at levels "
+                                 f"{levels[(alpha == 0).cpu()].tolist()[:10]} (its schedule ends at zero SNR), "
+                                 "which would never be trained; use a schedule that keeps some signal, or no "
+                                 "weighting")
 
     # ---------------------------------------------------------------------------------------- level draw
     def draw_levels(self, batch: int, num_steps: int, device: torch.device | str,
                     generator: torch.Generator | None = None) -> Tensor:
         """Training levels ``t`` in ``{1, ..., T}``, ``(batch,)`` long (see the module docstring)."""
         gen_device = generator.device if generator is not None else device
-        if self.levels == "uniform":
-            t = torch.randint(1, num_steps + 1, (batch,), device=device, generator=generator)
+        if self.levels == "uniform":  # drawn on the generator's device (the module's draws before objectives existed)
+            t = torch.randint(1, num_steps + 1, (batch,), device=gen_device, generator=generator).to(device)
         else:
             u = torch.rand(batch, generator=generator, device=gen_device, dtype=torch.float64).to(device)
             order = torch.randperm(batch, generator=generator, device=gen_device).to(device)
@@ -206,8 +228,6 @@ class Objective(RecordsInit, nn.Module):
         params = degradation.make_params(x0, generator, **(context or {}))
         x_t = degradation.degrade_input(x0, t, params)
         if input_noise is not None:
-            from colddiff._checks import randn
-
             x_t = x_t + _view(input_noise.index_select(0, t), x_t) * randn(tuple(x_t.shape), generator, x_t)
         return self.loss(network(x_t, t), self.target(x0, t, params, degradation), t, degradation)
 
@@ -254,14 +274,14 @@ class PredictEpsilon(Objective):
 
     def check_degradation(self, degradation: Degradation) -> None:
         super().check_degradation(degradation)
-        t = torch.arange(1, degradation.num_steps + 1)
-        alpha, _ = degradation.coefficients(t)  # type: ignore[attr-defined]
+        alpha, _ = degradation.coefficients(_levels(degradation))  # type: ignore[attr-defined]
         if bool((alpha <= 0).any()):
+            levels = torch.arange(1, degradation.num_steps + 1)[(alpha <= 0).cpu()].tolist()
             raise ValueError(
                 f"PredictEpsilon cannot recover x0 where no signal is left: {type(degradation).__name__} has "
-                f"alpha_t = 0 at levels {t[alpha <= 0].tolist()} (e.g. the cosine schedule ends at alpha_bar_T = 0); "
-                "use PredictV (well posed at zero SNR), or a schedule that keeps some signal (DDPM's linear betas, "
-                "GaussianNoise(schedule='linear'))")
+                f"alpha_t = 0 at levels {levels} (its schedule ends at zero SNR: the cosine schedule, the flow's "
+                "straight path); use PredictV or PredictVelocity (well posed there), or a schedule that keeps some "
+                "signal (DDPM's linear betas, GaussianNoise(schedule='linear'))")
         if not degradation.signal_invertible():  # type: ignore[attr-defined]
             raise ValueError(f"PredictEpsilon needs an invertible signal operator to recover x0, and "
                              f"{type(degradation).__name__}'s is not ({degradation!r}); use PredictV")
@@ -282,8 +302,8 @@ class PredictEpsilon(Objective):
 class PredictV(Objective):
     """The network predicts ``v = alpha_t z~ - sigma_t x~0`` (Salimans & Ho, arXiv 2202.00512, sec. 4).
 
-    ``x~0 = (alpha_t^2 A_t + sigma_t^2)^-1 (alpha_t x~_t - sigma_t o)``: well posed wherever ``sigma_t > 0`` or
-    ``alpha_t > 0``, so also at zero terminal SNR; for ``A_t = I`` and a variance-preserving schedule it is their
+    ``x~0 = (alpha_t^2 A_t + sigma_t^2)^-1 (alpha_t x~_t - sigma_t o)``: well posed for a positive ``A_t`` wherever
+    ``sigma_t > 0``, so also at zero terminal SNR; for ``A_t = I`` and a variance-preserving schedule it is their
     ``x0 = alpha z_t - sigma v``.
 
     Args: as :class:`Objective` (default L2).
@@ -299,11 +319,7 @@ class PredictV(Objective):
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
         alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
         y = _view(alpha, x_t) * (2.0 * x_t - 1.0) - _view(sigma, x_t) * output.to(x_t.dtype)
-        if degradation.signal_is_identity:  # type: ignore[attr-defined]
-            x0 = y / _view(alpha**2 + sigma**2, y)
-        else:
-            x0 = degradation.solve_signal(y, t, alpha**2, sigma**2)  # type: ignore[attr-defined]
-        return 0.5 + 0.5 * x0
+        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha**2, sigma**2)  # type: ignore[attr-defined]
 
     def x0_error_scale(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         return sigma / (alpha**2 + sigma**2)
@@ -328,11 +344,7 @@ class PredictVelocity(Objective):
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
         alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
         y = (2.0 * x_t - 1.0) - _view(sigma, x_t) * output.to(x_t.dtype)
-        if degradation.signal_is_identity:  # type: ignore[attr-defined]
-            x0 = y / _view(alpha + sigma, y)
-        else:
-            x0 = degradation.solve_signal(y, t, alpha, sigma)  # type: ignore[attr-defined]
-        return 0.5 + 0.5 * x0
+        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha, sigma)  # type: ignore[attr-defined]
 
     def x0_error_scale(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         return sigma / (alpha + sigma)
@@ -367,4 +379,4 @@ def resolve_objective(objective: Objective | None, loss: str | None, degradation
 def describe_objective(objective: Objective) -> dict[str, Any]:
     """A short, JSON-ready description for reports: prediction, loss, weighting, levels, clipping."""
     return {"prediction": objective.prediction, "loss": objective.loss_name, "weighting": objective.weighting,
-            "levels": objective.levels, "clip_x0": objective.clip_x0}
+            "levels": objective.levels, "clip_x0": objective.clip_x0, "end_probability": objective.end_probability}

@@ -36,12 +36,13 @@ from colddiff._checks import check_positive_int
 from colddiff._config import NOT_RECORDED, ModelFileError, build, check_component_entries, describe_or_mark
 from colddiff.degradations.base import Degradation
 from colddiff.io import atomic_write_bytes, load_checkpoint
-from colddiff.objectives import Objective, PredictX0, default_objective
+from colddiff.objectives import Objective, default_objective, resolve_objective
 from colddiff.priors import Prior, PriorSample
 from colddiff.sampling import SamplerName, check_sampler_name, get_sampler, sample, timesteps
 from colddiff.schedules import level_values
 
 __all__ = ["Pipeline", "Reconstruction", "as_pipeline", "check_network", "check_prior", "check_network_weights",
+           "check_file_sampler",
            "read_training_checkpoint", "WEIGHTS", "CONFIG", "TRAINING_ONLY"]
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -315,15 +316,24 @@ class Pipeline(nn.Module):
                                       noise=noise).clamp(0, 1))
         return torch.cat(images), start
 
+    def sampling_steps(self, sampler: SamplerName | None = None, steps: int | Sequence[int] | None = None,
+                       level: int | None = None) -> int:
+        """How many steps (sampler callbacks) one run from ``level`` (default ``T``) takes with these settings (the
+        pipeline's defaults where ``None``): the levels visited minus one; the direct sampler: one."""
+        level = self.degradation.num_steps if level is None else level
+        if level == 0:
+            return 0
+        if (sampler or self.sampler) == "direct":
+            return 1
+        return len(timesteps(level, self.sample_steps if steps is None else steps)) - 1
+
     def network_calls(self, sampler: SamplerName | None = None, steps: int | Sequence[int] | None = None,
                       level: int | None = None) -> int:
-        """How many network calls one sampler run from ``level`` (default ``T``) makes (the direct sampler: one)."""
-        level = self.degradation.num_steps if level is None else level
-        if (sampler or self.sampler) == "direct" or level == 0:
-            return 1 if level > 0 else 0
-        n = len(timesteps(level, self.sample_steps if steps is None else steps)) - 1
-        count = getattr(get_sampler(sampler or self.sampler), "network_calls", None)  # samplers may say (heun)
-        return count(n) if count is not None else n
+        """How many network calls one sampler run from ``level`` (default ``T``) makes: one per step unless the
+        sampler says otherwise (``fn.network_calls(steps)``: Heun's two per step)."""
+        n = self.sampling_steps(sampler, steps, level)
+        count = getattr(get_sampler(sampler or self.sampler), "network_calls", None)
+        return count(n) if count is not None and n > 0 and (sampler or self.sampler) != "direct" else n
 
     # ------------------------------------------------------------------------------------------ files
     def config(self) -> dict[str, Any]:
@@ -393,7 +403,7 @@ class Pipeline(nn.Module):
         elif not path.exists():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
         else:
-            config, state, source = _read_checkpoint(path)
+            config, state, source = _read_checkpoint(path, allow, overrides)
         pipeline = build_checked(cls, config, state, source, allow, overrides)
         return pipeline.to(map_location).eval()
 
@@ -447,26 +457,39 @@ def check_model_config(config: Any, source: str, overrides: Mapping[str, Any] | 
     check_component_entries(config, overrides, source)
 
 
+def check_file_sampler(config: Mapping[str, Any], source: str, allow: Sequence[str] = ()) -> None:
+    """A file's ``sampler`` entry must be a registered sampler or an import path listed in ``allow`` (checked on the
+    string, nothing imported): the one check of both loaders (:meth:`Pipeline.load`,
+    ``ColdDiffusion.load_from_checkpoint``)."""
+    sampler = config.get("sampler")
+    if sampler is None:
+        return
+    try:
+        check_sampler_name(sampler, "sampler", allow=allow)
+    except ValueError as err:
+        raise ModelFileError(str(err), source) from err
+
+
 def pipeline_kwargs(config: Mapping[str, Any], source: str, allow: Sequence[str] = (),
                     overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A pipeline's constructor arguments from a model config (see :meth:`Pipeline.from_config`)."""
     overrides = dict(overrides or {})
     check_model_config(config, source, overrides)
+    if "sampler" not in overrides:
+        check_file_sampler(config, source, allow)
     kwargs: dict[str, Any] = {}
     for name in _COMPONENTS:
         if name in overrides or config.get(name) is None:
             continue
         kwargs[name] = build(config[name], name, allow, source)
-    if "objective" not in kwargs and "objective" not in overrides and config.get("loss") is not None:
-        kwargs["objective"] = PredictX0(loss=config["loss"])  # models from before the objective: x0 under `loss`
+    if "objective" not in overrides and config.get("loss") is not None:  # models from before the objective
+        try:
+            kwargs["objective"] = resolve_objective(kwargs.get("objective"), config["loss"], kwargs["degradation"])
+        except ValueError as err:  # an objective and a loss: refused, as ColdDiffusion refuses them
+            raise ModelFileError(str(err), source) from err
     for name in _SETTINGS:
         if name in config and name not in overrides:
             kwargs[name] = config[name]
-    if isinstance(kwargs.get("sampler"), str):
-        try:  # a file's import path goes through the allow-list
-            check_sampler_name(kwargs["sampler"], "sampler", allow=allow)
-        except ValueError as err:
-            raise ModelFileError(str(err), source) from err
     kwargs.update(overrides)
     return kwargs
 
@@ -509,13 +532,15 @@ def check_state(group: str, state: Mapping[str, Tensor], expected: Mapping[str, 
 
 
 def check_network_weights(network_config: Any, state: Mapping[str, Tensor], source: str, allow: Sequence[str] = (),
-                          prefixes: Sequence[str] = ("network",)) -> None:
+                          prefixes: Sequence[str] = ("network",)) -> bool:
     """Check each ``prefix.*`` group of ``state`` against the network ``network_config`` describes, built on the meta
-    device (nothing is allocated); skipped when the config records no network or it cannot be built there."""
+    device (nothing is allocated); returns ``False`` (nothing checked) when the config records no network or it
+    cannot be built there."""
     expected = None if network_config is None else _expected_shapes(network_config, allow)
     for prefix in prefixes if expected is not None else ():
         group = {k.partition(".")[2]: v for k, v in state.items() if k.startswith(prefix + ".")}
         check_state(prefix, group, expected, source)
+    return expected is not None
 
 
 def build_checked(cls: type[Pipeline], config: Mapping[str, Any], state: Mapping[str, Tensor], source: str,
@@ -530,14 +555,16 @@ def build_checked(cls: type[Pipeline], config: Mapping[str, Any], state: Mapping
             raise ValueError(f"{source!r}: unexpected tensor {key!r} (expected network.*, degradation.*, prior.*)")
         groups[prefix][name] = tensor
     check_model_config(config, source, overrides)
-    if "network" not in overrides:
-        check_network_weights(config.get("network"), state, source, allow)
+    checked = "network" not in overrides and check_network_weights(config.get("network"), state, source, allow)
     pipeline = cls.from_config(config, source, allow, **overrides)
     for prefix in ("network", "degradation", "prior"):
         module = getattr(pipeline, prefix)
         if module is None:
             if groups[prefix]:
                 raise ValueError(f"{source!r}: the file has {prefix} tensors but its config has no {prefix}")
+            continue
+        if prefix == "network" and checked:  # already checked against the config, before it was built
+            module.load_state_dict(groups[prefix])
             continue
         if prefix != "prior":  # the network's and the degradation's tensors are fixed by their configs
             check_state(prefix, groups[prefix], {k: (v.dtype, v.shape) for k, v in module.state_dict().items()},
@@ -571,19 +598,30 @@ def _read_export(path: Path) -> tuple[Mapping[str, Any], dict[str, Tensor], str]
     return payload["model"], state, str(folder)
 
 
-def read_training_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any], Mapping[str, Tensor], str]:
+def read_training_checkpoint(path: str | os.PathLike, allow: Sequence[str] = (),
+                             overrides: Mapping[str, Any] | None = None, networks: Sequence[str] = ()
+                             ) -> tuple[Mapping[str, Any], Mapping[str, Tensor], str]:
     """A training checkpoint's model config (hyper-parameters), its whole state dict, and its name for messages;
-    read with ``weights_only=True``."""
+    read with ``weights_only=True``.  Before anything is built: the file's sampler goes through the allow-list
+    (:func:`check_file_sampler`) and the weight groups ``networks`` (e.g. ``network``, ``ema_network``) are checked
+    against the config's network on the meta device (:func:`check_network_weights`), unless ``overrides`` replace
+    them."""
     checkpoint = load_checkpoint(path, map_location="cpu")
     hparams, state = checkpoint.get("hyper_parameters"), checkpoint.get("state_dict")
     if not isinstance(hparams, Mapping) or not isinstance(state, Mapping):
         raise ValueError(f"{str(path)!r} is not a colddiff training checkpoint (no state_dict/hyper_parameters)")
+    overrides = overrides or {}
+    if "sampler" not in overrides:
+        check_file_sampler(hparams, str(path), allow)
+    if networks and "network" not in overrides:
+        check_network_weights(hparams.get("network"), state, str(path), allow, networks)
     return hparams, state, str(path)
 
 
-def _read_checkpoint(path: Path) -> tuple[Mapping[str, Any], dict[str, Tensor], str]:
+def _read_checkpoint(path: Path, allow: Sequence[str], overrides: Mapping[str, Any]
+                     ) -> tuple[Mapping[str, Any], dict[str, Tensor], str]:
     """A training checkpoint's config and the tensors inference needs: the EMA network as ``network.*``."""
-    hparams, full, source = read_training_checkpoint(path)
+    hparams, full, source = read_training_checkpoint(path, allow, overrides)
     state: dict[str, Tensor] = {}
     for key, tensor in full.items():
         prefix, _, name = key.partition(".")

@@ -58,7 +58,7 @@ from colddiff.io import (
     save_png_atomic,
 )
 from colddiff.pipeline import Pipeline
-from colddiff.sampling import autocast, timesteps
+from colddiff.sampling import autocast
 from colddiff.tiling import any_size
 
 __all__ = ["main", "build_parser"]
@@ -172,8 +172,7 @@ def _progress(args: argparse.Namespace, model: Pipeline, level: int, callback: C
               sampler: str | None = None) -> tuple[tqdm, Callable[[dict], None]]:
     """A per-step progress bar for one sampler run, and the sampler callback that advances it."""
     sampler = sampler or args.sampler or model.sampler
-    steps = args.steps if args.steps is not None else model.sample_steps
-    n_steps = 1 if sampler == "direct" else len(timesteps(level, steps)) - 1 if level > 0 else 0
+    n_steps = model.sampling_steps(sampler, args.steps, level)
     bar = tqdm(total=n_steps, desc=f"  {sampler}", leave=False, disable=n_steps < 2)
 
     def step(info: dict) -> None:

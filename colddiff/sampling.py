@@ -36,9 +36,7 @@ The draws come from ``generator``, so a seeded generator reproduces the samples.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import numbers
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -69,7 +67,6 @@ Precision = Literal["32", "bf16", "16"]
 Sampler = Callable[..., Tensor]
 
 _REGISTRY: dict[str, Sampler] = {}
-_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 def register_sampler(name: str) -> Callable[[Sampler], Sampler]:
@@ -110,17 +107,17 @@ def check_sampler_name(name: Any, who: str = "sampler", allow: Sequence[str] | N
     ``"package.module.function"``.
 
     ``allow=None`` (a caller in Python or the user's own training config) accepts any import path; a sequence means
-    the name comes from a file's config (a checkpoint or export): then a path must lie under ``colddiff.`` or be
-    listed in ``allow``, as class paths are (:func:`colddiff._config.check_class_path`).
+    the name comes from a file's config (a checkpoint or export): then a path must be listed in ``allow`` (checked on
+    the string, before anything is imported; :func:`colddiff._config.check_class_path`).
     """
+    from colddiff._config import CLASS_PATH, check_class_path
+
     if isinstance(name, str) and name in _REGISTRY:
         return name
-    if isinstance(name, str) and _IMPORT_PATH.fullmatch(name):
+    if isinstance(name, str) and CLASS_PATH.fullmatch(name):
         if allow is None:
             return name
-        from colddiff._config import check_class_path
-
-        return check_class_path(name, who, allow=allow, kind="registered samplers and colddiff's functions")
+        return check_class_path(name, who, prefixes=(), allow=allow, kind="registered samplers")
     raise ValueError(f"{who} must be one of {sampler_names()} (registered samplers) or an import path "
                      f"'package.module.function', got {name!r}")
 
@@ -128,17 +125,10 @@ def check_sampler_name(name: Any, who: str = "sampler", allow: Sequence[str] | N
 def get_sampler(name: str, allow: Sequence[str] | None = None) -> Sampler:
     """The sampler registered as ``name``, or the function at import path ``name`` (imported on first use; see
     :func:`check_sampler_name` for ``allow``)."""
+    from colddiff._config import resolve_callable
+
     name = check_sampler_name(name, allow=allow)
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    module_name, _, attr = name.rpartition(".")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"sampler: cannot import {name!r} ({err})") from err
-    if not callable(fn):
-        raise TypeError(f"sampler {name!r} is not a function ({type(fn).__name__})")
-    return fn
+    return _REGISTRY[name] if name in _REGISTRY else resolve_callable(name, "sampler", allow=[name])
 
 
 def timesteps(start: int, steps: int | Sequence[int] | Tensor | None = None) -> list[int]:
@@ -435,6 +425,9 @@ def sample_ancestral(
     if not isinstance(degradation, SignalNoise):
         raise ValueError(f"the ancestral sampler needs a Gaussian forward process (a SignalNoise degradation: "
                          f"GaussianNoise, FlowNoise, BlurNoise), got {type(degradation).__name__}")
+    reason = degradation.ancestral_refusal()
+    if reason is not None:
+        raise ValueError(f"the ancestral sampler cannot sample this degradation: {reason}")
     if noise is not None:
         raise ValueError("the ancestral sampler draws the posterior's own noise; it takes no sampling noise "
                          "(noise=None)")

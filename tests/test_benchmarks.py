@@ -63,7 +63,8 @@ def test_bench_degradations_times_the_kornia_operators_beside_the_loop(tmp_path)
     assert saved["results"] == [] and [r["operator"] for r in saved["kornia_results"]] == [
         "JPEG (T 20, quality 100 -> 10)"]
     (entry,) = saved["kornia_results"]
-    assert entry["max_abs_difference_mixed"] == 0.0 and entry["loop_tT_s"] > 0 and entry["ours_mixed_s"] > 0
+    # batched against the per-image kornia loop: two code paths, equal to float rounding
+    assert entry["max_abs_difference_mixed"] < 1e-5 and entry["loop_tT_s"] > 0 and entry["ours_mixed_s"] > 0
     elastic = bench_degradations.main(["--device", "cpu", "--batch", "2", "--size", "32", "--budget", "0", "--only",
                                        "Elastic", "--operators", "kornia"])["kornia_results"][0]
     assert elastic["max_abs_difference_mixed"] < 1e-5

@@ -166,6 +166,7 @@ def test_estimate_is_json_ready():
     (cd.Mix(10), r"Mix: undoing a mix needs the partner image"),
     (cd.GaussianNoise(10), r"GaussianNoise: the noise of a given image is unknown.*cannot tell levels apart"),
     (cd.Compose([cd.GaussianBlur(10), cd.GaussianNoise(10)]), r"Compose part 1: GaussianNoise"),
+    (cd.Interpolation(10), r"Interpolation: every level is a blend with the observation y itself"),
 ])
 def test_randomness_a_given_image_does_not_reveal_is_refused_by_name(op, match):
     y = torch.rand(2, 3, 16, 16)

@@ -28,7 +28,7 @@ SIGNAL_NOISE = {
     "BlurNoise-heat-clipped": (lambda: cd.BlurNoise(T, heat_sigma_max=3.0, alpha_bar=_clipped_cosine()),
                                ("x0", "epsilon", "v", "velocity")),
     "BlurNoise-kernel": (lambda: cd.BlurNoise(T, blur="kernel", kernel_size=5, sigma=0.8, border="reflect"),
-                         ("x0", "v", "velocity")),
+                         ("x0",)),  # its transfer function changes sign: ε, v and velocity are refused
 }
 
 
@@ -125,8 +125,13 @@ def test_objectives_a_degradation_cannot_carry_are_refused_naming_both():
         PredictX0(loss="l2", weighting="min-snr").check_degradation(cd.Pixelate(2))
     with pytest.raises(ValueError, match=r"PredictEpsilon cannot recover x0 where no signal is left.*levels \[8\]"):
         PredictEpsilon().check_degradation(cd.GaussianNoise(T))  # cosine: alpha_bar_T = 0
-    with pytest.raises(ValueError, match="invertible signal operator"):
-        PredictEpsilon().check_degradation(cd.BlurNoise(T, blur="kernel", alpha_bar=_clipped_cosine()))
+    with pytest.raises(ValueError, match="invertible signal operator"):  # the heat blur without d_min vanishes
+        PredictEpsilon().check_degradation(cd.BlurNoise(T, min_scale=0.0, alpha_bar=_clipped_cosine()))
+    for cls in (PredictEpsilon, PredictV, PredictVelocity):  # the kernel blur's transfer function changes sign
+        with pytest.raises(ValueError, match="transfer function stays positive"):
+            cls().check_degradation(cd.BlurNoise(T, blur="kernel", alpha_bar=_clipped_cosine()))
+    with pytest.raises(ValueError, match=r"min-SNR weighting gives no weight where SNR_t = 0.*levels \[8\]"):
+        PredictV(weighting="min-snr").check_degradation(cd.GaussianNoise(T))  # cosine: no signal at T
     with pytest.raises(ValueError, match="min-SNR weighting is defined for the L2 loss"):
         PredictEpsilon(loss="l1", weighting="min-snr")
     with pytest.raises(ValueError, match="loss must be 'l1' or 'l2'"):
@@ -147,6 +152,10 @@ def test_per_family_defaults():
     assert spec(cd.BlurNoise(20, alpha_bar=None)) == ("PredictV", "l2", True)
     assert spec(cd.BlurNoise(T, alpha_bar=_clipped_cosine())) == ("PredictEpsilon", "l2", True)
     assert spec(cd.FlowNoise(20)) == ("PredictVelocity", "l2", False)
+    assert spec(cd.BlurNoise(20, blur="kernel")) == ("PredictX0", "l2", True)  # the posterior mean, directly
+    assert spec(cd.BlurNoise(20, noise="none")) == ("PredictX0", "l1", False)  # noise-free: deterministic
+    assert spec(cd.Interpolation(10)) == ("PredictX0", "l2", False) and default_objective(
+        cd.Interpolation(10)).end_probability == pytest.approx(1 / 3)  # InDI
 
 
 def test_level_draws():

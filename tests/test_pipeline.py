@@ -190,3 +190,46 @@ def test_a_v_model_trains_and_samples_through_the_pipeline(tmp_path):
     images, _ = pipeline.generate(3, torch.Generator().manual_seed(0), steps=3)
     again, _ = model.eval().generate(3, torch.Generator().manual_seed(0), steps=3)
     assert torch.equal(images, again) and 0 <= images.min() and images.max() <= 1
+
+
+def test_the_pipelines_config_entries_are_the_training_modules_arguments():
+    """Every constructor argument of ColdDiffusion is a pipeline component, a sampling setting or a training-only
+    entry (which Pipeline.load accepts and ignores): a new argument that is none of these would make every new
+    checkpoint fail to load as a pipeline ("unknown entries")."""
+    import inspect
+
+    from colddiff.pipeline import _COMPONENTS, _SETTINGS, TRAINING_ONLY
+
+    arguments = set(inspect.signature(ColdDiffusion.__init__).parameters) - {"self"}
+    assert arguments == set(_COMPONENTS) | set(_SETTINGS) | set(TRAINING_ONLY) | {"loss"}
+
+
+def test_both_loaders_refuse_a_files_sampler_path_unless_allowed(tmp_path):
+    """A sampler import path in a checkpoint's config is refused by ColdDiffusion.load_from_checkpoint as by
+    Pipeline.load, before anything is imported, unless the caller allows it; colddiff's own functions are no
+    exception (only registered samplers)."""
+    import lightning as L
+
+    model = ColdDiffusion(cd.GaussianBlur(4, kernel_size=3), tiny_net(), image_size=16, channels=1,
+                          val_sample_batches=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    from colddiff.data import EmbeddedMNISTDataModule
+
+    trainer.fit(model, EmbeddedMNISTDataModule(image_size=16, channels=1, batch_size=4))
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    for evil in ("this.s", "colddiff.io.atomic_write_bytes"):
+        checkpoint["hyper_parameters"]["sampler"] = evil
+        torch.save(checkpoint, tmp_path / "evil.ckpt")
+        for load in (ColdDiffusion.load_from_checkpoint, load_model):
+            with pytest.raises(ValueError, match=rf"refusing to import '{evil}'"):
+                load(tmp_path / "evil.ckpt")
+    checkpoint["hyper_parameters"]["sampler"] = "colddiff.sampling.sample_naive"
+    torch.save(checkpoint, tmp_path / "allowed.ckpt")
+    allowed = ColdDiffusion.load_from_checkpoint(tmp_path / "allowed.ckpt", allow=["colddiff.sampling.sample_naive"])
+    assert allowed.pipeline.sampler == "colddiff.sampling.sample_naive"
+    assert load_model(tmp_path / "allowed.ckpt", allow=["colddiff.sampling.sample_naive"]).sampler == \
+        "colddiff.sampling.sample_naive"

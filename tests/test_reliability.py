@@ -600,3 +600,23 @@ def test_last_with_only_a_truncated_checkpoint_gives_one_consistent_message(tmp_
     assert "--ckpt_path last: no complete checkpoint to resume from" in err and str(truncated) in err
     assert "Restoring states" not in err and "skipping" not in err
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]  # nothing trained
+
+
+def test_comparing_a_resume_never_builds_the_checkpoints_config(monkeypatch):
+    """config_changes resolves the objective of both configs to compare them, but builds only the run's own config:
+    a checkpoint's is data (its objective is recorded resolved, or as the former ``loss``)."""
+    import colddiff.degradations as cd
+    from colddiff.cli import config_changes
+
+    run = {"degradation": {"class_path": "colddiff.degradations.GaussianBlur", "init_args": {"num_steps": 4}},
+           "objective": {"class_path": "colddiff.objectives.PredictX0"}}
+    saved = {"degradation": {"class_path": "colddiff.degradations.Pixelate", "init_args": {"num_steps": 10**9}},
+             "loss": "l1"}  # a checkpoint from before objectives, with a config that would allocate if built
+
+    def never(self, *args, **kwargs):
+        raise AssertionError("the checkpoint's degradation was built")
+
+    monkeypatch.setattr(cd.Pixelate, "__init__", never)
+    changes = config_changes(saved, run)
+    assert "objective" not in changes and "loss" not in changes  # loss l1 == PredictX0(loss="l1"), resolved
+    assert "degradation" in changes

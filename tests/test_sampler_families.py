@@ -184,3 +184,92 @@ def test_final_state_prior_draws_degraded_training_images():
         Pipeline(cd.GaussianMask(4, center="random"), net, prior=FinalStatePrior(), image_size=16, channels=1)
     with pytest.raises(ValueError, match="FinalStatePrior needs a deterministic degradation"):
         FinalStatePrior().bind(cd.GaussianMask(4, center="random"))
+
+
+def test_the_ancestral_sampler_refuses_what_has_no_gaussian_posterior():
+    x = torch.rand(2, 1, 8, 8)
+    for op, match in ((cd.Mix(5), "noise image is not Gaussian noise"),
+                      (cd.BlurNoise(5, noise="none"), "noise-free levels"),
+                      (cd.BlurNoise(5, blur="kernel", kernel_size=3), "positive, invertible transfer function")):
+        params = op.make_params(x, partner=torch.rand(2, 1, 8, 8)) if isinstance(op, cd.Mix) else None
+        with pytest.raises(ValueError, match="the ancestral sampler cannot sample this degradation: .*" + match):
+            sample("ancestral", lambda x_t, t: x_t, op, op.final_state(x, params), params=params)
+
+
+def _posterior(alpha_t, sigma_t, alpha_s, sigma_s, x_t, x0):
+    """``q(x_s | x_t, x0)`` of a Gaussian path by conditioning the joint Gaussian of ``(x_s, x_t)`` given ``x0``
+    (Markov: ``x_t = alpha_ts x_s + sigma_ts eps``): mean ``alpha_s x0 + Cov(x_s, x_t) / Var(x_t) (x_t - alpha_t x0)``,
+    variance ``sigma_s^2 - Cov^2 / Var``; centred units, written independently of the code's formula."""
+    alpha_ts = alpha_t / alpha_s
+    cov, var = alpha_ts * sigma_s**2, sigma_t**2
+    return alpha_s * x0 + cov / var * (x_t - alpha_t * x0), (sigma_s**2 - cov**2 / var).sqrt()
+
+
+@pytest.mark.parametrize("make", [HOT, FLOW], ids=["hot", "flow"])
+def test_the_ancestral_step_is_the_posterior_given_x_t(make):
+    """For one fixed x_t, 4,000 draws of the step have the conditional mean and standard deviation of
+    q(x_s | x_t, x0) (a step that ignored x_t and redrew the forward process at s would fail)."""
+    op = make()
+    x0 = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, s = torch.full((4000,), 700), torch.full((4000,), 650)  # close levels: x_t says much about x_s
+    x_t = op.degrade(x0, t[:1], op.make_params(x0, torch.Generator().manual_seed(1))).expand(4000, 1, 8, 8)
+    draws = op.ancestral_step(x_t.contiguous(), x0.expand(4000, 1, 8, 8), t, s, torch.Generator().manual_seed(2))
+    (alpha_t, sigma_t), (alpha_s, sigma_s) = op.coefficients(t[:1]), op.coefficients(s[:1])
+    mean, std = _posterior(alpha_t.float(), sigma_t.float(), alpha_s.float(), sigma_s.float(), 2 * x_t[:1] - 1,
+                           2 * x0 - 1)
+    standard_error = std[0].item() / math.sqrt(4000)
+    torch.testing.assert_close(2 * draws.mean(0, keepdim=True) - 1, mean, atol=4.5 * standard_error, rtol=0)
+    torch.testing.assert_close(2 * draws.std(0).mean(), std[0], atol=0.01, rtol=0)
+    # a step that forgot x_t (a fresh forward draw at s) has another mean: alpha_s x0
+    assert (mean - alpha_s.float() * (2 * x0 - 1)).pow(2).mean().sqrt() > 10 * standard_error
+
+
+def test_blurring_diffusions_ancestral_step_is_the_posterior_frequency_by_frequency():
+    """In the DCT basis (scipy's orthonormal DCT-II, independent of colddiff's FFT route) each frequency of the
+    step's draws has the mean and standard deviation of the per-frequency Gaussian posterior, with
+    alpha_t = a_t d_t and d_t = (1 - d_min) exp(-lambda tau_t) + d_min."""
+    scipy_fft = pytest.importorskip("scipy.fft")
+    op = cd.BlurNoise(1000, noise="cosine-logsnr", heat_sigma_max=4.0)
+    x0 = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)).double()
+    t, s = torch.full((4000,), 700), torch.full((4000,), 300)
+    op = op.double()
+    x_t = op.degrade(x0, t[:1], op.make_params(x0, torch.Generator().manual_seed(1))).expand(4000, 1, 8, 8)
+    draws = op.ancestral_step(x_t.contiguous(), x0.expand(4000, 1, 8, 8), t, s, torch.Generator().manual_seed(2))
+    dct = lambda image: torch.from_numpy(scipy_fft.dctn((2 * image - 1).numpy(), axes=(-2, -1), norm="ortho"))  # noqa: E731
+    k = torch.arange(8, dtype=torch.float64)
+    lam = (math.pi * k[:, None] / 8) ** 2 + (math.pi * k[None, :] / 8) ** 2
+
+    def alpha(level):
+        a, sigma = op.coefficients(level[:1])
+        tau = op.heat_sigmas[level[0]].double() ** 2 / 2
+        return a * ((1 - op.min_scale) * torch.exp(-lam * tau) + op.min_scale), sigma
+
+    (alpha_t, sigma_t), (alpha_s, sigma_s) = alpha(t), alpha(s)
+    mean, std = _posterior(alpha_t, sigma_t, alpha_s, sigma_s, dct(x_t[:1])[0, 0], dct(x0)[0, 0])
+    coefficients = dct(draws)[:, 0]
+    standard_error = std.max().item() / math.sqrt(4000)
+    torch.testing.assert_close(coefficients.mean(0), mean, atol=4.5 * standard_error, rtol=0)
+    torch.testing.assert_close(coefficients.std(0), std, atol=0.05 * std.max().item(), rtol=0)
+
+
+def test_heun_is_second_order_and_euler_first_on_gaussian_data():
+    """Data x0 ~ N(m, v^2) per pixel: the exact posterior mean is known, and the flow's ODE carries the noise x_1
+    to x_0 = m + v x_1 exactly. Halving the step divides Euler's error by about 2 and Heun's by about 4."""
+    op = cd.FlowNoise(1000)
+    m, v = 0.2, 0.5  # centred units
+
+    def restore(x, t):
+        s = (t.double() / 1000)[:, None, None, None]
+        y = (2 * x.double() - 1)
+        x0 = m + (1 - s) * v**2 / ((1 - s) ** 2 * v**2 + s**2) * (y - (1 - s) * m)
+        return (0.5 + 0.5 * x0).to(x.dtype)
+
+    noise = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T, exact = 0.5 + 0.5 * noise, 0.5 + 0.5 * (m + v * noise)
+
+    def error(sampler, steps):
+        out = sample(sampler, restore, op.double(), x_T, params={"noise": noise}, steps=steps)
+        return (out - exact).abs().max().item()
+
+    euler, heun = [error("improved", n) for n in (10, 20)], [error("heun", n) for n in (10, 20)]
+    assert 1.6 < euler[0] / euler[1] < 2.6 and heun[0] / heun[1] > 3.2 and heun[1] < euler[1] / 10

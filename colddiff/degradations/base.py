@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from colddiff._checks import check_num_steps
+from colddiff._checks import check_num_steps, randn
 from colddiff._config import RecordsInit
 
 Params = dict[str, Tensor]
@@ -337,6 +337,8 @@ class SignalNoise:
 
     #: whether ``A_t`` is the identity at every level (Gaussian noise, mixing)
     signal_is_identity: bool = True
+    #: whether ``z~`` is standard normal noise (false for mixing, whose "noise" is another image)
+    noise_is_gaussian: bool = True
 
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_t, sigma_t)`` of equation (1), float64 ``(B,)`` each, for levels ``t`` ``(B,)`` long."""
@@ -345,6 +347,23 @@ class SignalNoise:
     def noise_of(self, params: Params) -> Tensor:
         """The noise image ``z~`` of equation (1), in centred units, from the params (``(B, C, H, W)``)."""
         raise NotImplementedError
+
+    def params_from_noise(self, noise: Tensor) -> Params:
+        """The params that hold the noise image ``z~`` (the inverse of :meth:`noise_of`); default ``{"noise": z~}``."""
+        return {"noise": noise}
+
+    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
+        """With ``reestimate`` (the operator's flag): the noise image that puts ``x0_hat`` at ``x_t`` by equation (1),
+        ``z~ = (x~_t - alpha_t A_t x~0_hat) / sigma_t`` (kept where ``sigma_t = 0``).  This makes Algorithm 2
+        deterministic DDIM (Song et al., arXiv 2010.02502, eq. 12 with ``sigma = 0``): ``x_{s'} = D(x0_hat, s';
+        z~)``; for the flow's straight path it is Euler's step; for mixing it re-estimates the partner."""
+        if not getattr(self, "reestimate", False) or not self.param_keys:  # type: ignore[attr-defined]
+            return params
+        alpha, sigma = self.coefficients(t)
+        a, s = alpha.to(x_t)[:, None, None, None], sigma.to(x_t)[:, None, None, None]
+        residual = (2 * x_t - 1) - a * self.apply_signal(2 * x0_hat - 1, t)
+        estimate = residual / torch.where(s > 0, s, torch.ones_like(s))
+        return self.params_from_noise(torch.where(s > 0, estimate, self.noise_of(params).to(x_t.dtype)))
 
     def apply_signal(self, x: Tensor, t: Tensor) -> Tensor:
         """``A_t x`` for centred images (hot path, no checks); the identity by default.
@@ -369,6 +388,22 @@ class SignalNoise:
         """Whether every ``A_t`` is invertible, so that ``A_t x~0`` determines ``x~0`` (true for the identity)."""
         return True
 
+    def signal_nonnegative(self) -> bool:
+        """Whether every ``A_t`` is positive semi-definite (true for the identity and the heat blur), so that
+        ``a A_t + b I`` with ``b > 0`` is always invertible (the v and velocity conversions)."""
+        return True
+
+    def ancestral_refusal(self) -> str | None:
+        """Why :meth:`ancestral_step` cannot sample this operator (``None``: it can): it needs Gaussian noise at every
+        level ``t >= 1``, and (operators with a signal operator) a positive, invertible one."""
+        device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
+        _, sigma = self.coefficients(torch.arange(1, self.num_steps + 1, device=device))  # type: ignore[attr-defined]
+        if not self.noise_is_gaussian:
+            return f"{type(self).__name__}'s noise image is not Gaussian noise (its posterior is not Gaussian)"
+        if not bool((sigma > 0).all()):
+            return f"{type(self).__name__} has noise-free levels (sigma_t = 0): there is no posterior to draw from"
+        return None
+
     def ancestral_step(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
                        generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
         """A draw of ``x_s`` from the forward process's posterior ``q(x_s | x_t, x0 = x0_hat)``, ``s < t``: one step
@@ -385,8 +420,6 @@ class SignalNoise:
         Shape:
             ``x_t``, ``x0_hat``: ``(B, C, H, W)``; ``t``, ``s``: ``(B,)`` long; output: ``(B, C, H, W)``.
         """
-        from colddiff._checks import randn
-
         (alpha_t, sigma_t), (alpha_s, sigma_s) = self.coefficients(t), self.coefficients(s)
         alpha_ts = alpha_t / alpha_s.clamp(min=1e-12)
         var_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0.0)
@@ -405,11 +438,15 @@ class SignalNoise:
         every level keeps some signal; where the schedule ends with no signal at all (``alpha_T = 0``, as the
         cosine schedule here), ε cannot determine x0 at that level and the default is v-prediction (Salimans & Ho,
         arXiv 2202.00512), the remedy of Lin et al. (arXiv 2305.08891) for zero terminal SNR.  An operator with
-        noise-free levels (``sigma_t = 0``, e.g. ``BlurNoise(noise="none")``) is deterministic there: x0 under L1."""
+        noise-free levels (``sigma_t = 0``, e.g. ``BlurNoise(noise="none")``) is deterministic there: x0 under L1;
+        one whose signal operator changes sign (the kernel blur) has no well-conditioned ε or v conversion: x0 under
+        MSE (the posterior mean)."""
         num_steps = self.num_steps  # type: ignore[attr-defined]
         device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
         alpha, sigma = self.coefficients(torch.arange(1, num_steps + 1, device=device))
         if not bool((sigma > 0).all()):  # noise-free levels: deterministic, the cold paper's objective
             return self.default_objective_spec  # type: ignore[attr-defined]
+        if not self.signal_nonnegative():  # no well-conditioned conversion from eps or v: the mean of x0 directly
+            return "x0", {"loss": "l2", "clip_x0": True}
         name = "epsilon" if bool((alpha > 0).all()) and self.signal_invertible() else "v"
         return name, {"loss": "l2", "clip_x0": True}

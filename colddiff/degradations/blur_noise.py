@@ -38,7 +38,7 @@ width a fixed multiple of the noise level, ``sigma_B(t) = r sqrt((1 - alpha_bar_
 detail long before the noise drowns it.
 
 **Sampling.** With ``reestimate=True`` the samplers re-estimate the noise from the current state and the predicted
-clean image (:meth:`BlurNoise.update_params`)::
+clean image (:meth:`~colddiff.degradations.base.SignalNoise.update_params`)::
 
     eps_hat = (x_t - 0.5 - sqrt(alpha_bar_t) (B_t x0_hat - 0.5)) / (0.5 sqrt(1 - alpha_bar_t))                    (3)
 
@@ -58,6 +58,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from colddiff._checks import randn
 from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image, check_odd_kernel_size
 from colddiff.degradations.blur import (
     Border,
@@ -405,6 +406,13 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         system = scale.double().to(h.device)[:, None, None] * h + shift.double().to(h.device)[:, None, None]
         return _apply_transfer(y, 1.0 / system, self.border)
 
+    def ancestral_refusal(self) -> str | None:
+        if not self.signal_invertible():
+            return ("BlurNoise's frequency-wise posterior needs a positive, invertible transfer function (the heat "
+                    "blur with min_scale > 0); the kernel blur's changes sign and the heat blur's with min_scale = 0 "
+                    "vanishes")
+        return super().ancestral_refusal()
+
     def ancestral_step(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
                        generator: torch.Generator | None = None) -> Tensor:
         """Blurring Diffusion's ancestral step (Hoogeboom & Salimans, arXiv 2209.05557, their ``denoise``): the
@@ -413,8 +421,6 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         :meth:`SignalNoise.ancestral_step` with per-frequency ``alpha_ts = a_t d_t / (a_s d_s)``, applied as filters
         (one FFT each for ``x_t``, ``x0_hat`` and the white noise, whose filtered copy is the posterior's coloured
         noise).  Denominators are clipped at 1e-12 (their pseudo-code clips at 1e-8)."""
-        from colddiff._checks import randn
-
         rows, cols, _ = self.transfer(x_t.shape[-2], x_t.shape[-1], x_t.device)
         (a_t, sigma_t), (a_s, sigma_s) = self.coefficients(t), self.coefficients(s)
 
@@ -431,6 +437,10 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         x_s = sum(_apply_transfer(image, f, self.border) for image, f in zip((2 * x_t - 1, 2 * x0_hat - 1, noise),
                                                                               filters))
         return torch.where((s == 0)[:, None, None, None], x0_hat, 0.5 + 0.5 * x_s)
+
+    def signal_nonnegative(self) -> bool:
+        """The heat blur's transfer function is positive; the truncated kernel's can change sign."""
+        return self.blur == "heat"
 
     def signal_invertible(self) -> bool:
         """The heat blur with ``d_min > 0`` keeps a fraction of every frequency; the kernel blur's transfer function
@@ -457,17 +467,6 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
             return blur_part + constant
         noise = 0.5 * ((1 - a4_next).sqrt() - (1 - a4).sqrt()) * params["noise"].to(x0.dtype)
         return blur_part + constant + noise
-
-    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
-        """With ``reestimate``: the noise that maps ``x0_hat`` to ``x_t`` at level ``t``, equation (3) (kept where
-        ``alpha_bar_t = 1``)."""
-        if not self.reestimate or not self.param_keys:
-            return params
-        a = self.alpha_bar.index_select(0, t).to(x_t.dtype)[:, None, None, None]
-        signal, spread = a.sqrt(), 0.5 * (1 - a).sqrt()
-        estimate = (x_t - signal * self.blurred(x0_hat, t) - (1 - signal) * 0.5) / torch.where(
-            spread > 0, spread, torch.ones_like(spread))
-        return {"noise": torch.where(spread > 0, estimate, params["noise"].to(x_t.dtype))}
 
     def extra_repr(self) -> str:
         if self.blur == "heat":

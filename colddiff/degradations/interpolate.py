@@ -30,6 +30,12 @@ from colddiff.degradations.base import Degradation, Params
 __all__ = ["Interpolation", "interpolate"]
 
 
+def straight_line(x: Tensor, target: Tensor, s: Tensor) -> Tensor:
+    """``(1 - s) x + s target``, and ``x`` itself where ``s = 0`` (hot path; ``s`` broadcasts, e.g. ``(B, 1, 1, 1)``):
+    InDI's path towards an observation and the flow's towards noise (:class:`~colddiff.degradations.FlowNoise`)."""
+    return torch.where(s == 0, x, (1 - s) * x + s * target.to(x.dtype))
+
+
 def interpolate(x: Tensor, observation: Tensor, s: float | Tensor) -> Tensor:
     """Functional twin of :class:`Interpolation`: ``(1 - s) x + s observation`` (``x`` itself at ``s = 0``).
 
@@ -43,8 +49,7 @@ def interpolate(x: Tensor, observation: Tensor, s: float | Tensor) -> Tensor:
     """
     from colddiff.degradations.mix import _per_sample
 
-    s = _per_sample(s, x, "interpolate", "s")[:, None, None, None]
-    return torch.where(s == 0, x, (1 - s) * x + s * observation.to(x.dtype))
+    return straight_line(x, observation, _per_sample(s, x, "interpolate", "s")[:, None, None, None])
 
 
 class Interpolation(Degradation):
@@ -108,8 +113,7 @@ class Interpolation(Degradation):
         return (t.to(like.dtype) / self.num_steps)[:, None, None, None]
 
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
-        s = self._s(t, x0)
-        return torch.where(s == 0, x0, (1 - s) * x0 + s * params["observation"].to(x0.dtype))
+        return straight_line(x0, params["observation"], self._s(t, x0))
 
     def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
         """With ``reestimate``: the observation that puts ``x0_hat`` at ``x_t`` on the line (kept at level 0)."""
@@ -125,7 +129,9 @@ class Interpolation(Degradation):
         return "x0", {"loss": "l2", "end_probability": 1 / 3}
 
     def unknown_params_reason(self) -> str | None:
-        return None  # re-estimated from the image itself at the first step (see the module docstring)
+        return (f"{type(self).__name__}: every level is a blend with the observation y itself, which a given image "
+                "does not reveal at any level but T; InDI restores an observation y from T (--level T, or the "
+                "model's num_steps), where the first step re-estimates y = x_T")
 
     def extra_repr(self) -> str:
         return f"num_steps={self.num_steps}, noise_std={self.noise_std}, reestimate={self.reestimate}"

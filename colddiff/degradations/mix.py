@@ -105,19 +105,12 @@ class _Blend(SignalNoise, Degradation):
     def _params_from_partner(self, z: Tensor) -> Params:
         raise NotImplementedError
 
+    def params_from_noise(self, noise: Tensor) -> Params:
+        return self._params_from_partner(0.5 + 0.5 * noise)
+
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
         y = _blend(x0, self._partner(params).to(x0.dtype), self.alpha_bar.index_select(0, t))
         return torch.where(t[:, None, None, None] == 0, x0, y)
-
-    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
-        """With ``reestimate``: the partner that maps ``x0_hat`` to ``x_t`` at level ``t`` (kept where ``t = 0``)."""
-        if not self.reestimate:
-            return params
-        a = self.alpha_bar.index_select(0, t).to(x_t.dtype)[:, None, None, None]
-        s = (1 - a).sqrt()
-        estimate = 0.5 + (x_t - 0.5 - a.sqrt() * (x0_hat - 0.5)) / torch.where(s > 0, s, torch.ones_like(s))
-        z = torch.where(s > 0, estimate, self._partner(params).to(x_t.dtype))
-        return self._params_from_partner(z)
 
     def extra_repr(self) -> str:
         return f"num_steps={self.num_steps}, reestimate={self.reestimate}"
@@ -142,6 +135,7 @@ class Mix(_Blend):
 
     param_keys = ("partner",)
     context_keys = ("partner",)
+    noise_is_gaussian = False  # the partner is an image
 
     def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
         self._check_context(context)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from colddiff._checks import check_num_steps, randn
 from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image
+from colddiff.degradations.interpolate import straight_line
 from colddiff.degradations.mix import _Blend, _blend, _per_sample
 from colddiff.schedules import ddpm_linear_alpha_bar
 
@@ -138,8 +139,7 @@ def flow_noise(x: Tensor, noise: Tensor, s: float | Tensor) -> Tensor:
     if not isinstance(noise, Tensor) or noise.shape != x.shape:
         got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
         raise ValueError(f"flow_noise: noise must have the shape of x {tuple(x.shape)}, got {got}")
-    s = _per_sample(s, x, "flow_noise", "s")[:, None, None, None]
-    return torch.where(s == 0, x, 0.5 + (1 - s) * (x - 0.5) + s * (0.5 * noise.to(x.dtype)))
+    return straight_line(x, 0.5 + 0.5 * noise.to(x.dtype), _per_sample(s, x, "flow_noise", "s")[:, None, None, None])
 
 
 class FlowNoise(NoiseParams, SignalNoise, Degradation):
@@ -181,16 +181,7 @@ class FlowNoise(NoiseParams, SignalNoise, Degradation):
 
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
         s = self.path.index_select(0, t).to(x0.dtype)[:, None, None, None]
-        y = 0.5 + (1 - s) * (x0 - 0.5) + s * (0.5 * params["noise"].to(x0.dtype))
-        return torch.where(t[:, None, None, None] == 0, x0, y)
-
-    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
-        """With ``reestimate``: the noise that puts ``x0_hat`` at ``x_t`` on the path (kept at level 0)."""
-        if not self.reestimate:
-            return params
-        s = self.path.index_select(0, t).to(x_t.dtype)[:, None, None, None]
-        estimate = ((2 * x_t - 1) - (1 - s) * (2 * x0_hat - 1)) / torch.where(s > 0, s, torch.ones_like(s))
-        return {"noise": torch.where(s > 0, estimate, params["noise"].to(x_t.dtype))}
+        return straight_line(x0, 0.5 + 0.5 * params["noise"].to(x0.dtype), s)
 
     def extra_repr(self) -> str:
         return f"num_steps={self.num_steps}, reestimate={self.reestimate}"

@@ -29,7 +29,7 @@ from colddiff.evaluation.metrics import (
 )
 from colddiff.evaluation.restoration import markdown_table
 from colddiff.pipeline import Pipeline, as_pipeline
-from colddiff.sampling import Precision, SamplerName, autocast, timesteps
+from colddiff.sampling import Precision, SamplerName, autocast
 
 __all__ = ["GenerationReport", "generate_images", "reference_features", "evaluate_generation"]
 
@@ -70,8 +70,7 @@ def generate_images(
                          "sample.py generate --fit-prior, or --partner-root for mixing models)")
     device = torch.device(device) if device is not None else model.device
     model = model.to(device)
-    levels = 1 if (sampler or model.sampler) == "direct" else \
-        len(timesteps(model.degradation.num_steps, steps if steps is not None else model.sample_steps)) - 1
+    levels = model.sampling_steps(sampler, steps)
     batches = -(-num // batch_size)
     with tqdm(total=batches * levels, desc="generate", disable=not progress) as bar, autocast(device, precision):
         images, draw = model.generate(num, torch.Generator().manual_seed(seed), sampler=sampler, steps=steps,
