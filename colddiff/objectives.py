@@ -44,7 +44,9 @@ so that the loss measured in x0 is weighted by ``min(SNR_t, gamma)``, ``SNR_t = 
 weight is ``min(SNR_t, gamma) * c_t^2`` where ``c_t`` is the x0 error (centred units) per unit of output error
 (``2`` for x0, whose output is in ``[0, 1]`` units,
 ``sigma_t / alpha_t`` for ε, ``sigma_t`` for v with ``alpha^2 + sigma^2 = 1``, ``sigma_t / (alpha_t + sigma_t)`` for
-the velocity): ``min(SNR, gamma) / SNR`` for ε and ``min(SNR, gamma) / (SNR + 1)`` for v, their equations.
+the velocity): ``min(SNR, gamma) / SNR`` for ε and ``min(SNR, gamma) / (SNR + 1)`` for v, their equations.  With
+a signal operator (``BlurNoise``) the SNR is the noise schedule's ``alpha_t^2 / sigma_t^2`` (each frequency's own SNR
+is lower by its transfer function), and schedules that reach zero SNR are refused (level ``T`` would get no weight).
 
 **Level draws** (``levels=``): ``"uniform"``, ``t ~ U{1, ..., T}`` independently per sample (the paper; DDPM's
 Algorithm 1); ``"stratified"``, one level from each of ``B`` equal strata of ``[1, T]`` in random order (the

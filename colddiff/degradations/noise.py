@@ -105,7 +105,9 @@ class GaussianNoise(NoiseParams, _Blend):
     ) -> None:
         if schedule not in ("cosine", "linear"):
             raise ValueError(f"GaussianNoise: schedule must be 'cosine' or 'linear', got {schedule!r}")
-        if alpha_bar is None and schedule == "linear":
+        if alpha_bar is not None and schedule != "cosine":
+            raise ValueError(f"GaussianNoise: give alpha_bar or schedule={schedule!r}, not both")
+        if schedule == "linear":
             alpha_bar = ddpm_linear_alpha_bar(check_num_steps(num_steps), beta_start, beta_end).tolist()
         super().__init__(num_steps, alpha_bar, cosine_s, reestimate, channels)
         self.schedule = schedule
