@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--level", type=int, default=None, help="degradation level (default T)")
     rest.add_argument("--limit", type=positive_int, default=None,
                       help="evaluate only the first N images (default: all)")
-    rest.add_argument("--extractor", default="none", help="none, inception (FID), resnet20..resnet110, pixels")
+    rest.add_argument("--extractor", default="none",
+                      help="none, inception (FID), mnist-cnn, resnet20..resnet110, pixels")
 
     gen = modes.add_parser("generation", parents=[common, sampling], help="FID/KID of generated images")
     gen.add_argument("--ckpt", default=None, help="generate with this model (or give --generated)")
