@@ -78,6 +78,12 @@ def section_key(steps: int, methods: list[str]) -> str:
     return str(steps) if sorted(methods) == sorted(METHODS) else f"{steps}:{'+'.join(methods)}"
 
 
+def default_json_path(device: str, steps: int, methods: list[str]) -> Path:
+    """``benchmarks/results/generation-cpu-2000.json`` for every method, ``generation-cpu-2000-ddpm+quickstart.json``
+    for a subset: one file per section of RESULTS.md, so a run of a subset never replaces the record of another."""
+    return Path("benchmarks/results") / f"generation-{device}-{section_key(steps, methods).replace(':', '-')}.json"
+
+
 # ------------------------------------------------------------------------------------------------- methods
 @dataclass
 class Sampling:
@@ -396,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", default="runs/bench_generation", help="checkpoints of the trained models")
     parser.add_argument("--reuse", action="store_true", help="reload models trained earlier with the same steps")
     parser.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/"
-                                                     "generation-<device>-<steps>.json)")
+                                                     "generation-<device>-<steps>[-<methods>].json)")
     parser.add_argument("--results", default=None, help="replace this benchmark's section of this Markdown file")
     parser.add_argument("--picture", default=None, help="write one row of samples per method here (PNG)")
     parser.add_argument("--curves", default=None, help="write FD against training steps here (PNG)")
@@ -471,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "total_seconds": total, "floor": floor, "results": rows, "table": text,
                "curves": {k: [{"step": s, "FD": fd} for s, fd in v] for k, v in curves.items()},
                "curve_num": args.curve_num}
-    json_path = args.json or f"benchmarks/results/generation-{info['device']}-{args.steps}.json"
+    json_path = args.json or default_json_path(info["device"], args.steps, args.methods)
     write_json(json_path, payload)
     if args.results:
         write_results(markdown, Path(args.results), section_key(args.steps, args.methods))

@@ -4,6 +4,7 @@ curves (the figures themselves are printed, never asserted)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,12 @@ def test_a_tiny_generation_benchmark_writes_its_table_section_picture_and_curves
     again = bench_generation.main(["--methods", "ddpm", *args[3:], "--reuse"])
     assert again["results"][0]["train_seconds"] == pytest.approx(ddpm["train_seconds"], abs=1e-3)
     assert again["results"][0]["FD"] == ddpm["FD"]
+
+
+def test_a_subset_run_never_replaces_the_json_record_of_another():
+    """The default JSON file follows the RESULTS.md section key: every method, or the subset named."""
+    every = bench_generation.default_json_path("cpu", 2000, list(bench_generation.METHODS))
+    subset = bench_generation.default_json_path("cpu", 2000, ["quickstart", "ddpm-v"])
+    assert every.name == "generation-cpu-2000.json"
+    assert subset.name == "generation-cpu-2000-quickstart+ddpm-v.json"
+    assert every.parent == subset.parent == Path("benchmarks/results")
