@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -612,6 +613,37 @@ def test_blur_noise_schedules():
     assert (soft(x0, 5) - x0).abs().mean() > (sharp(x0, 5) - x0).abs().mean()  # noise-free: no params
     assert sharp.param_keys == () and sharp.make_params(x0) == {} and sharp.unknown_params_reason() is None
     assert torch.equal(cd.BlurNoise(10, heat_schedule="ratio", blur_to_noise=0.0).heat_sigmas, torch.zeros(11))
+
+
+@pytest.mark.parametrize("kwargs, refused", [
+    ({"blur_to_noise": 2.0}, "blur_to_noise=2.0 (only heat_schedule='ratio' uses it, got 'sine')"),
+    ({"heat_schedule": "log", "blur_to_noise": 2.0}, "blur_to_noise=2.0"),
+    ({"heat_sigma_min": 1.0}, "heat_sigma_min=1.0 (only heat_schedule='log' uses it"),
+    ({"heat_schedule": "ratio", "heat_sigma_max": 5.0}, "heat_sigma_max=5.0 (heat_schedule='ratio' uses blur_to_noise)"),
+    ({"heat_sigmas": [0.0] * 6, "heat_sigma_max": 5.0}, "heat_sigma_max=5.0 (heat_sigmas gives the widths)"),
+    ({"heat_sigmas": [0.0] * 6, "heat_schedule": "log"}, "heat_schedule='log' (heat_sigmas gives the widths)"),
+    ({"border": "reflect"}, "border='reflect' (a parameter of blur='kernel'"),
+    ({"kernel_size": 5, "sigma": 0.5}, "kernel_size=5 (a parameter of blur='kernel'"),
+    ({"blur": "kernel", "heat_sigma_max": 5.0}, "heat_sigma_max=5.0 (a parameter of blur='heat')"),
+    ({"blur": "kernel", "min_scale": 0.0}, "min_scale=0.0 (a parameter of blur='heat')"),
+    ({"blur": "kernel", "sigmas": [1.0] * 5, "rate": 0.1}, "rate=0.1 (sigmas gives the per-step kernels)"),
+    ({"noise": "none", "cosine_s": 0.0}, "cosine_s=0.0 (only noise='cosine' without alpha_bar uses it)"),
+    ({"alpha_bar": [1.0] * 6, "cosine_s": 0.0}, "cosine_s=0.0"),
+    ({"logsnr_range": (-5.0, 5.0)}, "logsnr_range=(-5.0, 5.0) (only noise='cosine-logsnr' uses it, got noise='cosine')"),
+])
+def test_blur_noise_refuses_an_argument_its_setting_would_ignore(kwargs, refused):
+    """A value the chosen setting does not use is refused with the reason, never silently ignored."""
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        cd.BlurNoise(5, **kwargs)
+
+
+def test_blur_noise_accepts_unused_arguments_left_at_their_defaults():
+    """Saved configurations list every argument with its default: those still load (lists for tuples too)."""
+    op = cd.BlurNoise(5, blur="heat", heat_schedule="log", heat_sigma_min=0.5, heat_sigma_max=20.0, blur_to_noise=1.0,
+                      kernel_size=11, schedule="constant", sigma=1.0, sigma_step=None, rate=0.01, border="circular",
+                      cosine_s=0.008, noise="none", logsnr_range=[-10.0, 10.0])
+    assert op.heat_schedule == "log" and op.param_keys == ()
+    cd.BlurNoise(5, noise="cosine-logsnr", logsnr_range=[-5.0, 5.0], cosine_s=0.008)  # used: accepted
 
 
 def test_blur_noise_rejects_bad_arguments():

@@ -51,6 +51,7 @@ for the blur alone.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Literal
@@ -130,6 +131,22 @@ def _check_min_scale(min_scale: float, who: str) -> float:
     if isinstance(min_scale, bool) or not isinstance(min_scale, numbers.Real) or not 0 <= min_scale <= 1:
         raise ValueError(f"{who}: min_scale (d_min) must be a number in [0, 1], got {min_scale!r}")
     return float(min_scale)
+
+
+def _same(value: object, default: object) -> bool:
+    """Whether an argument still has its default (lists from a config compare equal to tuple defaults)."""
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return len(value) == len(default) and all(_same(v, d) for v, d in zip(value, default))
+    return value == default
+
+
+def _refuse_unused(who: str, unused: dict[str, tuple[object, object, str]]) -> None:
+    """Raises when an argument that the chosen configuration does not use was set to something else than its default
+    (``{name: (value, default, why it is unused)}``): a value that would be silently ignored is refused instead."""
+    given = [f"{name}={value!r} ({why})" for name, (value, default, why) in unused.items()
+             if not _same(value, default)]
+    if given:
+        raise ValueError(f"{who}: " + "; ".join(given) + ". Remove the argument or choose the setting that uses it")
 
 
 def heat_blur(x: Tensor, blur_sigma: float | Tensor, min_scale: float = 0.0) -> Tensor:
@@ -250,6 +267,10 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
             from ``heat_sigma_min`` to ``heat_sigma_max``, :func:`~colddiff.schedules.log_blur_sigmas`; their MNIST
             setting: 0.5 to 20 over 100 levels).
 
+    An argument that the chosen setting does not use (``blur_to_noise`` under the sine schedule, a kernel argument
+    with ``blur="heat"``, ``cosine_s`` with another noise schedule, ...) must keep its default: another value is
+    refused with the reason rather than silently ignored.
+
     The defaults ``heat_sigma_max = 20`` and ``min_scale = 0.001`` are the values of Blurring Diffusion's
     pseudo-code.  ``alpha_bar`` set to ones gives the blur alone (``blur="kernel"``: exactly ``GaussianBlur``);
     ``heat_sigmas`` (or ``sigmas``) set to zeros gives the noise alone (``GaussianNoise`` up to rounding).
@@ -298,6 +319,7 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
             raise ValueError(f"{who}: heat_schedule must be 'sine', 'ratio' or 'log', got {heat_schedule!r}")
         if noise not in ("cosine", "cosine-logsnr", "none"):
             raise ValueError(f"{who}: noise must be 'cosine', 'cosine-logsnr' or 'none', got {noise!r}")
+        _refuse_unused(who, self._unused_arguments(locals()))
         if noise != "cosine" and alpha_bar is not None:
             raise ValueError(f"{who}: give alpha_bar or noise={noise!r}, not both")
         if noise == "none":
@@ -333,6 +355,41 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
             self.kernel_size = check_odd_kernel_size(kernel_size, who)
             schedule_values = sigma_schedule(self.num_steps, sigmas, schedule, sigma, sigma_step, rate)
             self.register_buffer("sigmas", schedule_values.float())
+
+    @staticmethod
+    def _unused_arguments(args: dict) -> dict[str, tuple[object, object, str]]:
+        """The arguments that ``args`` (the constructor's) does not use, with their defaults and the reason."""
+        unused: dict[str, tuple[object, object, str]] = {}
+        defaults = {name: p.default for name, p in inspect.signature(BlurNoise.__init__).parameters.items()}
+
+        def mark(names: tuple[str, ...], why: str) -> None:
+            for name in names:
+                unused.setdefault(name, (args[name], defaults[name], why))
+
+        kernel_args = ("kernel_size", "schedule", "sigma", "sigma_step", "rate", "border")
+        heat_args = ("heat_schedule", "heat_sigma_max", "blur_to_noise", "heat_sigma_min", "min_scale")
+        if args["blur"] == "heat":
+            mark(kernel_args, "a parameter of blur='kernel'; blur='heat' has Neumann borders and its own widths")
+            if args["heat_sigmas"] is not None:
+                mark(("heat_schedule", "heat_sigma_max", "blur_to_noise", "heat_sigma_min"),
+                     "heat_sigmas gives the widths")
+            else:
+                schedule = args["heat_schedule"]
+                if schedule != "ratio":
+                    mark(("blur_to_noise",), f"only heat_schedule='ratio' uses it, got {schedule!r}")
+                if schedule != "log":
+                    mark(("heat_sigma_min",), f"only heat_schedule='log' uses it, got {schedule!r}")
+                if schedule == "ratio":
+                    mark(("heat_sigma_max",), "heat_schedule='ratio' uses blur_to_noise")
+        else:
+            mark(heat_args, "a parameter of blur='heat'")
+            if args["sigmas"] is not None:
+                mark(("schedule", "sigma", "sigma_step", "rate"), "sigmas gives the per-step kernels")
+        if args["noise"] != "cosine" or args["alpha_bar"] is not None:
+            mark(("cosine_s",), "only noise='cosine' without alpha_bar uses it")
+        if args["noise"] != "cosine-logsnr":
+            mark(("logsnr_range",), f"only noise='cosine-logsnr' uses it, got noise={args['noise']!r}")
+        return unused
 
     def _alpha_bar(self, alpha_bar: list[float] | None, cosine_s: float, who: str) -> Tensor:
         if alpha_bar is None:
