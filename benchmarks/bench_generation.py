@@ -1,8 +1,8 @@
 """Generation quality of cold, warm and hot diffusion side by side, each method as its paper trains and samples it.
 
     python -m benchmarks.bench_generation                          # every method at the quickstart budget (2,000 steps)
-    python -m benchmarks.bench_generation --steps 8000 --curve-every 500 --methods quickstart cold-blur ddpm flow \\
-        ihdm blurring                                              # 4x the budget, with FD against training steps
+    python -m benchmarks.bench_generation --steps 8000 --curve-every 500 --methods quickstart flow \\
+        --reuse                                                    # 4x the budget, with FD against training steps
     python -m benchmarks.bench_generation --methods ddpm flow --num 500 --steps 300   # a quick look
 
 Every method trains the same small U-Net (the generation quickstart's: ``ConvNeXtUNet(dim=16, dim_mults=(1, 2, 4),
