@@ -619,7 +619,8 @@ def test_blur_noise_schedules():
     ({"blur_to_noise": 2.0}, "blur_to_noise=2.0 (only heat_schedule='ratio' uses it, got 'sine')"),
     ({"heat_schedule": "log", "blur_to_noise": 2.0}, "blur_to_noise=2.0"),
     ({"heat_sigma_min": 1.0}, "heat_sigma_min=1.0 (only heat_schedule='log' uses it"),
-    ({"heat_schedule": "ratio", "heat_sigma_max": 5.0}, "heat_sigma_max=5.0 (heat_schedule='ratio' uses blur_to_noise)"),
+    ({"heat_schedule": "ratio", "heat_sigma_max": 5.0},
+     "heat_sigma_max=5.0 (heat_schedule='ratio' uses blur_to_noise)"),
     ({"heat_sigmas": [0.0] * 6, "heat_sigma_max": 5.0}, "heat_sigma_max=5.0 (heat_sigmas gives the widths)"),
     ({"heat_sigmas": [0.0] * 6, "heat_schedule": "log"}, "heat_schedule='log' (heat_sigmas gives the widths)"),
     ({"border": "reflect"}, "border='reflect' (a parameter of blur='kernel'"),
@@ -629,7 +630,8 @@ def test_blur_noise_schedules():
     ({"blur": "kernel", "sigmas": [1.0] * 5, "rate": 0.1}, "rate=0.1 (sigmas gives the per-step kernels)"),
     ({"noise": "none", "cosine_s": 0.0}, "cosine_s=0.0 (only noise='cosine' without alpha_bar uses it)"),
     ({"alpha_bar": [1.0] * 6, "cosine_s": 0.0}, "cosine_s=0.0"),
-    ({"logsnr_range": (-5.0, 5.0)}, "logsnr_range=(-5.0, 5.0) (only noise='cosine-logsnr' uses it, got noise='cosine')"),
+    ({"logsnr_range": (-5.0, 5.0)},
+     "logsnr_range=(-5.0, 5.0) (only noise='cosine-logsnr' uses it, got noise='cosine')"),
 ])
 def test_blur_noise_refuses_an_argument_its_setting_would_ignore(kwargs, refused):
     """A value the chosen setting does not use is refused with the reason, never silently ignored."""
