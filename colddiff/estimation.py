@@ -62,7 +62,7 @@ import torch
 from torch import Tensor
 
 from colddiff.degradations.base import Degradation, Params
-from colddiff.sampling import SamplerName, sample
+from colddiff.sampling import SamplerName, sample, sampler_info
 
 __all__ = ["LevelEstimate", "estimate_level", "check_estimable", "level_residuals", "sample_at_levels",
            "default_grid_size"]
@@ -345,7 +345,7 @@ def sample_at_levels(
     :mod:`colddiff.sampling`: one sampler run per distinct level; images at level 0 are returned unchanged.
 
     Args:
-        sampler: ``"naive"``, ``"improved"`` or ``"direct"``.
+        sampler: a sampler of :mod:`colddiff.sampling` (``"naive"``, ``"improved"``, ``"direct"``...).
         restore: ``restore(x_t, t) -> x0_hat``.
         degradation: the operator ``D``.
         y: the degraded images.
@@ -364,13 +364,16 @@ def sample_at_levels(
         raise ValueError(f"steps must be None or a positive int (per-image levels differ), got {steps!r}")
     if params is not None:
         params = degradation.check_params(params, y)
+    info = sampler_info(sampler)
+    if steps is not None and not info.takes_steps:
+        raise ValueError(f"the {info.name} sampler does not take steps={steps!r} (it visits no intermediate levels)")
     out = y.clone()
     for level in sorted(set(t.tolist())):
         if level == 0:
             continue
         index = (t == level).nonzero().flatten()
         part = {k: v.index_select(0, index) for k, v in params.items()} if params is not None else None
-        group_steps = None if steps is None or sampler == "direct" else min(int(steps), level)
+        group_steps = None if steps is None or not info.takes_steps else min(int(steps), level)
         out[index] = sample(sampler, restore, degradation, y.index_select(0, index), level, part, group_steps,
                             None, generator, noise).to(out.dtype)
     return out

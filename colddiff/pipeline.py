@@ -38,7 +38,7 @@ from colddiff.degradations.base import Degradation
 from colddiff.io import atomic_write_bytes, load_checkpoint
 from colddiff.objectives import Objective, default_objective, resolve_objective
 from colddiff.priors import Prior, PriorSample
-from colddiff.sampling import SamplerName, check_sampler_name, get_sampler, sample, timesteps
+from colddiff.sampling import SamplerName, check_sampler_name, sample, sampler_info, timesteps
 from colddiff.schedules import level_values
 
 __all__ = ["Pipeline", "Reconstruction", "as_pipeline", "check_network", "check_prior", "check_network_weights",
@@ -223,12 +223,14 @@ class Pipeline(nn.Module):
             noise: sampling noise ``delta`` (default: ``sample_noise``).
             context: degradation context, e.g. ``partner=`` for :class:`~colddiff.degradations.Mix`.
         """
-        fn = get_sampler(sampler or self.sampler)
+        info = sampler_info(sampler or self.sampler)
         if params is None and context:
             params = self.degradation.make_params(x_t, generator, **context)
-        steps = self.sample_steps if steps is None else steps
-        noise = self.sample_noise if noise is None else noise
-        return sample(fn, self.restore, self.degradation, x_t, t, params, steps, callback, generator, noise)
+        # the model's defaults go to the samplers that take them (the direct one has no steps, an ODE solver no noise);
+        # what the caller gives is passed on, and refused by a sampler that cannot use it
+        steps = self.sample_steps if steps is None and info.takes_steps else steps
+        noise = self.sample_noise if noise is None and info.takes_noise else noise
+        return sample(info.fn, self.restore, self.degradation, x_t, t, params, steps, callback, generator, noise)
 
     @torch.no_grad()
     def reconstruct(
@@ -319,21 +321,22 @@ class Pipeline(nn.Module):
     def sampling_steps(self, sampler: SamplerName | None = None, steps: int | Sequence[int] | None = None,
                        level: int | None = None) -> int:
         """How many steps (sampler callbacks) one run from ``level`` (default ``T``) takes with these settings (the
-        pipeline's defaults where ``None``): the levels visited minus one; the direct sampler: one."""
+        pipeline's defaults where ``None``): the levels visited minus one; a one-shot sampler: one."""
         level = self.degradation.num_steps if level is None else level
         if level == 0:
             return 0
-        if (sampler or self.sampler) == "direct":
+        info = sampler_info(sampler or self.sampler)
+        if info.one_shot:
             return 1
+        if not info.takes_steps:
+            return level
         return len(timesteps(level, self.sample_steps if steps is None else steps)) - 1
 
     def network_calls(self, sampler: SamplerName | None = None, steps: int | Sequence[int] | None = None,
                       level: int | None = None) -> int:
-        """How many network calls one sampler run from ``level`` (default ``T``) makes: one per step unless the
-        sampler says otherwise (``fn.network_calls(steps)``: Heun's two per step)."""
-        n = self.sampling_steps(sampler, steps, level)
-        count = getattr(get_sampler(sampler or self.sampler), "network_calls", None)
-        return count(n) if count is not None and n > 0 and (sampler or self.sampler) != "direct" else n
+        """How many network calls one sampler run from ``level`` (default ``T``) makes, as the sampler says
+        (:meth:`colddiff.sampling.SamplerInfo.network_calls`: one per step, Heun's two, the direct sampler's one)."""
+        return sampler_info(sampler or self.sampler).network_calls(self.sampling_steps(sampler, steps, level))
 
     # ------------------------------------------------------------------------------------------ files
     def config(self) -> dict[str, Any]:

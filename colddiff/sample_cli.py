@@ -58,7 +58,7 @@ from colddiff.io import (
     save_png_atomic,
 )
 from colddiff.pipeline import Pipeline
-from colddiff.sampling import autocast
+from colddiff.sampling import autocast, sampler_info
 from colddiff.tiling import any_size
 
 __all__ = ["main", "build_parser"]
@@ -416,7 +416,8 @@ def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device,
                 levels, notes = torch.full((len(index),), args.level, dtype=torch.long), [{} for _ in index]
             result = sample_at_levels(sampler, restore, degradation, y, levels, steps=args.steps,
                                       generator=generator,
-                                      noise=args.noise if args.noise is not None else model.sample_noise)
+                                      noise=args.noise if args.noise is not None else
+                                      model.sample_noise if sampler_info(sampler).takes_noise else None)
         check_finite_output(result, "restored images")
         for i, image, level, note in zip(index, result.float().clamp(0, 1).cpu(), levels.tolist(), notes):
             restored[i] = image

@@ -1,17 +1,20 @@
 """Cold Diffusion samplers: plain functions, no Lightning.
 
-All samplers share one signature (:data:`Sampler`): a restoration callable ``restore(x_t, t) -> x0_hat`` (``t`` a
-``(B,)`` long tensor), a :class:`~colddiff.degradations.Degradation`, the degraded batch ``x_t`` at level ``t``
-(default ``T``), the degradation's ``params`` (drawn with ``generator`` when not given), an optional decreasing
-subsequence of levels (step skipping), an optional per-step ``callback``, the ``generator`` and the sampling
-``noise``.  Each visits its levels once: ``len(levels) - 1`` calls of ``restore`` and at most two closed-form
-operator calls per step, never ``O(T^2)``.
+Every sampler is ``fn(restore, degradation, x_t, ...)``: a restoration callable ``restore(x_t, t) -> x0_hat`` (``t``
+a ``(B,)`` long tensor), a :class:`~colddiff.degradations.Degradation`, the degraded batch ``x_t``, and, by name, the
+arguments of :data:`ARGUMENTS` it uses: its level ``t`` (default ``T``), the degradation's ``params`` (drawn with
+``generator`` when not given), ``steps`` (a decreasing subsequence of levels: step skipping), a per-step
+``callback``, the ``generator`` and the sampling ``noise``.  Each visits its levels once: ``len(levels) - 1`` steps
+of at most two network calls and two closed-form operator calls, never ``O(T^2)``.
 
-**An open set.**  Samplers are plain functions registered by name (:func:`register_sampler`); :func:`get_sampler`
-returns one by name, or by import path (``"mypackage.samplers.my_sampler"``, checked against the allow-list when it
-comes from a file's config).  Adding a sampler touches one file: write the function with the common signature,
-decorate it with ``@register_sampler("name")``; the step helpers it needs are public here (:func:`prepare`,
-:func:`timesteps`, :func:`level_tensor`, :func:`sampling_deltas`, :func:`add_sampling_noise`).
+**An open set that describes itself.**  Samplers are plain functions registered by name (:func:`register_sampler`),
+with what they are (:class:`SamplerInfo`, :func:`sampler_info`): the arguments they take (read from the signature:
+does it skip levels, take sampling noise), whether it is one-shot, and its network calls per step.
+:func:`get_sampler` returns one by name, or by import path (``"mypackage.samplers.my_sampler"``, checked against the
+allow-list when it comes from a file's config); :func:`sample` calls one with the arguments it takes and refuses a
+``steps`` or ``noise`` it does not.  Adding a sampler touches one file: write the function, decorate it with
+``@register_sampler("name")``; the step helpers it needs are public here (:func:`prepare`, :func:`timesteps`,
+:func:`level_tensor`, :func:`sampling_deltas`, :func:`add_sampling_noise`).
 
 * :func:`sample_naive` (Algorithm 1): ``x0_hat = R(x_s, s); x_{s'} = D(x0_hat, s')``.
 * :func:`sample_improved` (Algorithm 2): ``x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')``, with the same params for
@@ -36,8 +39,10 @@ The draws come from ``generator``, so a seeded generator reproduces the samples.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import numbers
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
@@ -48,7 +53,7 @@ from colddiff.degradations.base import Degradation, Params, SignalNoise
 from colddiff.schedules import level_values
 
 __all__ = ["Restore", "Sampler", "SamplerName", "Precision", "register_sampler", "get_sampler", "sampler_names",
-           "check_sampler_name", "timesteps", "prepare", "level_tensor", "sampling_deltas", "add_sampling_noise",
+           "check_sampler_name", "sampler_info", "SamplerInfo", "ARGUMENTS", "timesteps", "prepare", "level_tensor", "sampling_deltas", "add_sampling_noise",
            "sample", "sample_naive", "sample_improved", "sample_direct", "sample_heun", "sample_ancestral",
            "autocast"]
 
@@ -63,35 +68,102 @@ class SamplerName(str):
 Callback = Callable[[dict[str, Any]], None]
 Noise = float | Sequence[float] | Tensor | None
 Precision = Literal["32", "bf16", "16"]
-#: ``sampler(restore, degradation, x_t, t, params, steps, callback, generator, noise) -> x0``
+#: ``sampler(restore, degradation, x_t, **arguments) -> x0`` (the arguments of :data:`ARGUMENTS` it names)
 Sampler = Callable[..., Tensor]
 
-_REGISTRY: dict[str, Sampler] = {}
+#: the arguments :func:`sample` can pass; a sampler takes the ones its signature names
+ARGUMENTS = ("t", "params", "steps", "callback", "generator", "noise")
+#: settings a caller chooses (refused, not dropped, by a sampler that does not take them); the others are context
+_SETTINGS = ("steps", "noise")
 
 
-def register_sampler(name: str) -> Callable[[Sampler], Sampler]:
+@dataclass(frozen=True)
+class SamplerInfo:
+    """What a sampler says about itself (the registry's entry, :func:`sampler_info`).
+
+    Attributes:
+        name: its registered name (or import path).
+        fn: the function, ``fn(restore, degradation, x_t, **arguments)``.
+        arguments: which of :data:`ARGUMENTS` it takes (read from its signature): ``"steps"`` when it can skip
+            levels, ``"noise"`` when it takes sampling noise, ``"generator"`` when it draws params or noise.
+        one_shot: it calls the network once, whatever the steps (the direct reconstruction).
+        calls_per_step: network calls per visited step (Heun: 2), minus ``final_saving`` on the last step.
+        final_saving: calls saved on the step into level 0 (Heun takes Euler's step there: 1).
+    """
+
+    name: str
+    fn: Sampler
+    arguments: frozenset[str]
+    one_shot: bool = False
+    calls_per_step: int = 1
+    final_saving: int = 0
+
+    @property
+    def takes_noise(self) -> bool:
+        return "noise" in self.arguments
+
+    @property
+    def takes_steps(self) -> bool:
+        return "steps" in self.arguments
+
+    def network_calls(self, steps: int) -> int:
+        """Network calls of one run that visits ``steps`` steps (levels visited minus one)."""
+        if steps <= 0:
+            return 0
+        return 1 if self.one_shot else self.calls_per_step * steps - self.final_saving
+
+
+_REGISTRY: dict[str, SamplerInfo] = {}
+
+
+def _describe(name: str, fn: Sampler, one_shot: bool = False, calls_per_step: int = 1,
+              final_saving: int = 0) -> SamplerInfo:
+    if not callable(fn):
+        raise TypeError(f"register_sampler({name!r}) needs a function, got {type(fn).__name__}")
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: assume the full one
+        parameters = {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()) or not parameters:
+        taken = frozenset(ARGUMENTS)
+    else:
+        taken = frozenset(a for a in ARGUMENTS if a in parameters)
+    return SamplerInfo(name, fn, taken, bool(one_shot), int(calls_per_step), int(final_saving))
+
+
+def register_sampler(name: str, *, one_shot: bool = False, calls_per_step: int = 1,
+                     final_saving: int = 0) -> Callable[[Sampler], Sampler]:
     """Decorator: register ``fn`` as the sampler ``name`` (used by ``sampler=`` everywhere: models, configs,
     ``sample.py --sampler``, ``evaluate.py --sampler``).
 
+    A sampler is ``fn(restore, degradation, x_t, ...)`` taking the arguments of :data:`ARGUMENTS` it uses, by
+    name (``t``, ``params``, ``steps``, ``callback``, ``generator``, ``noise``): :func:`sample` passes only those,
+    and refuses a ``steps`` or ``noise`` that it does not take.  The decorator's keywords say what the signature
+    cannot: ``one_shot`` (one network call, whatever the steps), ``calls_per_step`` and ``final_saving`` (the
+    network calls of a run, :meth:`SamplerInfo.network_calls`).
+
     Example:
-        >>> @register_sampler("twice-direct")
-        ... def twice_direct(restore, degradation, x_t, t=None, params=None, steps=None, callback=None,
-        ...                  generator=None, noise=None):
-        ...     return sample_direct(restore, degradation, x_t, t)
-        >>> "twice-direct" in sampler_names()
-        True
+        >>> @register_sampler("twice-direct", one_shot=True)
+        ... def twice_direct(restore, degradation, x_t, t=None, callback=None):
+        ...     return sample_direct(restore, degradation, x_t, t, callback=callback)
+        >>> "twice-direct" in sampler_names(), sampler_info("twice-direct").takes_noise
+        (True, False)
     """
     if not isinstance(name, str) or not name or "." in name:
         raise ValueError(f"a sampler name must be a non-empty string without dots (dots mean an import path), "
                          f"got {name!r}")
+    if isinstance(calls_per_step, bool) or not isinstance(calls_per_step, int) or calls_per_step < 1 \
+            or not isinstance(final_saving, int) or not 0 <= final_saving < calls_per_step:
+        raise ValueError(f"register_sampler({name!r}): calls_per_step must be an int >= 1 and final_saving an int in "
+                         f"[0, calls_per_step), got {calls_per_step!r} and {final_saving!r}")
 
     def decorate(fn: Sampler) -> Sampler:
-        if not callable(fn):
-            raise TypeError(f"register_sampler({name!r}) needs a function, got {type(fn).__name__}")
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"a sampler named {name!r} is already registered ({_REGISTRY[name].__module__}."
-                             f"{_REGISTRY[name].__qualname__})")
-        _REGISTRY[name] = fn
+        info = _describe(name, fn, one_shot, calls_per_step, final_saving)
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            known = _REGISTRY[name].fn
+            raise ValueError(f"a sampler named {name!r} is already registered ({known.__module__}."
+                             f"{known.__qualname__})")
+        _REGISTRY[name] = info
         return fn
 
     return decorate
@@ -122,13 +194,26 @@ def check_sampler_name(name: Any, who: str = "sampler", allow: Sequence[str] | N
                      f"'package.module.function', got {name!r}")
 
 
+def sampler_info(sampler: SamplerName | Sampler, allow: Sequence[str] | None = None) -> SamplerInfo:
+    """What a sampler says about itself: the registry's entry for a name (or for a registered function); for an import
+    path or an unregistered function, what its signature says (one network call per step)."""
+    if callable(sampler):
+        for info in _REGISTRY.values():
+            if info.fn is sampler:
+                return info
+        return _describe(getattr(sampler, "__qualname__", "sampler"), sampler)
+    from colddiff._config import resolve_callable
+
+    name = check_sampler_name(sampler, allow=allow)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    return _describe(name, resolve_callable(name, "sampler", allow=[name]))
+
+
 def get_sampler(name: str, allow: Sequence[str] | None = None) -> Sampler:
     """The sampler registered as ``name``, or the function at import path ``name`` (imported on first use; see
     :func:`check_sampler_name` for ``allow``)."""
-    from colddiff._config import resolve_callable
-
-    name = check_sampler_name(name, allow=allow)
-    return _REGISTRY[name] if name in _REGISTRY else resolve_callable(name, "sampler", allow=[name])
+    return sampler_info(name, allow).fn
 
 
 def timesteps(start: int, steps: int | Sequence[int] | Tensor | None = None) -> list[int]:
@@ -304,27 +389,23 @@ def sample_improved(
     return _run("improved", restore, degradation, x_t, t, params, steps, callback, generator, noise)
 
 
-@register_sampler("direct")
+@register_sampler("direct", one_shot=True)
 @torch.no_grad()
 def sample_direct(
     restore: Restore,
     degradation: Degradation,
     x_t: Tensor,
     t: int | None = None,
-    params: Mapping[str, Tensor] | None = None,
-    steps: int | Sequence[int] | Tensor | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
-    noise: Noise = None,
 ) -> Tensor:
-    """One-shot reconstruction ``R(x_t, t)`` (``params``, ``steps``, ``generator`` and ``noise`` are accepted and
-    ignored, so every sampler takes the same arguments).
+    """One-shot reconstruction ``R(x_t, t)``: one network call, no intermediate levels (so no ``steps`` and no
+    sampling ``noise``: :func:`sample` refuses them for this sampler).
 
     Shape:
         ``x_t``: ``(B, C, H, W)``; output: ``(B, C, H, W)``.
     """
     _check_restore(restore)
-    x, start, _ = prepare(degradation, x_t, t, params, generator, need_params=False)
+    x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
     level = level_tensor(start, x.shape[0], x.device)
     x0_hat = restore(x, level) if start > 0 else x
     if callback is not None:
@@ -332,18 +413,15 @@ def sample_direct(
     return x0_hat
 
 
-@register_sampler("heun")
+@register_sampler("heun", calls_per_step=2, final_saving=1)
 @torch.no_grad()
 def sample_heun(
     restore: Restore,
     degradation: Degradation,
     x_t: Tensor,
     t: int | None = None,
-    params: Mapping[str, Tensor] | None = None,
     steps: int | Sequence[int] | Tensor | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
-    noise: Noise = None,
 ) -> Tensor:
     """Heun's second-order method on the probability-flow ODE of a Gaussian path (flow matching, DDIM's ODE).
 
@@ -354,9 +432,9 @@ def sample_heun(
     whose Euler step is DDIM (and Algorithm 2 with the noise re-estimated); Heun's method (Karras et al.,
     arXiv 2206.00364, Algorithm 1; Liu et al.'s rectified flow samples with it) averages the slopes at both ends of
     each step, and takes Euler's step into level 0 (where the slope is undefined).  Two network calls per step, one
-    for the last: ``2 n - 1`` for ``n`` steps.  Deterministic: ``noise`` must be ``None``.
+    for the last: ``2 n - 1`` for ``n`` steps.  Deterministic: it takes no sampling noise.
 
-    Arguments as :func:`sample_naive`.
+    Arguments as :func:`sample_naive` (``t``, ``steps``, ``callback``).
 
     Shape:
         ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
@@ -365,9 +443,7 @@ def sample_heun(
     if not (isinstance(degradation, SignalNoise) and degradation.signal_is_identity):
         raise ValueError(f"the heun sampler needs a Gaussian path without a signal operator (FlowNoise, "
                          f"GaussianNoise), got {type(degradation).__name__}; use 'improved' (DDIM for BlurNoise)")
-    if noise is not None:
-        raise ValueError("the heun sampler integrates a deterministic ODE; it takes no sampling noise (noise=None)")
-    x, start, params = prepare(degradation, x_t, t, params, generator, need_params=False)
+    x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
     levels = timesteps(start, steps)
 
     def rescaled(level: Tensor) -> tuple[Tensor, Tensor]:  # (alpha + sigma, tau), (B, 1, 1, 1) in x's dtype
@@ -393,9 +469,6 @@ def sample_heun(
     return x
 
 
-sample_heun.network_calls = lambda steps: max(2 * steps - 1, 0)  # type: ignore[attr-defined]
-
-
 @register_sampler("ancestral")
 @torch.no_grad()
 def sample_ancestral(
@@ -403,20 +476,18 @@ def sample_ancestral(
     degradation: Degradation,
     x_t: Tensor,
     t: int | None = None,
-    params: Mapping[str, Tensor] | None = None,
     steps: int | Sequence[int] | Tensor | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
-    noise: Noise = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """The ancestral sampler of a Gaussian forward process: ``x_s ~ q(x_s | x_t, x0 = R(x_t, t))`` at each visited
     level (DDPM's Algorithm 2, Ho et al., arXiv 2006.11239; Blurring Diffusion's frequency-wise sampler for
     ``BlurNoise``, arXiv 2209.05557; with skipped levels, the posterior between the visited ones, i.e. DDIM with
     ``eta = 1``).  Each degradation gives its posterior draw
     (:meth:`~colddiff.degradations.base.SignalNoise.ancestral_step`); the last step returns ``x0_hat``.  The
-    posterior's own noise is drawn from ``generator`` (or one generator per image): ``noise`` must be ``None``.
+    posterior's own noise is drawn from ``generator`` (or one generator per image): it takes no sampling noise.
 
-    Arguments as :func:`sample_naive`.
+    Arguments as :func:`sample_naive` (``t``, ``steps``, ``callback``, ``generator``).
 
     Shape:
         ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
@@ -428,10 +499,7 @@ def sample_ancestral(
     reason = degradation.ancestral_refusal()
     if reason is not None:
         raise ValueError(f"the ancestral sampler cannot sample this degradation: {reason}")
-    if noise is not None:
-        raise ValueError("the ancestral sampler draws the posterior's own noise; it takes no sampling noise "
-                         "(noise=None)")
-    x, start, params = prepare(degradation, x_t, t, params, generator, need_params=False)
+    x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
     levels = timesteps(start, steps)
     batch = x.shape[0]
     for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
@@ -445,7 +513,7 @@ def sample_ancestral(
 
 
 def sample(
-    sampler: SamplerName,
+    sampler: SamplerName | Sampler,
     restore: Restore,
     degradation: Degradation,
     x_t: Tensor,
@@ -453,13 +521,25 @@ def sample(
     params: Mapping[str, Tensor] | None = None,
     steps: int | Sequence[int] | Tensor | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     noise: Noise = None,
 ) -> Tensor:
-    """Run the sampler ``sampler`` (a registered name such as ``"naive"``, ``"improved"``, ``"direct"``, or a sampler
-    function itself)."""
-    fn = sampler if callable(sampler) else get_sampler(sampler)
-    return fn(restore, degradation, x_t, t, params, steps, callback, generator, noise)
+    """Run the sampler ``sampler`` (a registered name such as ``"naive"``, ``"improved"``, ``"direct"``, an import
+    path, or a sampler function itself), passing it the arguments it takes (:class:`SamplerInfo`).
+
+    ``params``, ``generator`` and ``callback`` are context: a sampler that does not use them does not get them.
+    ``steps`` and ``noise`` are settings: given to a sampler that does not take them, they are refused, naming the
+    sampler (a one-shot reconstruction has no steps; an ODE solver takes no sampling noise).
+    """
+    info = sampler_info(sampler)
+    given = {"t": t, "params": params, "steps": steps, "callback": callback, "generator": generator, "noise": noise}
+    refused = [name for name in _SETTINGS if given[name] is not None and name not in info.arguments]
+    if refused:
+        what = {"steps": "it visits no intermediate levels (one shot)" if info.one_shot else "it skips no levels",
+                "noise": "it takes no sampling noise"}
+        raise ValueError(f"the {info.name} sampler does not take " + " or ".join(
+            f"{name}={given[name]!r} ({what[name]})" for name in refused))
+    return info.fn(restore, degradation, x_t, **{k: v for k, v in given.items() if k in info.arguments})
 
 
 def autocast(device: torch.device | str, precision: Precision = "32") -> contextlib.AbstractContextManager:

@@ -18,7 +18,7 @@ from colddiff.nets import ConvNeXtUNet
 from colddiff.objectives import PredictEpsilon, PredictV, PredictX0
 from colddiff.pipeline import Pipeline
 from colddiff.priors import ChannelMeanPrior, GaussianNoisePrior
-from colddiff.sampling import register_sampler, sample_direct, sampler_names
+from colddiff.sampling import register_sampler, sample_direct, sampler_info, sampler_names
 
 DATA = Path(__file__).parent / "data"
 
@@ -149,7 +149,7 @@ def test_samplers_are_an_open_set(tmp_path):
     calls = []
 
     @register_sampler("test-once")
-    def once(restore, degradation, x_t, t=None, params=None, steps=None, callback=None, generator=None, noise=None):
+    def once(restore, degradation, x_t, t=None, steps=None):  # it takes only what it uses
         calls.append(t)
         return sample_direct(restore, degradation, x_t, t)
 
@@ -168,7 +168,10 @@ def test_samplers_are_an_open_set(tmp_path):
         load_model(folder)
     with pytest.raises(ValueError, match=r"sampler must be one of \('naive', 'improved', 'direct'"):
         Pipeline(cd.GaussianBlur(4, kernel_size=3), tiny_net(), image_size=16, channels=1, sampler="ddim")
-    assert Pipeline(cd.FlowNoise(4), tiny_net(), image_size=16, channels=1).network_calls("heun", 4) == 7
+    flow = Pipeline(cd.FlowNoise(4), tiny_net(), image_size=16, channels=1)
+    assert flow.network_calls("heun", 4) == 7 and flow.network_calls("direct") == 1
+    assert sampler_info("heun").arguments == {"t", "steps", "callback"} and not sampler_info("heun").takes_noise
+    assert sampler_info("direct").one_shot and sampler_info("naive").takes_noise
 
 
 def test_a_v_model_trains_and_samples_through_the_pipeline(tmp_path):

@@ -115,9 +115,10 @@ def test_direct_and_dispatch():
     torch.testing.assert_close(sample("improved", lambda x, t: x0, op, x_t, t=7), x0, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="sampler must be one of"):
         sample("ddpm", lambda x, t: x, op, x_t)
-    calls = []
-    out = sample_direct(lambda x, t: calls.append(t) or x, op, x_t, t=7, steps=5)  # steps accepted and ignored
-    assert len(calls) == 1 and torch.equal(out, x_t)
+    with pytest.raises(ValueError, match="the direct sampler does not take steps=5"):  # refused, not ignored
+        sample("direct", lambda x, t: x, op, x_t, t=7, steps=5)
+    with pytest.raises(ValueError, match="the heun sampler does not take noise=0.1"):
+        sample("heun", lambda x, t: x, cd.FlowNoise(10), x_t, noise=0.1)
     from colddiff.sampling import get_sampler, sampler_names
     assert sampler_names()[:3] == ("naive", "improved", "direct")  # the registry, in registration order
     assert get_sampler("naive") is sample_naive and sample(sample_direct, lambda x, t: x, op, x_t, t=7) is not None
