@@ -52,10 +52,10 @@ from colddiff._checks import randn
 from colddiff.degradations.base import Degradation, Params, SignalNoise
 from colddiff.schedules import level_values
 
-__all__ = ["Restore", "Sampler", "SamplerName", "Precision", "register_sampler", "get_sampler", "sampler_names",
-           "check_sampler_name", "sampler_info", "SamplerInfo", "ARGUMENTS", "timesteps", "prepare", "level_tensor", "sampling_deltas", "add_sampling_noise",
-           "sample", "sample_naive", "sample_improved", "sample_direct", "sample_heun", "sample_ancestral",
-           "autocast"]
+__all__ = ["Restore", "Sampler", "SamplerName", "SamplerInfo", "Precision", "ARGUMENTS", "register_sampler",
+           "get_sampler", "sampler_info", "sampler_names", "check_sampler_name", "timesteps", "prepare",
+           "level_tensor", "sampling_deltas", "add_sampling_noise", "sample", "sample_naive", "sample_improved",
+           "sample_direct", "sample_heun", "sample_ancestral", "autocast"]
 
 Restore = Callable[[Tensor, Tensor], Tensor]
 
