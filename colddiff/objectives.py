@@ -72,8 +72,9 @@ from colddiff._checks import randn
 from colddiff._config import RecordsInit
 from colddiff.degradations.base import Degradation, Params, SignalNoise
 
-__all__ = ["Objective", "PredictX0", "PredictEpsilon", "PredictV", "PredictVelocity", "OBJECTIVES",
-           "default_objective", "resolve_objective", "describe_objective", "LossName", "Weighting", "LevelDraw"]
+__all__ = ["Objective", "PredictX0", "PredictEpsilon", "PredictV", "PredictVelocity", "PredictPrevious",
+           "OBJECTIVES", "default_objective", "resolve_objective", "describe_objective", "LossName", "Weighting",
+           "LevelDraw"]
 
 LossName = Literal["l1", "l2"]
 Weighting = Literal["none", "min-snr"]
@@ -201,6 +202,35 @@ class Objective(RecordsInit, nn.Module):
         x0_hat = self.to_x0(output, x_t, t, degradation)
         return x0_hat.clamp(0.0, 1.0) if self.clip_x0 else x0_hat
 
+    def to_noise(self, output: Tensor, x_t: Tensor, t: Tensor, x0_hat: Tensor, degradation: Degradation
+                 ) -> Tensor | None:
+        """The network's noise estimate ``z~_hat`` (centred units) at ``(x_t, t)``: for a noise-bearing degradation,
+        the noise that the unclipped ``x0_hat`` implies (:meth:`SignalNoise.noise_estimate`); ε-prediction overrides
+        it with the output itself.  ``None`` for a degradation without noise."""
+        if not isinstance(degradation, SignalNoise) or not degradation.param_keys:
+            return None
+        return degradation.noise_estimate(x_t, x0_hat, t)
+
+    def to_previous(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor | None:
+        """The less degraded image ``D(x0, t - 1)`` when the network predicts it directly (IHDM), else ``None``."""
+        return None
+
+    def predict(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation
+                ) -> tuple[Tensor, Callable[[], Tensor | None], Tensor | None]:
+        """Everything a sampler may read from one network output: ``(x0_hat, noise_hat, previous)`` —
+        :meth:`restore`'s ``x0_hat`` (clipped with ``clip_x0``), the noise estimate of :meth:`to_noise` as a function
+        that computes it when a sampler asks (from the unclipped estimate, or the ε output: Blurring Diffusion's step
+        uses it and never divides by ``alpha_t d_t``), and :meth:`to_previous`."""
+        x0_hat = self.to_x0(output, x_t, t, degradation)
+        previous = self.to_previous(output, x_t, t, degradation)
+        return ((x0_hat.clamp(0.0, 1.0) if self.clip_x0 else x0_hat),
+                lambda: self.to_noise(output, x_t, t, x0_hat, degradation), previous)
+
+    def output_target(self, x0: Tensor, x_t: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
+        """What the network should output at the training input ``x_t`` (as fed, with any input noise): the
+        :meth:`target` (a residual objective also needs ``x_t``)."""
+        return self.target(x0, t, params, degradation)
+
     # -------------------------------------------------------------------------------------------- loss
     def level_weights(self, t: Tensor, degradation: Degradation) -> Tensor | None:
         """Per-sample loss weights ``(B,)`` (``None``: unweighted)."""
@@ -231,7 +261,7 @@ class Objective(RecordsInit, nn.Module):
         x_t = degradation.degrade_input(x0, t, params)
         if input_noise is not None:
             x_t = x_t + _view(input_noise.index_select(0, t), x_t) * randn(tuple(x_t.shape), generator, x_t)
-        return self.loss(network(x_t, t), self.target(x0, t, params, degradation), t, degradation)
+        return self.loss(network(x_t, t), self.output_target(x0, x_t, t, params, degradation), t, degradation)
 
     def extra_repr(self) -> str:
         extra = f", {self.weighting} (gamma {self.snr_gamma:g})" if self.weighting != "none" else ""
@@ -297,6 +327,9 @@ class PredictEpsilon(Objective):
         x0 = degradation.solve_signal(y, t, alpha, torch.zeros_like(alpha))  # type: ignore[attr-defined]
         return 0.5 + 0.5 * x0
 
+    def to_noise(self, output: Tensor, x_t: Tensor, t: Tensor, x0_hat: Tensor, degradation: Degradation) -> Tensor:
+        return output.to(x_t.dtype)
+
     def x0_error_scale(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         return sigma / alpha
 
@@ -352,9 +385,45 @@ class PredictVelocity(Objective):
         return sigma / (alpha + sigma)
 
 
+class PredictPrevious(Objective):
+    """The network predicts the less degraded image ``D(x0, t - 1)`` as a residual of its input: Inverse Heat
+    Dissipation's objective (Rissanen et al., arXiv 2206.13397, eq. 7 and their code's ``losses.py``:
+    ``prediction = u_k + net(u_k, k)`` against the clean image blurred to ``k - 1``, under MSE).
+
+    ``previous = x_t + o`` is what Algorithm 1 steps to from level ``t`` to ``t - 1``
+    (:func:`colddiff.sampling.sample_naive`; plus the sampling noise ``delta``: IHDM's sampler), and at level 1 it is
+    ``x0_hat`` itself.  The network never estimates ``x0`` from a higher level, so ``x0_hat`` at ``t > 1`` is the
+    least degraded image it gives, ``D(x0, t - 1)`` (the one-shot "direct" restoration of such a model is one level
+    back, not the clean image), and the samplers refuse to skip levels with it (its paper samples on every one of
+    its ``K`` levels: train with ``num_steps`` the number of levels to sample).  Their loss sums the squared errors
+    over pixels and averages over the batch; the mean over pixels here differs by a constant factor, which Adam's
+    updates do not see.  Any degradation (no signal and noise coefficients needed).
+
+    Args: as :class:`Objective` (default L2).
+    """
+
+    prediction = "previous"
+    needs_signal_noise = False
+
+    def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
+        return degradation.degrade_input(x0, t - 1, params)
+
+    def output_target(self, x0: Tensor, x_t: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
+        return self.target(x0, t, params, degradation) - x_t
+
+    def to_previous(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
+        return x_t + output.to(x_t.dtype)
+
+    def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
+        return x_t + output.to(x_t.dtype)
+
+    def x0_error_scale(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        return torch.full_like(alpha, 2.0)
+
+
 #: objectives by the name a degradation's :meth:`~colddiff.degradations.Degradation.default_objective` uses
 OBJECTIVES: dict[str, type[Objective]] = {cls.prediction: cls for cls in (PredictX0, PredictEpsilon, PredictV,
-                                                                          PredictVelocity)}
+                                                                          PredictVelocity, PredictPrevious)}
 
 
 def default_objective(degradation: Degradation) -> Objective:

@@ -38,7 +38,15 @@ from colddiff.degradations.base import Degradation
 from colddiff.io import atomic_write_bytes, load_checkpoint
 from colddiff.objectives import Objective, default_objective, resolve_objective
 from colddiff.priors import Prior, PriorSample
-from colddiff.sampling import SamplerName, check_sampler_name, sample, sampler_info, timesteps
+from colddiff.sampling import (
+    Denoiser,
+    Prediction,
+    SamplerName,
+    check_sampler_name,
+    sample,
+    sampler_info,
+    timesteps,
+)
 from colddiff.schedules import level_values
 
 __all__ = ["Pipeline", "Reconstruction", "as_pipeline", "check_network", "check_prior", "check_network_weights",
@@ -191,6 +199,12 @@ class Pipeline(nn.Module):
         """
         return self.objective.restore(self.run_network(x_t, t), x_t, t, self.degradation)
 
+    def predict(self, x_t: Tensor, t: Tensor) -> Prediction:
+        """One network call read by the objective: ``x0_hat`` (as :meth:`restore`), the noise estimate and, for a
+        network that predicts the next level (IHDM), ``D(x0, t - 1)`` (:class:`colddiff.sampling.Prediction`)."""
+        x0_hat, noise, previous = self.objective.predict(self.run_network(x_t, t), x_t, t, self.degradation)
+        return Prediction(x0_hat, noise, previous)
+
     def compile_for_sampling(self, mode: str | None = "reduce-overhead") -> None:
         """``torch.compile`` the network for sampling (fixed shapes: with ``reduce-overhead`` the network calls
         replay CUDA graphs).  Falls back to eager execution where compilation is unavailable."""
@@ -230,7 +244,8 @@ class Pipeline(nn.Module):
         # what the caller gives is passed on, and refused by a sampler that cannot use it
         steps = self.sample_steps if steps is None and info.takes_steps else steps
         noise = self.sample_noise if noise is None and info.takes_noise else noise
-        return sample(info.fn, self.restore, self.degradation, x_t, t, params, steps, callback, generator, noise)
+        return sample(info.fn, Denoiser(self.predict), self.degradation, x_t, t, params, steps, callback, generator,
+                      noise)
 
     @torch.no_grad()
     def reconstruct(

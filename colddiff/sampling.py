@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,8 +55,9 @@ from colddiff.schedules import level_values
 
 __all__ = ["Restore", "Sampler", "SamplerName", "SamplerInfo", "Precision", "ARGUMENTS", "register_sampler",
            "get_sampler", "sampler_info", "sampler_names", "check_sampler_name", "timesteps", "prepare",
-           "level_tensor", "sampling_deltas", "add_sampling_noise", "sample", "sample_naive", "sample_improved",
-           "sample_direct", "sample_heun", "sample_ancestral", "autocast"]
+           "level_tensor", "sampling_deltas", "Prediction", "Denoiser", "predict", "add_sampling_noise", "sample",
+           "sample_naive", "sample_improved", "sample_direct", "sample_heun", "sample_dpmpp_2m", "sample_unipc",
+           "sample_ancestral", "autocast"]
 
 Restore = Callable[[Tensor, Tensor], Tensor]
 
@@ -273,6 +275,55 @@ def prepare(
     return x_t, int(start), params or {}
 
 
+class Prediction:
+    """What one network call tells a sampler at ``(x_t, t)``.
+
+    Attributes:
+        x0: ``x0_hat``, what ``restore(x_t, t)`` returns (clipped when the model's objective says so).
+        noise: the network's noise estimate ``z~_hat`` in centred units (the ε output of an ε-model, else the noise
+            the unclipped ``x0_hat`` implies), or ``None`` when the restorer gives none; computed when first read
+            (``noise`` may be a function of no arguments that returns it).
+        previous: the less degraded image ``D(x0, t - 1)`` when the network predicts it directly (Inverse Heat
+            Dissipation's objective), else ``None``.
+    """
+
+    def __init__(self, x0: Tensor, noise: Tensor | Callable[[], Tensor | None] | None = None,
+                 previous: Tensor | None = None) -> None:
+        self.x0, self.previous, self._noise = x0, previous, noise
+
+    @property
+    def noise(self) -> Tensor | None:
+        if callable(self._noise):
+            self._noise = self._noise()
+        return self._noise
+
+
+class Denoiser:
+    """A restorer that also says what else its network output means: ``denoiser(x_t, t)`` is ``x0_hat`` (any sampler
+    takes it as its ``restore``), ``denoiser.predict(x_t, t)`` the whole :class:`Prediction` of the same call.
+
+    :meth:`colddiff.pipeline.Pipeline.sample` hands its samplers one; a plain ``restore`` function works everywhere
+    too (:func:`predict` then derives the noise from ``x0_hat``).
+    """
+
+    def __init__(self, predict_fn: Callable[[Tensor, Tensor], Prediction]) -> None:
+        self.predict = predict_fn
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.predict(x_t, t).x0
+
+
+def predict(restore: Restore, degradation: Degradation, x_t: Tensor, t: Tensor) -> Prediction:
+    """One network call's :class:`Prediction`: the restorer's own when it is a :class:`Denoiser`, else ``x0_hat`` with
+    the noise it implies for a noise-bearing degradation (:meth:`SignalNoise.noise_estimate`)."""
+    if isinstance(restore, Denoiser):
+        return restore.predict(x_t, t)
+    x0_hat = restore(x_t, t)
+    if not (isinstance(degradation, SignalNoise) and degradation.param_keys):
+        return Prediction(x0_hat)
+    return Prediction(x0_hat, lambda: degradation.noise_estimate(x_t, x0_hat.to(x_t.dtype), t))
+
+
 def _check_restore(restore: Any) -> None:
     if not callable(restore):
         raise TypeError(f"restore must be a callable restore(x_t, t) -> x0_hat, got {type(restore).__name__}")
@@ -316,9 +367,17 @@ def _run(
         level, level_next = level_tensor(s, batch, x.device), level_tensor(s_next, batch, x.device)
         # the state stays in its own precision (float32 under autocast): D of a half-precision x0_hat, and the
         # difference of two such terms, would lose digits at every one of T steps
-        x0_hat = restore(x, level).to(x.dtype)
+        guess = predict(restore, degradation, x, level) if isinstance(restore, Denoiser) else None
+        x0_hat = (guess.x0 if guess is not None else restore(x, level)).to(x.dtype)
+        previous = None if guess is None else guess.previous
+        if previous is not None and s_next != s - 1:
+            raise ValueError(f"this model's network predicts the next level only (D(x0, t - 1): Inverse Heat "
+                             f"Dissipation's objective), so its sampler cannot step from level {s} to {s_next}: "
+                             "sample every level (steps=None), or train with num_steps the levels to sample")
         params = degradation.update_params(x, x0_hat, level, params)
-        if rule == "naive" or (s_next == 0 and noised):
+        if previous is not None and rule == "naive":  # Algorithm 1 with the network's own D(x0, t - 1): IHDM's step
+            x_next = previous.to(x.dtype)
+        elif rule == "naive" or (s_next == 0 and noised):
             # with sampling noise, Algorithm 2's residual x_s - D(x0_hat, s) holds the noise added so far (it is
             # carried to the end, not removed): the last step returns the restorer's estimate, as Algorithm 1 does
             x_next = degradation.degrade(x0_hat, level_next, params)
@@ -440,9 +499,7 @@ def sample_heun(
         ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
     """
     _check_restore(restore)
-    if not (isinstance(degradation, SignalNoise) and degradation.signal_is_identity):
-        raise ValueError(f"the heun sampler needs a Gaussian path without a signal operator (FlowNoise, "
-                         f"GaussianNoise), got {type(degradation).__name__}; use 'improved' (DDIM for BlurNoise)")
+    _gaussian_path(degradation, "heun")
     x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
     levels = timesteps(start, steps)
 
@@ -467,6 +524,177 @@ def sample_heun(
             callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
         x = x_next
     return x
+
+
+def _gaussian_path(degradation: Degradation, who: str) -> None:
+    """The ODE solvers' precondition: a Gaussian path ``x~_t = alpha_t x~0 + sigma_t eps`` without a signal operator."""
+    if not (isinstance(degradation, SignalNoise) and degradation.signal_is_identity and degradation.noise_is_gaussian):
+        raise ValueError(f"the {who} sampler integrates the probability-flow ODE of a Gaussian path without a signal "
+                         f"operator (FlowNoise, GaussianNoise), got {type(degradation).__name__}; use 'improved' "
+                         "(DDIM, also for BlurNoise) or 'ancestral'")
+
+
+def _log_snr(degradation: SignalNoise, levels: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``(alpha, sigma, lambda = log(alpha / sigma))`` at the visited levels, float64 on the CPU (``lambda = -inf``
+    where no signal is left, ``+inf`` at level 0)."""
+    alpha, sigma = degradation.coefficients(torch.as_tensor(levels, dtype=torch.long, device=device))
+    alpha, sigma = alpha.double().cpu(), sigma.double().cpu()
+    return alpha, sigma, alpha.log() - sigma.log()
+
+
+@register_sampler("dpm++2m")
+@torch.no_grad()
+def sample_dpmpp_2m(
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None = None,
+    steps: int | Sequence[int] | Tensor | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M): the multistep second-order exponential integrator of the probability-flow ODE in data
+    prediction (Lu et al., arXiv 2211.01095, Algorithm 2), for any Gaussian path ``x~_t = alpha_t x~0 + sigma_t eps``
+    without a signal operator (:class:`~colddiff.degradations.GaussianNoise` on any schedule,
+    :class:`~colddiff.degradations.FlowNoise`), whatever the network predicts (ε, v, a velocity: the samplers receive
+    ``x0_hat``, clipped when the objective says so, their "data prediction").
+
+    With ``lambda = log(alpha / sigma)`` (half the log-SNR), ``h_i = lambda_{t_i} - lambda_{t_{i-1}}`` and
+    ``r_i = h_{i-1} / h_i``, one network call per step::
+
+        D_i = (1 + 1 / (2 r_i)) x0_hat_{i-1} - 1 / (2 r_i) x0_hat_{i-2}                   (first step: D_1 = x0_hat_0)
+        x~_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x~_{t_{i-1}} - alpha_{t_i} (exp(-h_i) - 1) D_i
+
+    The first step is DDIM's (first order; from a start with no signal, ``lambda = -inf``, it is
+    ``x~ = sigma x~_T + alpha x0_hat``, and the next step's ``r`` is infinite: first order again, the limit of the
+    formula), and so is the step into level 0 (``sigma = 0``, ``lambda = +inf``: it returns ``x0_hat``, the
+    "lower order final" step of their code).  With an exact denoiser the error falls as the square of the step size
+    (``tests/test_sampler_families.py``).  Deterministic: it takes no sampling noise.
+
+    Arguments as :func:`sample_naive` (``t``, ``steps``, ``callback``).
+
+    Shape:
+        ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
+    """
+    _check_restore(restore)
+    _gaussian_path(degradation, "dpm++2m")
+    x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
+    levels = timesteps(start, steps)
+    alpha, sigma, lam = _log_snr(degradation, levels, x.device)
+    batch = x.shape[0]
+    y = 2 * x - 1  # centred units, where the path is x~ = alpha x~0 + sigma eps
+    previous: Tensor | None = None  # the last step's centred x0_hat
+    previous_h = math.inf
+    for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
+        x0_hat = restore(0.5 + 0.5 * y, level_tensor(s, batch, x.device)).to(x.dtype)
+        d = 2 * x0_hat - 1
+        if s_next == 0:  # sigma = 0: the data prediction itself
+            y_next = d
+        else:
+            h = float(lam[i + 1] - lam[i])
+            if previous is None or not math.isfinite(previous_h):
+                estimate = d
+            else:
+                r = previous_h / h
+                estimate = (1 + 0.5 / r) * d - (0.5 / r) * previous
+            y_next = float(sigma[i + 1] / sigma[i]) * y - float(alpha[i + 1] * math.expm1(-h)) * estimate
+            previous_h = h
+        previous = d
+        if callback is not None:
+            callback({"i": i, "t": s, "t_next": s_next, "x": 0.5 + 0.5 * y, "x0_hat": x0_hat,
+                      "x_next": 0.5 + 0.5 * y_next})
+        y = y_next
+    return 0.5 + 0.5 * y
+
+
+def _unipc_system(h: float, rks: Sequence[float], order: int) -> tuple[Tensor, Tensor]:
+    """UniPC's ``R`` (rows ``r_k^(i-1)``) and ``b`` (``h phi_{i+1}(h) i! / B(h)``) for data prediction with
+    ``B(h) = e^h - 1`` (their "bh2"), in the step's ``hh = -h`` (Zhao et al., arXiv 2302.04867, Algorithms 1-2)."""
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1.0 if math.isfinite(hh) else -1.0  # hh = -inf: h phi_1 / hh = 0
+    factorial, rows, b = 1.0, [], []
+    ratios = torch.tensor(list(rks), dtype=torch.float64)
+    for i in range(1, order + 1):
+        rows.append(ratios ** (i - 1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = (h_phi_k / hh - 1.0 / factorial) if math.isfinite(hh) else -1.0 / factorial
+    return torch.stack(rows), torch.tensor(b, dtype=torch.float64)
+
+
+@register_sampler("unipc")
+@torch.no_grad()
+def sample_unipc(
+    restore: Restore,
+    degradation: Degradation,
+    x_t: Tensor,
+    t: int | None = None,
+    steps: int | Sequence[int] | Tensor | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """UniPC (Zhao et al., arXiv 2302.04867): the second-order multistep predictor UniP-2 with the corrector UniC, in
+    data prediction with ``B(h) = e^h - 1`` ("bh2", the default of their code and of diffusers), for any Gaussian path
+    without a signal operator (as :func:`sample_dpmpp_2m`).  One network call per step: the network's estimate at the
+    predicted point both corrects that point and is the next step's history.
+
+    With ``lambda = log(alpha / sigma)``, ``h = lambda_t - lambda_{t_0}``, the earlier estimates' ``r_k = (lambda_k -
+    lambda_{t_0}) / h`` and ``D_k = (x0_hat_k - x0_hat_0) / r_k``, in centred units::
+
+        x~' = (sigma_t / sigma_{t_0}) x~_{t_0} - alpha_t (e^-h - 1) x0_hat_0                      (DDIM's part)
+        x~_t(pred) = x~' - alpha_t B(h) sum_k rho^p_k D_k       (UniP; rho^p = 1/2 for order 2)
+        x~_t = x~' - alpha_t B(h) (sum_k rho^c_k D_k + rho^c_t (x0_hat(x~_t(pred), t) - x0_hat_0))    (UniC)
+
+    with ``rho^c`` the solution of ``R rho = b`` (:func:`_unipc_system`; their order-1 shortcut 1/2 is this solution's
+    limit for small ``h``, used exactly here so that a step from a start without signal, ``h = inf``, puts all the
+    weight on the new estimate).  The order warms up (first order while fewer earlier estimates with a finite
+    ``lambda`` exist: a start without signal is not one), and the step into level 0 returns ``x0_hat`` (no corrector
+    there, as their code).  With an exact denoiser the error falls at least as the cube of the step size
+    (``tests/test_sampler_families.py``).  Deterministic: it takes no sampling noise.
+
+    Arguments as :func:`sample_naive` (``t``, ``steps``, ``callback``).
+
+    Shape:
+        ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
+    """
+    _check_restore(restore)
+    _gaussian_path(degradation, "unipc")
+    x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
+    levels = timesteps(start, steps)
+    alpha, sigma, lam = _log_snr(degradation, levels, x.device)
+    batch, order = x.shape[0], 2
+
+    def estimate(y: Tensor, level: int) -> Tensor:  # the centred x0_hat at a state
+        return 2 * restore(0.5 + 0.5 * y, level_tensor(level, batch, x.device)).to(x.dtype) - 1
+
+    y = 2 * x - 1
+    history: list[tuple[float, Tensor]] = [(float(lam[0]), estimate(y, levels[0]))]  # (lambda, x0_hat), newest last
+    for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
+        lam_0, m_0 = history[-1]
+        if s_next == 0:  # sigma = 0: the data prediction itself
+            y_next = m_0
+        else:
+            h = float(lam[i + 1]) - lam_0
+            earlier = [(lam_k, m_k) for lam_k, m_k in history[:-1] if math.isfinite(lam_k)][::-1][:order - 1]
+            rks = [(lam_k - lam_0) / h for lam_k, _ in earlier] + [1.0]
+            differences = [(m_k - m_0) / r for (_, m_k), r in zip(earlier, rks)]
+            rows, b = _unipc_system(h, rks, len(rks))
+            a_next, b_h = float(alpha[i + 1]), math.expm1(-h)
+            base = float(sigma[i + 1] / sigma[i]) * y - a_next * math.expm1(-h) * m_0
+            predicted = base
+            if differences:
+                rho_p = [0.5] if len(rks) == 2 else torch.linalg.solve(rows[:-1, :-1], b[:-1]).tolist()
+                predicted = base - a_next * b_h * sum(r * d for r, d in zip(rho_p, differences))
+            m_next = estimate(predicted, s_next)
+            rho_c = torch.linalg.solve(rows, b).tolist()
+            correction = sum(r * d for r, d in zip(rho_c[:-1], differences)) + rho_c[-1] * (m_next - m_0)
+            y_next = base - a_next * b_h * correction
+            history = history[-order:] + [(float(lam[i + 1]), m_next)]
+        if callback is not None:
+            callback({"i": i, "t": s, "t_next": s_next, "x": 0.5 + 0.5 * y, "x0_hat": 0.5 + 0.5 * m_0,
+                      "x_next": 0.5 + 0.5 * y_next})
+        y = y_next
+    return 0.5 + 0.5 * y
 
 
 @register_sampler("ancestral")
@@ -504,8 +732,9 @@ def sample_ancestral(
     batch = x.shape[0]
     for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
         level, level_next = level_tensor(s, batch, x.device), level_tensor(s_next, batch, x.device)
-        x0_hat = restore(x, level).to(x.dtype)
-        x_next = degradation.ancestral_step(x, x0_hat, level, level_next, generator)
+        guess = predict(restore, degradation, x, level)
+        x0_hat = guess.x0.to(x.dtype)
+        x_next = degradation.ancestral_step(x, x0_hat, level, level_next, generator, guess.noise)
         if callback is not None:
             callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
         x = x_next

@@ -141,7 +141,7 @@ def test_objectives_a_degradation_cannot_carry_are_refused_naming_both():
 def test_per_family_defaults():
     """x0 + L1 for the deterministic degradations and for mixing (the cold paper); what their papers train for the
     noise-bearing ones: ε + MSE where every level keeps signal, v where the schedule ends at zero SNR, the velocity
-    for the flow; noise-bearing defaults clip x0_hat to [0, 1] while sampling as DDPM does."""
+    for the flow; the defaults without a signal operator clip x0_hat to [0, 1] while sampling as DDPM does."""
     def spec(op):
         objective = default_objective(op)
         return type(objective).__name__, objective.loss_name, objective.clip_x0
@@ -149,8 +149,9 @@ def test_per_family_defaults():
     assert spec(cd.GaussianBlur(4)) == spec(cd.Pixelate(2)) == spec(cd.Mix(4)) == ("PredictX0", "l1", False)
     assert spec(cd.GaussianNoise(1000, schedule="linear")) == ("PredictEpsilon", "l2", True)
     assert spec(cd.GaussianNoise(20)) == ("PredictV", "l2", True)
-    assert spec(cd.BlurNoise(20, alpha_bar=None)) == ("PredictV", "l2", True)
-    assert spec(cd.BlurNoise(T, alpha_bar=_clipped_cosine())) == ("PredictEpsilon", "l2", True)
+    # Blurring Diffusion's sampler never clips (an x0_hat through the blur's inverse would spread amplified errors)
+    assert spec(cd.BlurNoise(20, alpha_bar=None)) == ("PredictV", "l2", False)
+    assert spec(cd.BlurNoise(T, alpha_bar=_clipped_cosine())) == ("PredictEpsilon", "l2", False)
     assert spec(cd.FlowNoise(20)) == ("PredictVelocity", "l2", False)
     assert spec(cd.BlurNoise(20, blur="kernel")) == ("PredictX0", "l2", True)  # the posterior mean, directly
     assert spec(cd.BlurNoise(20, noise="none")) == ("PredictX0", "l1", False)  # noise-free: deterministic
@@ -188,3 +189,36 @@ def test_training_loss_is_zero_for_a_network_that_outputs_the_target():
 
     loss = objective.training_loss(oracle, op, x0, generator=torch.Generator().manual_seed(0))
     assert loss.item() < 1e-9
+
+
+def test_ihdm_objective_predicts_the_previous_level_and_samples_every_level():
+    """PredictPrevious (Inverse Heat Dissipation): the network's target is the residual D(x0, t - 1) - x_t of its
+    (noisy) input; an oracle network makes the training loss 0 and Algorithm 1 walks D(x0, T) back to x0 exactly, one
+    network call per level, and the samplers refuse to skip the levels it never learnt to jump."""
+    from torch import nn
+
+    from colddiff.objectives import PredictPrevious
+    from colddiff.pipeline import Pipeline
+
+    op = cd.BlurNoise(6, heat_schedule="log", heat_sigma_min=0.5, heat_sigma_max=4.0, min_scale=0.0, noise="none")
+    x0 = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    class Oracle(nn.Module):
+        in_channels, image_size = 1, 8
+
+        def forward(self, x_t, t):
+            calls.append(int(t[0]))
+            return op.degrade(x0, t - 1, {}) - x_t
+
+    objective = PredictPrevious()
+    noise = 0.01 * torch.ones(7)
+    assert objective.training_loss(Oracle(), op, x0, input_noise=noise) < 1e-12
+    target = objective.output_target(x0, op.degrade(x0, torch.full((3,), 4), {}), torch.full((3,), 4), {}, op)
+    torch.testing.assert_close(target, op.degrade(x0, torch.full((3,), 3), {}) - op.degrade(x0, torch.full((3,), 4), {}))
+    pipeline = Pipeline(op, Oracle(), objective, image_size=8, channels=1, sampler="naive")
+    calls.clear()
+    torch.testing.assert_close(pipeline.sample(op.degrade(x0, torch.full((3,), 6), {})), x0, atol=1e-5, rtol=0)
+    assert calls == [6, 5, 4, 3, 2, 1]
+    with pytest.raises(ValueError, match="predicts the next level only"):
+        pipeline.sample(op.degrade(x0, torch.full((3,), 6), {}), steps=3)

@@ -352,18 +352,28 @@ class SignalNoise:
         """The params that hold the noise image ``z~`` (the inverse of :meth:`noise_of`); default ``{"noise": z~}``."""
         return {"noise": noise}
 
-    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
-        """With ``reestimate`` (the operator's flag): the noise image that puts ``x0_hat`` at ``x_t`` by equation (1),
-        ``z~ = (x~_t - alpha_t A_t x~0_hat) / sigma_t`` (kept where ``sigma_t = 0``).  This makes Algorithm 2
-        deterministic DDIM (Song et al., arXiv 2010.02502, eq. 12 with ``sigma = 0``): ``x_{s'} = D(x0_hat, s';
-        z~)``; for the flow's straight path it is Euler's step; for mixing it re-estimates the partner."""
-        if not getattr(self, "reestimate", False) or not self.param_keys:  # type: ignore[attr-defined]
-            return params
+    def noise_estimate(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, where_noiseless: Tensor | None = None) -> Tensor:
+        """The noise image that puts ``x0_hat`` at ``x_t`` by equation (1), ``z~ = (x~_t - alpha_t A_t x~0_hat) /
+        sigma_t``; ``where_noiseless`` (default zeros) where ``sigma_t = 0`` (hot path, no checks).
+
+        Shape:
+            ``x_t``, ``x0_hat``: ``(B, C, H, W)``; ``t``: ``(B,)`` long; output: ``(B, C, H, W)``.
+        """
         alpha, sigma = self.coefficients(t)
         a, s = alpha.to(x_t)[:, None, None, None], sigma.to(x_t)[:, None, None, None]
         residual = (2 * x_t - 1) - a * self.apply_signal(2 * x0_hat - 1, t)
         estimate = residual / torch.where(s > 0, s, torch.ones_like(s))
-        return self.params_from_noise(torch.where(s > 0, estimate, self.noise_of(params).to(x_t.dtype)))
+        fallback = torch.zeros_like(estimate) if where_noiseless is None else where_noiseless.to(x_t.dtype)
+        return torch.where(s > 0, estimate, fallback)
+
+    def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
+        """With ``reestimate`` (the operator's flag): the noise image that puts ``x0_hat`` at ``x_t`` by equation (1)
+        (:meth:`noise_estimate`; the drawn one kept where ``sigma_t = 0``).  This makes Algorithm 2 deterministic DDIM
+        (Song et al., arXiv 2010.02502, eq. 12 with ``sigma = 0``): ``x_{s'} = D(x0_hat, s'; z~)``; for the flow's
+        straight path it is Euler's step; for mixing it re-estimates the partner."""
+        if not getattr(self, "reestimate", False) or not self.param_keys:  # type: ignore[attr-defined]
+            return params
+        return self.params_from_noise(self.noise_estimate(x_t, x0_hat, t, self.noise_of(params)))
 
     def apply_signal(self, x: Tensor, t: Tensor) -> Tensor:
         """``A_t x`` for centred images (hot path, no checks); the identity by default.
@@ -405,7 +415,8 @@ class SignalNoise:
         return None
 
     def ancestral_step(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
-                       generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+                       generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                       noise_hat: Tensor | None = None) -> Tensor:
         """A draw of ``x_s`` from the forward process's posterior ``q(x_s | x_t, x0 = x0_hat)``, ``s < t``: one step
         of the ancestral sampler (DDPM, Ho et al., arXiv 2006.11239, eqs. 6-7; for a signal operator, Blurring
         Diffusion's frequency-wise version, arXiv 2209.05557).  In centred units, with ``alpha_ts = alpha_t /
@@ -415,7 +426,9 @@ class SignalNoise:
                    + sqrt(sigma_s^2 sigma_ts^2 / sigma_t^2) eps
 
         (the posterior's mean and standard deviation); at ``s = 0`` it is ``x0_hat``.  This default is for
-        ``A_t = I``; operators with a signal operator override it (hot path, no checks).
+        ``A_t = I`` and uses ``x0_hat`` (DDPM's form, where ``x0_hat`` may be clipped); ``noise_hat``, the network's
+        noise estimate (centred units), is for operators whose paper writes the step with it (Blurring Diffusion),
+        which override this (hot path, no checks).
 
         Shape:
             ``x_t``, ``x0_hat``: ``(B, C, H, W)``; ``t``, ``s``: ``(B,)`` long; output: ``(B, C, H, W)``.
@@ -433,9 +446,11 @@ class SignalNoise:
         return torch.where(view(s) == 0, x0_hat, 0.5 + 0.5 * x_s)
 
     def default_objective(self) -> tuple[str, dict[str, Any]]:
-        """What the noise-bearing methods' papers train: ε-prediction under MSE with ``x0_hat`` clipped to the data
-        range while sampling (DDPM, Ho et al. arXiv 2006.11239, eq. 14; Blurring Diffusion, arXiv 2209.05557), where
-        every level keeps some signal; where the schedule ends with no signal at all (``alpha_T = 0``, as the
+        """What the noise-bearing methods' papers train: ε-prediction under MSE (DDPM, Ho et al. arXiv 2006.11239,
+        eq. 14, with ``x0_hat`` clipped to the data range while sampling; Blurring Diffusion, arXiv 2209.05557,
+        without: its sampler works on ``eps_hat`` frequency by frequency, and an ``x0_hat`` that an ε or v output
+        gives through a signal operator divides by ``alpha_t d_t``, so clipping it in pixel space would spread the
+        amplified frequencies' errors over every pixel), where every level keeps some signal; where the schedule ends with no signal at all (``alpha_T = 0``, as the
         cosine schedule here), ε cannot determine x0 at that level and the default is v-prediction (Salimans & Ho,
         arXiv 2202.00512), the remedy of Lin et al. (arXiv 2305.08891) for zero terminal SNR.  An operator with
         noise-free levels (``sigma_t = 0``, e.g. ``BlurNoise(noise="none")``) is deterministic there: x0 under L1;
@@ -449,4 +464,4 @@ class SignalNoise:
         if not self.signal_nonnegative():  # no well-conditioned conversion from eps or v: the mean of x0 directly
             return "x0", {"loss": "l2", "clip_x0": True}
         name = "epsilon" if bool((alpha > 0).all()) and self.signal_invertible() else "v"
-        return name, {"loss": "l2", "clip_x0": True}
+        return name, {"loss": "l2", "clip_x0": self.signal_is_identity}
