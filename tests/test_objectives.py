@@ -214,8 +214,8 @@ def test_ihdm_objective_predicts_the_previous_level_and_samples_every_level():
     objective = PredictPrevious()
     noise = 0.01 * torch.ones(7)
     assert objective.training_loss(Oracle(), op, x0, input_noise=noise) < 1e-12
-    target = objective.output_target(x0, op.degrade(x0, torch.full((3,), 4), {}), torch.full((3,), 4), {}, op)
-    torch.testing.assert_close(target, op.degrade(x0, torch.full((3,), 3), {}) - op.degrade(x0, torch.full((3,), 4), {}))
+    four, three = op.degrade(x0, torch.full((3,), 4), {}), op.degrade(x0, torch.full((3,), 3), {})
+    torch.testing.assert_close(objective.output_target(x0, four, torch.full((3,), 4), {}, op), three - four)
     pipeline = Pipeline(op, Oracle(), objective, image_size=8, channels=1, sampler="naive")
     calls.clear()
     torch.testing.assert_close(pipeline.sample(op.degrade(x0, torch.full((3,), 6), {})), x0, atol=1e-5, rtol=0)

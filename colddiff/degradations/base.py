@@ -450,12 +450,12 @@ class SignalNoise:
         eq. 14, with ``x0_hat`` clipped to the data range while sampling; Blurring Diffusion, arXiv 2209.05557,
         without: its sampler works on ``eps_hat`` frequency by frequency, and an ``x0_hat`` that an ε or v output
         gives through a signal operator divides by ``alpha_t d_t``, so clipping it in pixel space would spread the
-        amplified frequencies' errors over every pixel), where every level keeps some signal; where the schedule ends with no signal at all (``alpha_T = 0``, as the
-        cosine schedule here), ε cannot determine x0 at that level and the default is v-prediction (Salimans & Ho,
-        arXiv 2202.00512), the remedy of Lin et al. (arXiv 2305.08891) for zero terminal SNR.  An operator with
-        noise-free levels (``sigma_t = 0``, e.g. ``BlurNoise(noise="none")``) is deterministic there: x0 under L1;
-        one whose signal operator changes sign (the kernel blur) has no well-conditioned ε or v conversion: x0 under
-        MSE (the posterior mean)."""
+        amplified frequencies' errors over every pixel), where every level keeps some signal; where the schedule
+        ends with no signal at all (``alpha_T = 0``, as the cosine schedule here), ε cannot determine x0 at that
+        level and the default is v-prediction (Salimans & Ho, arXiv 2202.00512), the remedy of Lin et al. (arXiv
+        2305.08891) for zero terminal SNR. An operator with noise-free levels (``sigma_t = 0``, e.g.
+        ``BlurNoise(noise="none")``) is deterministic there: x0 under L1; one whose signal operator changes sign
+        (the kernel blur) has no well-conditioned ε or v conversion: x0 under MSE (the posterior mean)."""
         num_steps = self.num_steps  # type: ignore[attr-defined]
         device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
         alpha, sigma = self.coefficients(torch.arange(1, num_steps + 1, device=device))
