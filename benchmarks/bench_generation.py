@@ -161,10 +161,30 @@ def _hot(name: str, objective: Any, schedule: str, label: str, family: str, pape
     samplings = [Sampling("DDIM, 20 steps")]
     if family != "ablation":
         samplings.append(Sampling("ancestral (DDPM), 20 steps", sampler="ancestral"))
+        samplings += _few_call_solvers()
     if name == "ddpm":  # fewer network calls
         samplings += [Sampling(f"DDIM, {n} steps", steps=n) for n in (10, 5)]
     return Method(name, family, from_config("quickstart_hot", objective=objective, degradation=degradation),
                   samplings, f"{paper}; {label}")
+
+
+def _few_call_solvers() -> list[Sampling]:
+    """The few-step ODE solvers a hot baseline is sampled with today: DPM-Solver++(2M) and UniPC at 20, 10 and 5
+    network calls (one per step)."""
+    return [Sampling(f"{label}, {n} steps", sampler=sampler, steps=n)
+            for sampler, label in (("dpm++2m", "DPM-Solver++(2M)"), ("unipc", "UniPC")) for n in (20, 10, 5)]
+
+
+def _ihdm(levels: int) -> Method:
+    """IHDM as its paper and official code run MNIST (configs/ihdm_mnist.yaml), with ``levels`` = K heat levels
+    (widths log-spaced from 0.5 to 20 px), sampled on every one of them (their sampler; no skipping)."""
+    config = yaml.safe_load((ROOT / "configs" / "ihdm_mnist.yaml").read_text())["model"]
+    degradation = {**config["degradation"], "init_args": {**config["degradation"]["init_args"], "num_steps": levels}}
+    name = "ihdm" if levels == config["degradation"]["init_args"]["num_steps"] else f"ihdm-k{levels}"
+    return Method(name, "warm", from_config("ihdm_mnist", degradation=degradation),
+                  [Sampling(f"Algorithm 1 + delta 0.0125, all {levels} levels (K = {levels})")],
+                  f"Inverse Heat Dissipation (arXiv 2206.13397), MNIST setting with K = {levels}, the next level as a "
+                  "residual + MSE (PredictPrevious), configs/ihdm_mnist.yaml", *_config_optimiser("ihdm_mnist"))
 
 
 METHODS: dict[str, Callable[[], Method]] = {
@@ -193,25 +213,33 @@ METHODS: dict[str, Callable[[], Method]] = {
     "flow": lambda: Method(
         "flow", "hot", from_config("flow_mnist"),
         [Sampling("Euler, 20 steps"), Sampling("Heun, 10 steps", sampler="heun", steps=10),
-         Sampling("Euler, 10 steps", steps=10), Sampling("Euler, 5 steps", steps=5)],
+         Sampling("Euler, 10 steps", steps=10), Sampling("Euler, 5 steps", steps=5)] + _few_call_solvers(),
         "flow matching / rectified flow (arXiv 2210.02747, 2209.03003), velocity + MSE, configs/flow_mnist.yaml",
         *_config_optimiser("flow_mnist")),
-    "ihdm": lambda: Method(
-        "ihdm", "warm", from_config("ihdm_mnist"),
-        [Sampling("Algorithm 1 + delta 0.01, 20 of 100 levels", steps=20),
-         Sampling("Algorithm 1 + delta 0.01, all 100 levels (100 calls)")],
-        "Inverse Heat Dissipation (arXiv 2206.13397), MNIST setting, x0 + MSE, configs/ihdm_mnist.yaml",
-        *_config_optimiser("ihdm_mnist")),
+    "ihdm": lambda: _ihdm(100),
+    "ihdm-k20": lambda: _ihdm(20),
     "blurring": lambda: Method(
         "blurring", "warm", from_config("blurring_diffusion_mnist"),
-        # its samplers amplify the network's errors by 1 / (a_t d_t) at high levels: large steps fail (see README)
+        # its step amplifies the network's ε error by 1 / alpha_ts per frequency: large steps fail (see README)
         [Sampling("ancestral, 100 steps (100 calls)", sampler="ancestral", steps=100),
+         Sampling("ancestral, 50 steps (50 calls)", sampler="ancestral", steps=50),
+         Sampling("ancestral, 20 steps", sampler="ancestral", steps=20),
          Sampling("DDIM, 100 steps (100 calls)", sampler="improved", steps=100),
          Sampling("DDIM, 20 steps", sampler="improved", steps=20),
-         Sampling("ancestral, 20 steps", sampler="ancestral", steps=20),
-         Sampling("DDIM, 20 steps, x0 clipped", sampler="improved", steps=20, objective={"clip_x0": True})],
-        "Blurring Diffusion (arXiv 2209.05557), ε + MSE, configs/blurring_diffusion_mnist.yaml",
+         Sampling("DDIM, 20 steps, x0 clipped (probe)", sampler="improved", steps=20, objective={"clip_x0": True})],
+        "Blurring Diffusion (arXiv 2209.05557), ε + MSE, its ε-form ancestral step, "
+        "configs/blurring_diffusion_mnist.yaml",
         *_config_optimiser("blurring_diffusion_mnist")),
+    # the ablation that explains Blurring Diffusion's few-step failure: the same process, the network predicting v
+    "blurring-v": lambda: Method(
+        "blurring-v", "ablation",
+        from_config("blurring_diffusion_mnist", objective={"class_path": "colddiff.objectives.PredictV",
+                                                           "init_args": {"loss": "l2"}}),
+        [Sampling("ancestral, 20 steps", sampler="ancestral", steps=20),
+         Sampling("DDIM, 20 steps", sampler="improved", steps=20),
+         Sampling("ancestral, 100 steps (100 calls)", sampler="ancestral", steps=100)],
+        "ablation: the blurring row's process and training with v-prediction (not the paper's ε): the network's "
+        "error is no longer divided by alpha_t d_t"),
     # ablations: the same configurations trained as every method used to be (x0 under L1)
     "ddpm-x0-l1": lambda: _hot("ddpm-x0-l1", {"class_path": "colddiff.objectives.PredictX0",
                                               "init_args": {"loss": "l1"}}, "linear",
@@ -222,11 +250,19 @@ METHODS: dict[str, Callable[[], Method]] = {
                                                            "init_args": {"loss": "l1"}}),
         [Sampling("DDIM, 20 steps", sampler="improved", steps=20)],
         "ablation: the blurring row's configuration with x0 + L1"),
+    "ihdm-x0": lambda: Method(
+        "ihdm-x0", "ablation",
+        from_config("ihdm_mnist", objective={"class_path": "colddiff.objectives.PredictX0",
+                                             "init_args": {"loss": "l2"}}),
+        [Sampling("Algorithm 1 + delta 0.0125, all 100 levels", steps=None),
+         Sampling("Algorithm 1 + delta 0.0125, 20 of 100 levels", steps=20)],
+        "ablation: the ihdm row's configuration with the network predicting x0 under MSE (colddiff's IHDM before "
+        "issue 28): the same minimiser, another weighting of the frequencies"),
     "ihdm-x0-l1": lambda: Method(
         "ihdm-x0-l1", "ablation",
         from_config("ihdm_mnist", objective={"class_path": "colddiff.objectives.PredictX0",
                                              "init_args": {"loss": "l1"}}),
-        [Sampling("Algorithm 1 + delta 0.01, 20 of 100 levels", steps=20)],
+        [Sampling("Algorithm 1 + delta 0.0125, 20 of 100 levels", steps=20)],
         "ablation: the ihdm row's configuration with x0 + L1"),
 }
 

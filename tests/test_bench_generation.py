@@ -25,12 +25,14 @@ def test_a_tiny_generation_benchmark_writes_its_table_section_picture_and_curves
         ("quickstart", "Algorithm 1, prior bandwidth 0.1 (as configured)"),
         ("quickstart", "Algorithm 1, prior bandwidth 0"), ("quickstart", "Algorithm 1, prior bandwidth 0.05"),
         ("quickstart", "Algorithm 1, 10 of 21 levels"), ("quickstart", "Algorithm 1, 5 of 21 levels"),
-        ("ddpm", "DDIM, 20 steps"), ("ddpm", "ancestral (DDPM), 20 steps"), ("ddpm", "DDIM, 10 steps"),
-        ("ddpm", "DDIM, 5 steps")]
+        ("ddpm", "DDIM, 20 steps"), ("ddpm", "ancestral (DDPM), 20 steps")] + [
+        ("ddpm", f"{solver}, {n} steps") for solver in ("DPM-Solver++(2M)", "UniPC") for n in (20, 10, 5)] + [
+        ("ddpm", "DDIM, 10 steps"), ("ddpm", "DDIM, 5 steps")]
     ddpm = saved["results"][5]
     assert ddpm["objective"] == "PredictEpsilon" and ddpm["loss"] == "l2" and ddpm["network_calls"] == 20
     assert saved["results"][0]["objective"] == "PredictX0" and saved["results"][0]["network_calls"] == 21
     assert saved["results"][-1]["network_calls"] == 5 and saved["results"][4]["network_calls"] == 5
+    assert [r["network_calls"] for r in saved["results"][7:13]] == [20, 10, 5] * 2  # one call per solver step
     assert saved["floor"]["N_fake"] == 2000 and all(r["N_fake"] == 40 for r in saved["results"])
     assert [p["step"] for p in saved["curves"]["ddpm"]] == [1, 2]
     assert (tmp_path / "work" / "ddpm-2.seconds").is_file() and (tmp_path / "g.png").is_file()
