@@ -4,6 +4,8 @@
     python -m benchmarks.bench_generation --steps 8000 --curve-every 500 --methods quickstart flow \\
         --reuse                                                    # 4x the budget, with FD against training steps
     python -m benchmarks.bench_generation --methods ddpm flow --num 500 --steps 300   # a quick look
+    python -m benchmarks.bench_generation --methods ihdm blurring \
+        --update benchmarks/results/generation-cpu-2000.json     # re-run two methods, keep the other rows
 
 Every method trains the same small U-Net (the generation quickstart's: ``ConvNeXtUNet(dim=16, dim_mults=(1, 2, 4),
 num_blocks=1, attention="none")``) with the same optimiser (Adam 2e-3, cosine decay to 0 over the run), batch (32),
@@ -31,13 +33,16 @@ layer; FD/KD, never called FID), against the first 4,000 training digits: FD, KD
 (k = 3), and the entropy of the predicted-class histogram (a fraction of log 10; mode collapse lowers it), beside the
 **floor**: the same numbers for the other 2,000 training digits.  ``--curve-every N`` keeps the EMA pipeline every
 ``N`` steps and scores it with ``--curve-num`` images (FD against training steps, one curve per method, the method's
-first sampling).  Writes a JSON file, a Markdown section of ``benchmarks/RESULTS.md`` (``--results``), a picture
-with one row of samples per method (``--picture``) and the curves (``--curves``).
+first sampling).  ``--update JSON`` re-runs ``--methods`` only and keeps every other method's rows of that earlier
+run (same steps and number of images; each kept row says when it was measured in ``measured``).  Writes a JSON
+file, a Markdown section of ``benchmarks/RESULTS.md`` (``--results``), a picture with one row of samples per method
+(``--picture``: the methods run) and the curves (``--curves``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable
@@ -224,7 +229,6 @@ METHODS: dict[str, Callable[[], Method]] = {
         [Sampling("ancestral, 100 steps (100 calls)", sampler="ancestral", steps=100),
          Sampling("ancestral, 50 steps (50 calls)", sampler="ancestral", steps=50),
          Sampling("ancestral, 20 steps", sampler="ancestral", steps=20),
-         Sampling("DDIM, 100 steps (100 calls)", sampler="improved", steps=100),
          Sampling("DDIM, 20 steps", sampler="improved", steps=20),
          Sampling("DDIM, 20 steps, x0 clipped (probe)", sampler="improved", steps=20, objective={"clip_x0": True})],
         "Blurring Diffusion (arXiv 2209.05557), ε + MSE, its ε-form ancestral step, "
@@ -236,8 +240,7 @@ METHODS: dict[str, Callable[[], Method]] = {
         from_config("blurring_diffusion_mnist", objective={"class_path": "colddiff.objectives.PredictV",
                                                            "init_args": {"loss": "l2"}}),
         [Sampling("ancestral, 20 steps", sampler="ancestral", steps=20),
-         Sampling("DDIM, 20 steps", sampler="improved", steps=20),
-         Sampling("ancestral, 100 steps (100 calls)", sampler="ancestral", steps=100)],
+         Sampling("DDIM, 20 steps", sampler="improved", steps=20)],
         "ablation: the blurring row's process and training with v-prediction (not the paper's ε): the network's "
         "error is no longer divided by alpha_t d_t"),
     # ablations: the same configurations trained as every method used to be (x0 under L1)
@@ -358,15 +361,18 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def table(rows: list[dict[str, Any]], floor: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[dict[str, Any]], floor: dict[str, Any], dated: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The Markdown table, sorted by FD under the floor; ``dated`` adds the day each row was measured."""
     headers = ["method", "family", "sampling", "network calls", "FD-mnist-cnn", "KD-mnist-cnn", "precision",
-               "recall", "class entropy", "train s", "sample img/s"]
+               "recall", "class entropy", "train s", "sample img/s"] + (["measured"] if dated else [])
     body = [["real vs real (floor)", "-", "held-out training digits", "-", _fmt(floor["FD"]), _fmt(floor["KD"], 4),
-             _fmt(floor["precision"], 3), _fmt(floor["recall"], 3), _fmt(floor["class_entropy"], 3), "-", "-"]]
+             _fmt(floor["precision"], 3), _fmt(floor["recall"], 3), _fmt(floor["class_entropy"], 3), "-", "-"]
+            + (["-"] if dated else [])]
     for r in sorted(rows, key=lambda r: r["FD"]):
         body.append([r["method"], r["family"], r["sampling"], str(r["network_calls"]), _fmt(r["FD"]),
                      _fmt(r["KD"], 4), _fmt(r["precision"], 3), _fmt(r["recall"], 3), _fmt(r["class_entropy"], 3),
-                     _fmt(r["train_seconds"], 0), _fmt(r["images_per_second"], 1)])
+                     _fmt(r["train_seconds"], 0), _fmt(r["images_per_second"], 1)]
+                    + ([r.get("measured", "-")[:10]] if dated else []))
     return headers, body
 
 
@@ -414,6 +420,19 @@ def curves_picture(curves: dict[str, list[tuple[int, float]]], floor: float, pat
     return path
 
 
+def _earlier_run(path: Path, steps: int, num: int) -> dict[str, Any]:
+    """The record ``--update`` merges into: a bench_generation JSON of the same steps and number of images."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--update expects an earlier bench_generation JSON, got no file at {path}")
+    earlier = json.loads(path.read_text())
+    if earlier.get("benchmark") != "generation" or "results" not in earlier:
+        raise ValueError(f"--update expects a bench_generation JSON, got {path} without its 'results'")
+    if (earlier["steps"], earlier["num"]) != (steps, num):
+        raise ValueError(f"--update {path} holds a run of {earlier['steps']} steps and {earlier['num']} images; "
+                         f"this run has --steps {steps} --num {num}: rows of two budgets cannot share a table")
+    return earlier
+
+
 def write_results(markdown: str, results: Path, key: str) -> None:
     """Replace this benchmark's section ``key`` (see :func:`section_key`) in RESULTS.md, or append it."""
     start, end = _markers(key)
@@ -443,7 +462,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--picture", default=None, help="write one row of samples per method here (PNG)")
     parser.add_argument("--curves", default=None, help="write FD against training steps here (PNG)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--update", default=None, help="an earlier run's JSON: re-run --methods, keep its other "
+                                                       "methods' rows, write the merged record back to it")
     args = parser.parse_args(argv)
+    earlier = _earlier_run(Path(args.update), args.steps, args.num) if args.update else None
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -484,25 +506,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             curves[name] = points
             print(f"{name:15s} curve: " + ", ".join(f"{s}: {fd:.1f}" for s, fd in points), flush=True)
     total = time.perf_counter() - started
+    measured = info["date"]
+    for row in rows:
+        row["measured"] = measured
+    names = list(args.methods)
+    if earlier is not None:
+        kept = [dict(r, measured=r.get("measured", earlier["machine"]["date"])) for r in earlier["results"]
+                if r["method"] not in args.methods]
+        rows = kept + rows
+        names = list(dict.fromkeys([r["method"] for r in earlier["results"]] + names))
+        curves = {**{k: [(p["step"], p["FD"]) for p in v] for k, v in earlier.get("curves", {}).items()
+                     if k not in args.methods}, **curves}
 
-    headers, body = table(rows, floor)
+    headers, body = table(rows, floor, dated=earlier is not None)
     command = " ".join(([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHODS) else [])
                        + [f"--steps {args.steps}", f"--num {args.num}"]
                        + ([f"--curve-every {args.curve_every}"] if args.curve_every else []))
-    title = (f"Generation on the embedded digits, {len(args.methods)} method(s) x {args.steps} training steps (batch "
+    title = (f"Generation on the embedded digits, {len(names)} method(s) x {args.steps} training steps (batch "
              f"32, the same small U-Net, optimiser and EMA; each method's own objective), {args.num} images each, "
              "scored against 4,000 training digits in the feature space of colddiff's MNIST classifier (`mnist-cnn`)")
     print(f"\n{title}\n")
     text = print_table(headers, body)
+    key = section_key(args.steps, names)
+    kept_dates = sorted({r["measured"] for r in rows} - {measured})
     markdown = "\n".join([
         (f"## Generation, every method as its paper trains it, at {args.steps} steps"
-         if section_key(args.steps, args.methods) == str(args.steps)
-         else f"## Generation at {args.steps} steps: {', '.join(args.methods)}"),
+         if key == str(args.steps) else f"## Generation at {args.steps} steps: {', '.join(names)}"),
         "",
-        f"`python -m benchmarks.bench_generation {command}` — {info['date']}, {info['device_name']} "
+        f"`python -m benchmarks.bench_generation {command}"
+        + (f" --update {args.update}" if args.update else "")
+        + f"` — {info['date']}, {info['device_name']} "
         f"({info['cpu_threads']} threads), torch {info['torch']}, fp32; {total / 60:.0f} min in all"
-        + (" (models reloaded with `--reuse`: their training times are the ones recorded when they were trained)."
-           if args.reuse else "."),
+        + (" (models reloaded with `--reuse`: their training times are the ones recorded when they were trained)"
+           if args.reuse else "")
+        + (f"; re-run: {', '.join(args.methods)}; the other methods' rows kept from the run of "
+           f"{', '.join(kept_dates)} (column `measured` of the JSON)" if kept_dates else "") + ".",
         "",
         title + ". Sorted by FD; the first row is the floor. Precision/recall: improved precision and recall "
         "(Kynkäänniemi et al. 2019, k = 3); class entropy: entropy of the predicted-digit histogram / log 10.",
@@ -510,13 +548,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text,
     ])
     payload = {"benchmark": "generation", "machine": info, "steps": args.steps, "num": args.num,
-               "total_seconds": total, "floor": floor, "results": rows, "table": text,
+               "total_seconds": total, "methods_run": list(args.methods), "floor": floor, "results": rows,
+               "table": text,
                "curves": {k: [{"step": s, "FD": fd} for s, fd in v] for k, v in curves.items()},
                "curve_num": args.curve_num}
-    json_path = args.json or default_json_path(info["device"], args.steps, args.methods)
+    json_path = args.json or args.update or default_json_path(info["device"], args.steps, names)
     write_json(json_path, payload)
     if args.results:
-        write_results(markdown, Path(args.results), section_key(args.steps, args.methods))
+        write_results(markdown, Path(args.results), key)
     if args.picture:
         print(f"wrote {picture(samples, Path(args.picture))}")
     if args.curves and curves:

@@ -192,7 +192,8 @@ class Pipeline(nn.Module):
 
     def restore(self, x_t: Tensor, t: Tensor) -> Tensor:
         """``x0_hat = R(x_t, t)``: the network's output read by the objective (clipped to ``[0, 1]`` when the
-        objective says so).  This is the ``restore`` every sampler receives.
+        objective says so).  Samplers receive :meth:`predict` (as a :class:`~colddiff.sampling.Denoiser`), whose
+        ``x0`` is this; replace :meth:`predict` to hand them another restorer.
 
         Shape:
             ``x_t``: ``(B, C, H, W)``; ``t``: ``(B,)`` long; output: ``(B, C, H, W)``.

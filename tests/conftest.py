@@ -103,3 +103,14 @@ def op_name(request) -> str:
 @pytest.fixture
 def op(op_name) -> cd.Degradation:
     return OPERATORS[op_name](T)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests (real data, longer runs) run only when asked for with ``-m slow``: the default suite stays
+    fast."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -45,6 +45,17 @@ def test_a_tiny_generation_benchmark_writes_its_table_section_picture_and_curves
     bench_generation.write_results("## again at 2 steps", results, "2:quickstart+ddpm")
     text = results.read_text()
     assert "## at 8 steps" in text and "## again at 2 steps" in text and "| real vs real (floor) |" not in text
+    # --update re-runs the methods named and keeps the other methods' rows of the earlier run, with their date
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text((tmp_path / "g.json").read_text())
+    short = ["--steps", "2", "--num", "40", "--batch-size", "20", "--work", str(tmp_path / "work"), "--reuse"]
+    merged = bench_generation.main(["--methods", "ddpm", *short, "--update", str(earlier)])
+    assert [(r["method"], r["sampling"]) for r in merged["results"]] == [
+        (r["method"], r["sampling"]) for r in saved["results"]]
+    assert [r["measured"] for r in merged["results"][:5]] == [saved["machine"]["date"]] * 5
+    assert merged["methods_run"] == ["ddpm"] and json.loads(earlier.read_text())["methods_run"] == ["ddpm"]
+    with pytest.raises(ValueError, match="holds a run of 2 steps and 40 images; this run has --steps 2 --num 20"):
+        bench_generation.main(["--methods", "ddpm", *short[:3], "20", *short[4:], "--update", str(earlier)])
     # --reuse reloads the trained model and its recorded training time, and samples what it sampled (issue 18)
     again = bench_generation.main(["--methods", "ddpm", *args[3:], "--reuse"])
     assert again["results"][0]["train_seconds"] == pytest.approx(ddpm["train_seconds"], abs=1e-3)

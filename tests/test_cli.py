@@ -52,7 +52,7 @@ def test_config_prints(config, capsys):
 QUICKSTART_BUDGET = {"dejpeg_mnist", "flow_mnist", "ihdm_mnist", "blurring_diffusion_mnist", "indi_deblur_mnist"}
 
 #: the generation methods on the embedded digits (issue 20), each as its paper trains and samples it
-METHOD_CONFIGS = {"quickstart_hot": "PredictEpsilon", "flow_mnist": "PredictVelocity", "ihdm_mnist": "PredictX0",
+METHOD_CONFIGS = {"quickstart_hot": "PredictEpsilon", "flow_mnist": "PredictVelocity", "ihdm_mnist": "PredictPrevious",
                   "blurring_diffusion_mnist": "PredictEpsilon", "indi_deblur_mnist": "PredictX0"}
 
 
@@ -77,7 +77,7 @@ def test_each_methods_config_trains_as_its_paper_and_samples(tmp_path, name):
 
 def test_paper_hyperparameters_in_configs():
     for config in CONFIGS:
-        if config.stem.startswith("quickstart") or config.stem in QUICKSTART_BUDGET:
+        if config.stem.startswith("quickstart") or config.stem in QUICKSTART_BUDGET or config.stem.endswith("_cpu"):
             continue
         cfg = yaml.safe_load(config.read_text())
         assert cfg["model"]["optimizer"]["init_args"]["lr"] == 2e-5, config.stem
@@ -85,6 +85,20 @@ def test_paper_hyperparameters_in_configs():
         assert cfg["model"]["ema_decay"] == 0.995 and cfg["model"]["ema_start"] == 2000, config.stem
         batch = cfg["data"]["init_args"]["batch_size"]
         assert batch == (100 if config.stem == "inpaint_celeba128" else 32), config.stem
+
+
+@pytest.mark.parametrize("task", ["deblur", "inpaint", "superres"])
+def test_cpu_sized_cifar10_configs_keep_the_papers_degradation_and_data(task):
+    """The CPU-sized CIFAR-10 restoration configs (issue 30) shrink the network and the steps only: the degradation
+    and the sampler are the paper config's, the training images the 50k JPEG copy, the scored ones lossless."""
+    cpu = yaml.safe_load((ROOT / "configs" / f"{task}_cifar10_cpu.yaml").read_text())
+    paper = yaml.safe_load((ROOT / "configs" / f"{task}_cifar10.yaml").read_text())
+    assert cpu["model"]["degradation"] == paper["model"]["degradation"]
+    assert cpu["model"].get("sampler") == paper["model"].get("sampler")
+    assert cpu["data"]["init_args"]["root"] == "data/cifar10/train"
+    assert cpu["data"]["init_args"]["test_root"] == "data/cifar10_lossless/test"
+    assert cpu["trainer"]["max_steps"] < paper["trainer"]["max_steps"] // 100
+    assert "WALLTIME" not in (ROOT / "configs" / f"{task}_cifar10_cpu.yaml").read_text()
 
 
 def test_help_lists_components(capsys):

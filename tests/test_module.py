@@ -12,6 +12,7 @@ from colddiff.data import EmbeddedMNISTDataModule
 from colddiff.module import ColdDiffusion, NonFiniteLossError
 from colddiff.nets import ConvNeXtUNet, DDPMUNet
 from colddiff.priors import ChannelMeanPrior
+from colddiff.sampling import Prediction
 
 
 def tiny_model(**kwargs) -> ColdDiffusion:
@@ -105,7 +106,7 @@ def test_validation_is_reproducible(tmp_path):
 def test_sample_with_a_perfect_restorer_and_samplers():
     model = tiny_model()
     x0 = torch.rand(2, 1, 16, 16)
-    model.pipeline.restore = lambda x_t, t: x0  # type: ignore[method-assign]
+    model.pipeline.predict = lambda x_t, t: Prediction(x0)  # type: ignore[method-assign]  # what samplers call
     x_T = model.degradation(x0, 4)
     for sampler in ("naive", "improved"):
         torch.testing.assert_close(model.sample(x_T, sampler=sampler), x0, atol=1e-5, rtol=0)
@@ -123,7 +124,7 @@ def test_reconstruct_is_degrade_then_direct_and_sampled():
     torch.testing.assert_close(result.direct, model.sample(result.degraded, 3, sampler="direct").clamp(0, 1))
     torch.testing.assert_close(result.sampled, model.sample(result.degraded, 3).clamp(0, 1))
     assert result.level == 3 and result.params == {} and torch.equal(result.x0, x0)
-    model.pipeline.restore = lambda x_t, t: x0  # type: ignore[method-assign]  # a perfect restorer
+    model.pipeline.predict = lambda x_t, t: Prediction(x0)  # type: ignore[method-assign]  # a perfect restorer
     perfect = model.reconstruct(x0)
     torch.testing.assert_close(perfect.sampled, x0, atol=1e-5, rtol=0)
     torch.testing.assert_close(perfect.direct, x0)
