@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from colddiff._checks import check_positive_int
 from colddiff._config import NOT_RECORDED, ModelFileError, build, check_component_entries, describe_or_mark
 from colddiff.degradations.base import Degradation
+from colddiff.estimation import LevelEstimate, sample_at_levels
 from colddiff.io import atomic_write_bytes, load_checkpoint
 from colddiff.objectives import Objective, default_objective, resolve_objective
 from colddiff.priors import Prior, PriorSample
@@ -247,6 +248,48 @@ class Pipeline(nn.Module):
         noise = self.sample_noise if noise is None and info.takes_noise else noise
         return sample(info.fn, Denoiser(self.predict), self.degradation, x_t, t, params, steps, callback, generator,
                       noise)
+
+    @torch.no_grad()
+    def restore_at_levels(
+        self,
+        y: Tensor,
+        levels: Tensor | Sequence[int] | LevelEstimate,
+        *,
+        sampler: SamplerName | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: float | Sequence[float] | None = None,
+        params: Mapping[str, Tensor] | None = None,
+        restore: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Restore given images, each from its own level, with the pipeline's sampler defaults (as :meth:`sample`:
+        ``sampler``, ``sample_steps`` and ``sample_noise`` where the sampler takes them).
+
+        Args:
+            y: the degraded images in ``[0, 1]``.
+            levels: one level per image, or the :func:`~colddiff.estimation.estimate_level` result that found them
+                (with ``keep_restorations=True`` its restorations answer each sampler's first network call: the
+                search already computed ``R(y, level)``).
+            sampler, noise, generator: as :meth:`sample`.
+            steps: evenly spaced steps per run (default ``sample_steps``; fewer for images at lower levels).
+            params: the degradation's params, when known.
+            restore: the restorer to use (default: the pipeline's own, as :meth:`sample` uses it); e.g.
+                :func:`colddiff.tiling.any_size` over :meth:`restore` for images of other sizes.  It must be the
+                restorer that computed an estimate's restorations.
+
+        Shape:
+            ``y``: ``(B, C, H, W)``; ``levels``: ``(B,)``; output: ``(B, C, H, W)``.
+        """
+        sampler = sampler or self.sampler
+        info = sampler_info(sampler)
+        restorations = None
+        if isinstance(levels, LevelEstimate):
+            levels, restorations = levels.levels, levels.restorations
+        steps = self.sample_steps if steps is None and info.takes_steps else steps
+        noise = self.sample_noise if noise is None and info.takes_noise else noise
+        return sample_at_levels(sampler, Denoiser(self.predict) if restore is None else restore, self.degradation, y,
+                                levels, params=params, steps=steps, generator=generator, noise=noise,
+                                restorations=restorations)
 
     @torch.no_grad()
     def reconstruct(

@@ -46,7 +46,7 @@ from colddiff._cli import (
     sampler_name,
 )
 from colddiff.datasets import ImageTransform, find_images, random_items, stack_items, unpack_batch
-from colddiff.estimation import check_estimable, estimate_level, sample_at_levels
+from colddiff.estimation import check_estimable, estimate_level
 from colddiff.export import load_model, save_model_as
 from colddiff.io import (
     DEFAULT_MAX_PIXELS,
@@ -58,7 +58,7 @@ from colddiff.io import (
     save_png_atomic,
 )
 from colddiff.pipeline import Pipeline
-from colddiff.sampling import autocast, sampler_info
+from colddiff.sampling import autocast
 from colddiff.tiling import any_size
 
 __all__ = ["main", "build_parser"]
@@ -409,15 +409,15 @@ def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device,
     for _, index in tqdm(batches, desc="restore"):
         y = torch.stack([images[i] for i in index]).to(device)
         with autocast(device, args.precision):
-            if args.level == "auto":
-                estimate = estimate_level(restore, degradation, y)
-                levels, notes = estimate.levels, estimate.to_records()
+            if args.level == "auto":  # the search's restorations at the estimated levels answer the samplers'
+                estimate = estimate_level(restore, degradation, y, keep_restorations=True)  # first calls
+                levels, notes, start = estimate.levels, estimate.to_records(), estimate
             else:
                 levels, notes = torch.full((len(index),), args.level, dtype=torch.long), [{} for _ in index]
-            result = sample_at_levels(sampler, restore, degradation, y, levels, steps=args.steps,
-                                      generator=generator,
-                                      noise=args.noise if args.noise is not None else
-                                      model.sample_noise if sampler_info(sampler).takes_noise else None)
+                start = levels
+            # through the pipeline: the model's sampler, sample_steps and sample_noise as in every other mode
+            result = model.restore_at_levels(y, start, sampler=sampler, steps=args.steps, generator=generator,
+                                             noise=args.noise, restore=restore)
         check_finite_output(result, "restored images")
         for i, image, level, note in zip(index, result.float().clamp(0, 1).cpu(), levels.tolist(), notes):
             restored[i] = image

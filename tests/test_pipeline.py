@@ -236,3 +236,44 @@ def test_both_loaders_refuse_a_files_sampler_path_unless_allowed(tmp_path):
     assert allowed.pipeline.sampler == "colddiff.sampling.sample_naive"
     assert load_model(tmp_path / "allowed.ckpt", allow=["colddiff.sampling.sample_naive"]).sampler == \
         "colddiff.sampling.sample_naive"
+
+
+def _counting(monkeypatch) -> list[int]:
+    """Counts the pipeline's network calls (each a batch)."""
+    calls: list[int] = []
+    run_network = Pipeline.run_network
+
+    def counted(self, x_t, t):
+        calls.append(len(t))
+        return run_network(self, x_t, t)
+
+    monkeypatch.setattr(Pipeline, "run_network", counted)
+    return calls
+
+
+def test_restore_at_levels_keeps_the_models_sample_steps_and_reuses_the_searchs_restorations(monkeypatch):
+    """Restoring given images goes through the pipeline's defaults (a model set to 3 of 12 levels restores in 3
+    steps, not 12), and an estimate's restorations answer each run's first network call with the same images."""
+    from colddiff.estimation import estimate_level, sample_at_levels
+
+    torch.manual_seed(0)
+    model = Pipeline(cd.GaussianBlur(12, kernel_size=5, sigma=1.0), tiny_net(), image_size=16, channels=1,
+                     sample_steps=3).eval()
+    y = model.degradation(torch.rand(3, 1, 16, 16), torch.tensor([12, 12, 5]))
+    levels = torch.tensor([12, 12, 5])
+    calls = _counting(monkeypatch)
+    restored = model.restore_at_levels(y, levels)
+    assert len(calls) == 3 + 3  # one run per level, 3 steps each (not 12 + 5)
+    torch.testing.assert_close(restored, sample_at_levels("improved", model.restore, model.degradation, y, levels,
+                                                          steps=3))
+    estimate = estimate_level(model.restore, model.degradation, y, keep_restorations=True)
+    assert estimate.restorations is not None and estimate.restorations.shape == y.shape
+    torch.testing.assert_close(estimate.restorations, model.restore(y, estimate.levels))
+    for sampler in ("direct", "improved"):
+        calls.clear()
+        fresh = model.restore_at_levels(y, estimate.levels, sampler=sampler, restore=model.restore)
+        without = len(calls)
+        calls.clear()
+        reused = model.restore_at_levels(y, estimate, sampler=sampler, restore=model.restore)
+        assert len(calls) == without - len(set(estimate.levels.tolist()) - {0})  # one call fewer per level
+        torch.testing.assert_close(reused, fresh)
