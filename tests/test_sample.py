@@ -139,9 +139,13 @@ def test_restore_keeps_the_models_sample_steps_and_reuses_the_level_search(tmp_p
     calls: list[int] = []
     run_network = Pipeline.run_network
     monkeypatch.setattr(Pipeline, "run_network", lambda self, x, t: calls.append(len(t)) or run_network(self, x, t))
+    walks: list[Path] = []
+    find_images = sample_cli.find_images
+    monkeypatch.setattr(sample_cli, "find_images", lambda root: walks.append(root) or find_images(root))
     run("restore", "--ckpt", str(export), "--out", str(tmp_path / "given"), "--input", str(tmp_path / "in"),
         "--level", "6")
     assert len(calls) == 2
+    assert len(walks) == 1  # the input folder is walked once
     searched: list[int] = []
     estimate_level = sample_cli.estimate_level
 
