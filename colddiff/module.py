@@ -27,8 +27,9 @@ from colddiff.checkpoint import RNGState, apply_resume_changes
 from colddiff.datasets import DatasetSource, unpack_batch
 from colddiff.degradations.base import Degradation
 from colddiff.ema import ema_update
+from colddiff.files import read_training_checkpoint
 from colddiff.objectives import Objective, resolve_objective
-from colddiff.pipeline import Pipeline, Reconstruction, compile_network, read_training_checkpoint
+from colddiff.pipeline import Pipeline, Reconstruction, compile_network
 from colddiff.priors import Prior, PriorSample
 from colddiff.sampling import SamplerName
 from colddiff.schedules import level_values

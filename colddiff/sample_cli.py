@@ -47,6 +47,7 @@ from colddiff._cli import (
 from colddiff.datasets import ImageTransform, find_images, stack_items, unpack_batch, with_partners
 from colddiff.estimation import check_estimable, estimate_level
 from colddiff.export import load_model, save_model_as
+from colddiff.files import CONFIG, WEIGHTS
 from colddiff.io import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -201,7 +202,7 @@ def _save_each(images: Tensor, folder: Path, names: Sequence[str] | None = None)
     return [save_image_atomic(image, folder / name) for image, name in zip(images, names)]
 
 
-_EXPORT_FILES = ("model.safetensors", "config.json")
+_EXPORT_FILES = (WEIGHTS, CONFIG)
 
 
 def _model_files(path: str | Path) -> list[Path]:

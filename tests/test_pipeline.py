@@ -201,7 +201,9 @@ def test_the_pipelines_config_entries_are_the_training_modules_arguments():
     checkpoint fail to load as a pipeline ("unknown entries")."""
     import inspect
 
-    from colddiff.pipeline import _COMPONENTS, _SETTINGS, TRAINING_ONLY
+    from colddiff.files import COMPONENTS as _COMPONENTS
+    from colddiff.files import SETTINGS as _SETTINGS
+    from colddiff.files import TRAINING_ONLY
 
     arguments = set(inspect.signature(ColdDiffusion.__init__).parameters) - {"self"}
     assert arguments == set(_COMPONENTS) | set(_SETTINGS) | set(TRAINING_ONLY) | {"loss"}
@@ -277,3 +279,29 @@ def test_restore_at_levels_keeps_the_models_sample_steps_and_reuses_the_searchs_
         reused = model.restore_at_levels(y, estimate, sampler=sampler, restore=model.restore)
         assert len(calls) == without - len(set(estimate.levels.tolist()) - {0})  # one call fewer per level
         torch.testing.assert_close(reused, fresh)
+
+
+def _recorded(calls: list[str], name: str, function):
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def test_a_model_file_is_read_and_checked_once_per_load(tmp_path, monkeypatch):
+    """colddiff.files checks a file's config, its sampler and its network's weights once per load, exports and
+    checkpoints alike (the pipeline's constructor still validates its own arguments)."""
+    import colddiff.files as files
+    from tests.helpers import save_tiny_checkpoint, tiny_model
+
+    model = tiny_model()
+    paths = [export_model(model, tmp_path / "export"), save_tiny_checkpoint(model, tmp_path / "model.ckpt")]
+    for path in paths:
+        calls: list[str] = []
+        for name in ("check_model_config", "check_file_sampler", "check_network_weights"):
+            monkeypatch.setattr(files, name, _recorded(calls, name, getattr(files, name)))
+        loaded = load_model(path)
+        assert sorted(calls) == ["check_file_sampler", "check_model_config", "check_network_weights"], path
+        torch.testing.assert_close(loaded.network.state_dict(), model.pipeline.network.state_dict())
+        monkeypatch.undo()
