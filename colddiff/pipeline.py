@@ -186,11 +186,15 @@ class Pipeline(nn.Module):
         return next(iter(self.network.parameters()), torch.empty(0)).device
 
     # ---------------------------------------------------------------------------------------- network
-    def run_network(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The raw network output at ``(x_t, t)`` (channels-last and compiled when configured)."""
+    def run_network(self, x_t: Tensor, t: Tensor, network: Callable[[Tensor, Tensor], Tensor] | None = None
+                    ) -> Tensor:
+        """The raw network output at ``(x_t, t)`` (channels-last and compiled when configured); ``network``: call
+        that one instead (the training module's live network), with the same input layout."""
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        return (self._compiled[0] if self._compiled else self.network)(x_t, t)
+        if network is None:
+            network = self._compiled[0] if self._compiled else self.network
+        return network(x_t, t)
 
     def restore(self, x_t: Tensor, t: Tensor) -> Tensor:
         """``x0_hat = R(x_t, t)``: the network's output read by the objective (clipped to ``[0, 1]`` when the
