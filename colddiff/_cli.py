@@ -1,4 +1,10 @@
-"""Helpers shared by the command-line tools (sample.py, evaluate.py): devices, precision, image sources."""
+"""Helpers shared by the command-line tools (sample.py, evaluate.py): devices, precision, image sources, and the
+argument groups both tools take.
+
+No Lightning: sampling and evaluation run on the torch-only core.  Only a training checkpoint's own data module
+(the images a run was trained on, used when no ``--folder``/``--dataset`` is given) is a Lightning data module;
+:mod:`colddiff.data` is imported then and only then.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,30 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 
 from colddiff._checks import NonFiniteOutputError, check_positive_int
 from colddiff._config import ModelFileError, resolve_component
-from colddiff.data import ImageDataModule, TorchvisionDataModule
-from colddiff.datasets import DatasetSource, EmbeddedMNIST, ImageFolder, ImageTransform, find_images, native_shapes
+from colddiff.datasets import (
+    DatasetSource,
+    EmbeddedMNIST,
+    ImageFolder,
+    ImageTransform,
+    find_images,
+    native_shapes,
+    torchvision_dataset,
+)
 from colddiff.io import load_checkpoint
 from colddiff.sampling import check_sampler_name, sampler_names
 
+if TYPE_CHECKING:
+    from colddiff.data import ImageDataModule
+
 __all__ = ["UsageError", "device_from", "positive_int", "non_negative_float", "add_data_arguments",
+           "add_sampling_arguments", "add_run_arguments",
            "dataset_from_args", "dataset_id", "datamodule_from_checkpoint", "partners_from_args",
            "prepare_prior", "conversion_of", "check_output_locations", "error_text", "check_folder"]
 
@@ -76,6 +93,29 @@ def non_negative_float(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sampler``, ``--steps``, ``--noise``: the sampler settings, each defaulting to the model's."""
+    parser.add_argument("--sampler", type=sampler_name, default=None, metavar="NAME", help=sampler_help())
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="sampling steps, evenly spaced levels (step skipping); default: the model's sample_steps "
+                             "(every level unless it was trained with fewer)")
+    parser.add_argument("--noise", type=non_negative_float, default=None,
+                        help="sampling noise delta added at every level (IHDM-style ancestral sampling); default: "
+                             "the model's sample_noise (none unless it was trained with one)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """``--batch-size``, ``--seed``, ``--device``, ``--precision``, ``--partner-root``: how a run computes."""
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of degradation params, prior draws and sampling noise")
+    parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
+                        help="network precision (autocast); the sampler's state stays in float32")
+    parser.add_argument("--partner-root", default=None,
+                        help="folder of partner images for mixing models (start states / degradation partners)")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, split: str = "test", prefix: str = "") -> None:
@@ -166,10 +206,8 @@ def dataset_from_args(args: argparse.Namespace, image_size: int, channels: int, 
     if dataset == "embedded-mnist":
         return EmbeddedMNIST("train" if split == "train" else "test", transform)
     if dataset:
-        module = TorchvisionDataModule(dataset, root=_get(args, "root", prefix),
-                                       download=_get(args, "download", prefix), image_size=image_size,
-                                       channels=channels)
-        return module.make_dataset(split, transform)
+        return torchvision_dataset(dataset, split, transform, root=_get(args, "root", prefix),
+                                   download=_get(args, "download", prefix))
     datamodule = datamodule_from_checkpoint(checkpoint, image_size, channels) if checkpoint else None
     if datamodule is None:
         dash = prefix.replace("_", "-")
@@ -204,15 +242,19 @@ def _datamodule_hparams(path: str | os.PathLike) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _read_datamodule_hparams(path: Path, mtime_ns: int) -> dict[str, Any]:
-    # read once per file version and process: the tools ask for the data source and its description
-    return load_checkpoint(path).get("datamodule_hyper_parameters") or {}
+    # read once per file version and process (the tools ask for the data source and its description), its tensors
+    # mapped, not read: only the metadata is needed here
+    return load_checkpoint(path, mmap=True).get("datamodule_hyper_parameters") or {}
 
 
 def datamodule_from_checkpoint(path: str | None, image_size: int, channels: int) -> ImageDataModule | None:
-    """Rebuild the data module recorded in a training checkpoint (only colddiff data modules)."""
+    """Rebuild the data module recorded in a training checkpoint (only colddiff data modules).  Data modules are
+    Lightning's: this is the one path of the command lines that imports Lightning, and only when it is taken."""
     hparams = _datamodule_hparams(path) if path is not None else {}
     if "_class_path" not in hparams:
         return None
+    from colddiff.data import ImageDataModule  # Lightning: only for a checkpoint's own data
+
     try:
         cls = resolve_component(hparams["_class_path"], "the checkpoint's data module", base=ImageDataModule,
                                 kind="colddiff data modules")

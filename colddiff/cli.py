@@ -66,12 +66,12 @@ class ColdDiffusionCLI(LightningCLI):
         if trainer is not None:
             place_run_outputs(trainer)
         try:
-            path = resolve_resume_checkpoint(str(config["ckpt_path"]), trainer)
-            checkpoint = None if path is None else load_checkpoint(path, mmap=True)
+            found = read_resume_checkpoint(str(config["ckpt_path"]), trainer)
         except (ValueError, OSError) as err:
             raise SetupError(str(err)) from err
-        if path is None:
+        if found is None:
             return
+        path, checkpoint = found
         config["ckpt_path"] = str(path)
         saved = checkpoint.get("hyper_parameters")
         if not isinstance(saved, dict) or "state_dict" not in checkpoint:
@@ -195,12 +195,20 @@ def _checkpoint_folders(trainer_config: Any) -> list[Path]:
 
 
 def resolve_resume_checkpoint(ckpt_path: str, trainer_config: Any) -> Path | None:
-    """The file a resume reads: a given path (checked to exist), or for ``last`` the newest complete checkpoint of
-    the run's checkpoint folders by its recorded global step (``last.ckpt`` on a tie).
+    """The file a resume reads (see :func:`read_resume_checkpoint`, which also returns its content)."""
+    found = read_resume_checkpoint(ckpt_path, trainer_config)
+    return None if found is None else found[0]
+
+
+def read_resume_checkpoint(ckpt_path: str, trainer_config: Any) -> tuple[Path, dict[str, Any]] | None:
+    """The file a resume reads and its content (tensors memory-mapped): a given path (checked to exist), or for
+    ``last`` the newest complete checkpoint of the run's checkpoint folders by its recorded global step
+    (``last.ckpt`` on a tie).  Each file is read once: the content of the one chosen is kept, not read again.
 
     ``last.ckpt`` can be older than the newest periodic checkpoint when a run was killed while writing it (the
     write is atomic, so the previous ``last.ckpt`` survives); resuming from it would lose an interval.  Returns
-    ``None`` for ``last`` when the run has no checkpoint yet (training then starts from scratch, as Lightning does).
+    ``None`` when the resume reads nothing here (``best``/``hpc``/``registry``, which Lightning resolves, or
+    ``last`` when the run has no checkpoint yet: training then starts from scratch, as Lightning does).
     Unreadable checkpoints are passed over with a note when a readable one exists; when every checkpoint of the
     run is unreadable, the resume is refused with one message naming them (Lightning would otherwise try to load
     ``last.ckpt`` itself).
@@ -211,20 +219,21 @@ def resolve_resume_checkpoint(ckpt_path: str, trainer_config: Any) -> Path | Non
         path = Path(ckpt_path)
         if not path.is_file():
             raise SetupError(f"--ckpt_path {ckpt_path!r} does not exist or is not a file")
-        return path
-    best: tuple[int, int, Path] | None = None
+        return path, load_checkpoint(path, mmap=True)
+    best: tuple[int, bool, Path, dict[str, Any]] | None = None
     unreadable: list[tuple[Path, str]] = []
     folders = _checkpoint_folders(trainer_config)
     for folder in folders:
         for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
             try:
-                step = int(load_checkpoint(path, mmap=True).get("global_step", -1))
+                checkpoint = load_checkpoint(path, mmap=True)
+                step = int(checkpoint.get("global_step", -1))
             except (ValueError, TypeError, AttributeError, OSError, pickle.UnpicklingError) as err:
                 unreadable.append((path, _one_line(err)))
                 continue
-            candidate = (step, path.name.startswith("last"), path)
+            candidate = (step, path.name.startswith("last"), path, checkpoint)
             if best is None or candidate[:2] > best[:2]:
-                best = candidate
+                best = candidate  # the others' contents are dropped as the scan goes on
     if best is None and unreadable:
         reasons = "; ".join(reason for _, reason in unreadable)
         raise SetupError(f"--ckpt_path last: no complete checkpoint to resume from in "
@@ -233,7 +242,7 @@ def resolve_resume_checkpoint(ckpt_path: str, trainer_config: Any) -> Path | Non
     for path, reason in unreadable:
         print(f"colddiff: --ckpt_path last: passing over the unreadable {path} (resuming from {best[2]}): {reason}",
               file=sys.stderr)
-    return None if best is None else best[2]
+    return None if best is None else (best[2], best[3])
 
 
 class RunFolderLock:

@@ -28,13 +28,14 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from colddiff._checks import check_positive_int
 from colddiff.datasets import (
     IMAGE_EXTENSIONS,
+    TORCHVISION_SPLITS,
     EmbeddedMNIST,
     ImageFolder,
-    ImagesOnly,
     ImageTransform,
     PairedDataset,
     find_images,
     stack_items,
+    torchvision_dataset,
     unpack_batch,
 )
 from colddiff.io import DEFAULT_MAX_PIXELS
@@ -300,16 +301,6 @@ class EmbeddedMNISTDataModule(ImageDataModule):
         return EmbeddedMNIST("train" if split == "train" else "test", transform)
 
 
-_TORCHVISION_SPLITS: dict[str, dict[str, dict[str, Any]]] = {
-    # how each dataset names its splits; validation uses the official held-out split
-    "MNIST": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
-    "FashionMNIST": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
-    "CIFAR10": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
-    "CelebA": {"train": {"split": "train"}, "val": {"split": "valid"}, "test": {"split": "test"}},
-    "Flowers102": {"train": {"split": "train"}, "val": {"split": "val"}, "test": {"split": "test"}},
-}
-
-
 class TorchvisionDataModule(ImageDataModule):
     """A torchvision dataset by name: MNIST, FashionMNIST, CIFAR10, CelebA or Flowers102.
 
@@ -324,28 +315,13 @@ class TorchvisionDataModule(ImageDataModule):
 
     def __init__(self, name: TorchvisionName, root: str = "data", download: bool = False, image_size: int = 32,
                  channels: int = 3, **kwargs: Any) -> None:
-        if name not in _TORCHVISION_SPLITS:
-            raise ValueError(f"TorchvisionDataModule: name must be one of {sorted(_TORCHVISION_SPLITS)}, got {name!r}")
+        if name not in TORCHVISION_SPLITS:
+            raise ValueError(f"TorchvisionDataModule: name must be one of {sorted(TORCHVISION_SPLITS)}, got {name!r}")
         super().__init__(image_size, channels, **kwargs)
         self.name, self.root, self.download = name, root, download
 
     def make_dataset(self, split: Split, transform: ImageTransform) -> Dataset:
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, self.name)
-        kwargs = dict(_TORCHVISION_SPLITS[self.name][split])
-        if self.name == "CelebA":
-            kwargs["target_type"] = []
-        try:
-            dataset = cls(root=self.root, download=self.download, **kwargs)
-        except RuntimeError as err:
-            if "download" in str(err).lower() or "not found" in str(err).lower():
-                raise FileNotFoundError(
-                    f"{self.name} was not found under root {self.root!r} ({err}). Set download: true on a machine "
-                    "with internet, or place the files where torchvision expects them under that root."
-                ) from err
-            raise
-        return ImagesOnly(dataset, transform)
+        return torchvision_dataset(self.name, split, transform, root=self.root, download=self.download)
 
 
 class ImageFolderDataModule(ImageDataModule):

@@ -35,6 +35,8 @@ __all__ = [
     "ImageFolder",
     "EmbeddedMNIST",
     "ImagesOnly",
+    "TORCHVISION_SPLITS",
+    "torchvision_dataset",
     "PairedDataset",
     "DatasetSource",
     "native_shapes",
@@ -42,6 +44,7 @@ __all__ = [
     "unpack_batch",
     "stack_items",
     "random_items",
+    "with_partners",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -214,6 +217,40 @@ class ImagesOnly(Dataset):
         return self.transform(item[0] if isinstance(item, (tuple, list)) else item)
 
 
+#: how each torchvision dataset names its splits; validation uses the official held-out split
+TORCHVISION_SPLITS: dict[str, dict[str, dict[str, Any]]] = {
+    "MNIST": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
+    "FashionMNIST": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
+    "CIFAR10": {"train": {"train": True}, "val": {"train": False}, "test": {"train": False}},
+    "CelebA": {"train": {"split": "train"}, "val": {"split": "valid"}, "test": {"split": "test"}},
+    "Flowers102": {"train": {"split": "train"}, "val": {"split": "val"}, "test": {"split": "test"}},
+}
+
+
+def torchvision_dataset(name: str, split: str, transform: Callable, root: str | os.PathLike = "data",
+                        download: bool = False) -> Dataset:
+    """The images of torchvision's dataset ``name`` (MNIST, FashionMNIST, CIFAR10, CelebA or Flowers102) at
+    ``split`` (``train``, ``val``: the official held-out split, ``test``), labels dropped, through ``transform``."""
+    if name not in TORCHVISION_SPLITS or split not in TORCHVISION_SPLITS[name]:
+        raise ValueError(f"torchvision dataset must be one of {sorted(TORCHVISION_SPLITS)} with a split train, val or "
+                         f"test, got {name!r}, {split!r}")
+    import torchvision.datasets as tvd
+
+    kwargs: dict[str, Any] = dict(TORCHVISION_SPLITS[name][split])
+    if name == "CelebA":
+        kwargs["target_type"] = []
+    try:
+        dataset = getattr(tvd, name)(root=root, download=download, **kwargs)
+    except RuntimeError as err:
+        if "download" in str(err).lower() or "not found" in str(err).lower():
+            raise FileNotFoundError(
+                f"{name} was not found under root {str(root)!r} ({err}). Set download: true on a machine with "
+                "internet, or place the files where torchvision expects them under that root."
+            ) from err
+        raise
+    return ImagesOnly(dataset, transform)
+
+
 class PairedDataset(Dataset):
     """``{"image": target[i], "partner": partner[j]}``: random ``j`` for training, a fixed ``j`` for evaluation."""
 
@@ -266,6 +303,23 @@ def random_items(dataset: Dataset, n: int, generator: torch.Generator | None = N
         raise ValueError("cannot draw items from an empty dataset")
     index = torch.randint(len(dataset), (n,), generator=generator)
     return stack_items([dataset[int(i)] for i in index])
+
+
+def with_partners(context: Mapping[str, Tensor], context_keys: Sequence[str], partners: Dataset | None, n: int,
+                  generator: torch.Generator | None = None, hint: str = "pass partners=") -> dict[str, Tensor]:
+    """A batch's degradation ``context`` with mixing partners drawn from ``partners`` (:func:`random_items`) when the
+    degradation takes them (``"partner"`` in its ``context_keys``) and the batch has none: the one place they are
+    drawn for a given batch (evaluation, ``sample.py``).
+
+    Raises:
+        ValueError: partners are needed and ``partners`` is ``None`` (the message ends with ``hint``).
+    """
+    context = dict(context)
+    if "partner" in context_keys and "partner" not in context:
+        if partners is None:
+            raise ValueError(f"this mixing model needs partner images: {hint}")
+        context["partner"] = unpack_batch(random_items(partners, n, generator))[0]
+    return context
 
 
 def _file_shape(path: Path) -> tuple[int, int, int]:

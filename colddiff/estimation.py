@@ -62,7 +62,7 @@ import torch
 from torch import Tensor
 
 from colddiff.degradations.base import Degradation, Params
-from colddiff.sampling import SamplerName, sample, sampler_info
+from colddiff.sampling import Denoiser, SamplerName, sample, sampler_info
 
 __all__ = ["LevelEstimate", "estimate_level", "check_estimable", "level_residuals", "sample_at_levels",
            "default_grid_size"]
@@ -79,12 +79,16 @@ class LevelEstimate:
         residuals: the residual ``r`` at that level, ``(B,)`` float64 (root mean square, ``[0, 1]`` units).
         curves: for each image, every level evaluated and its residual, in increasing level order.
         network_calls: how many times ``restore`` was called (each call a batch of (image, level) pairs).
+        restorations: with ``keep_restorations=True``, ``R(y, level)`` of each image at its estimated level (what
+            ``restore`` returned there), ``(B, C, H, W)``; a sampler's first call from that level needs no second
+            network call (:func:`sample_at_levels` ``restorations=``); else ``None``.
     """
 
     levels: Tensor
     residuals: Tensor
     curves: tuple[dict[int, float], ...]
     network_calls: int
+    restorations: Tensor | None = None
 
     @property
     def evaluations(self) -> list[int]:
@@ -128,15 +132,19 @@ def _prepare(degradation: Degradation, y: Any, params: Mapping[str, Tensor] | No
 
 
 def _evaluate(restore: Restore, degradation: Degradation, y: Tensor, params: Params, rows: Tensor, levels: Tensor,
-              batch_size: int | None) -> tuple[Tensor, int]:
-    """``r(levels[k])`` for image ``rows[k]``, in calls of at most ``batch_size`` pairs; the residuals and calls."""
+              batch_size: int | None, keep: Callable[[int, Tensor], None] | None = None) -> tuple[Tensor, int]:
+    """``r(levels[k])`` for image ``rows[k]``, in calls of at most ``batch_size`` pairs; the residuals and calls.
+    ``keep(start, x0_hat)`` receives each call's restorations (pairs ``start ..``) as ``restore`` returned them."""
     step = batch_size or rows.numel()
     out, calls = [], 0
     for i in range(0, rows.numel(), step):
         r, s = rows[i: i + step], levels[i: i + step]
         x = y.index_select(0, r)
         p = {k: v.index_select(0, r) for k, v in params.items()}
-        x0_hat = restore(x, s).to(x.dtype)
+        restored = restore(x, s)
+        if keep is not None:
+            keep(i, restored)
+        x0_hat = restored.to(x.dtype)
         calls += 1
         back = degradation.degrade(x0_hat, s, p)
         out.append((back - x).double().pow(2).flatten(1).mean(1).sqrt())
@@ -236,6 +244,7 @@ def estimate_level(
     grid: int | None = None,
     starts: int = 2,
     batch_size: int | None = None,
+    keep_restorations: bool = False,
 ) -> LevelEstimate:
     """Estimate each image's degradation level: the level whose restoration, degraded again, best explains it.
 
@@ -255,9 +264,13 @@ def estimate_level(
             ``len(levels)`` for an exhaustive scan).
         starts: how many of the grid's best local minima are refined (``>= 1``).
         batch_size: the most (image, level) pairs per ``restore`` call (default: a whole round at once).
+        keep_restorations: also return ``R(y, level)`` at each image's estimated level
+            (:attr:`LevelEstimate.restorations`; one image batch of memory), to restore from there without calling
+            the network again at that level.
 
     Returns:
-        A :class:`LevelEstimate`: the levels, their residuals, every residual evaluated, the number of calls.
+        A :class:`LevelEstimate`: the levels, their residuals, every residual evaluated, the number of calls (and the
+        restorations at the estimated levels, when kept).
 
     Shape:
         ``y``: ``(B, C, H, W)``; ``levels`` of the result: ``(B,)``.
@@ -276,6 +289,7 @@ def estimate_level(
     batch = y.shape[0]
     curves: list[dict[int, float]] = [{} for _ in range(batch)]  # candidate index -> residual
     calls = 0
+    kept: dict[int, Tensor] = {}  # image -> R(y, s) at its best candidate so far
 
     def run(pairs: list[tuple[int, int]]) -> None:
         nonlocal calls
@@ -283,9 +297,15 @@ def estimate_level(
             return
         rows = torch.tensor([b for b, _ in pairs], device=y.device)
         s = torch.tensor([candidates[i] for _, i in pairs], device=y.device)
-        values, made = _evaluate(restore, degradation, y, params, rows, s, batch_size)
+        restored: list[tuple[int, Tensor]] = []
+        values, made = _evaluate(restore, degradation, y, params, rows, s, batch_size,
+                                 (lambda start, x0_hat: restored.append((start, x0_hat))) if keep_restorations
+                                 else None)
         calls += made
-        for (b, i), value in zip(pairs, values.tolist()):
+        for k, ((b, i), value) in enumerate(zip(pairs, values.tolist())):
+            if keep_restorations and (not curves[b] or (value, i) < min((r, j) for j, r in curves[b].items())):
+                start, chunk = next((start, chunk) for start, chunk in reversed(restored) if start <= k)
+                kept[b] = chunk[k - start].clone()
             curves[b][i] = value
 
     grid_idx = _grid_indices(n, min(int(grid), n))
@@ -324,6 +344,7 @@ def estimate_level(
         residuals=torch.tensor([curve[i] for curve, i in zip(curves, best)], dtype=torch.float64),
         curves=tuple({candidates[i]: curve[i] for i in sorted(curve)} for curve in curves),
         network_calls=calls,
+        restorations=torch.stack([kept[b] for b in range(batch)]) if keep_restorations else None,
     )
 
 
@@ -339,10 +360,16 @@ def sample_at_levels(
     params: Mapping[str, Tensor] | None = None,
     steps: int | None = None,
     generator: torch.Generator | None = None,
-    noise: float | None = None,
+    noise: float | Sequence[float] | None = None,
+    restorations: Tensor | None = None,
 ) -> Tensor:
     """Restore each image from its own level (e.g. :attr:`LevelEstimate.levels`) with a sampler of
     :mod:`colddiff.sampling`: one sampler run per distinct level; images at level 0 are returned unchanged.
+
+    ``restorations`` (``R(y, levels)``, e.g. :attr:`LevelEstimate.restorations` of the same ``restore``) answer the
+    sampler's first network call, which is at ``(y, level)``: the one-shot sampler then calls no network, the others
+    one call fewer.  (A :class:`~colddiff.sampling.Denoiser`'s whole prediction is not kept: with one, only the
+    one-shot sampler reuses them.)
 
     Args:
         sampler: a sampler of :mod:`colddiff.sampling` (``"naive"``, ``"improved"``, ``"direct"``...).
@@ -353,10 +380,12 @@ def sample_at_levels(
         params: the degradation's params (the samplers draw them with ``generator`` when ``None``).
         steps: ``None`` for every level, or an int: that many evenly spaced steps (fewer for lower levels).
         generator: random generator for params that are not given (and for sampling noise).
-        noise: sampling noise ``delta`` (see :mod:`colddiff.sampling`), ``None`` for none.
+        noise: sampling noise ``delta`` (a number or ``T + 1`` values, see :mod:`colddiff.sampling`), ``None`` for
+            none.
+        restorations: ``R(y, levels)`` when already computed (see above).
 
     Shape:
-        ``y``: ``(B, C, H, W)``; ``levels``: ``(B,)``; output: ``(B, C, H, W)``.
+        ``y``: ``(B, C, H, W)``; ``levels``: ``(B,)``; ``restorations``: as ``y``; output: ``(B, C, H, W)``.
     """
     y = degradation.check_input(y, "y")
     t = degradation.check_t(torch.as_tensor(levels) if not isinstance(levels, Tensor) else levels, y)
@@ -367,6 +396,10 @@ def sample_at_levels(
     info = sampler_info(sampler)
     if steps is not None and not info.takes_steps:
         raise ValueError(f"the {info.name} sampler does not take steps={steps!r} (it visits no intermediate levels)")
+    if restorations is not None and (not isinstance(restorations, Tensor) or restorations.shape != y.shape):
+        got = tuple(restorations.shape) if isinstance(restorations, Tensor) else type(restorations).__name__
+        raise ValueError(f"restorations must be R(y, levels), a tensor of y's shape {tuple(y.shape)}, got {got}")
+    reuse = restorations is not None and (info.one_shot or not isinstance(restore, Denoiser))
     out = y.clone()
     for level in sorted(set(t.tolist())):
         if level == 0:
@@ -374,6 +407,23 @@ def sample_at_levels(
         index = (t == level).nonzero().flatten()
         part = {k: v.index_select(0, index) for k, v in params.items()} if params is not None else None
         group_steps = None if steps is None or not info.takes_steps else min(int(steps), level)
-        out[index] = sample(sampler, restore, degradation, y.index_select(0, index), level, part, group_steps,
+        x_t = y.index_select(0, index)
+        group_restore = _FirstCallKnown(restore, x_t, level, restorations.index_select(0, index)) if reuse \
+            else restore
+        out[index] = sample(sampler, group_restore, degradation, x_t, level, part, group_steps,
                             None, generator, noise).to(out.dtype)
     return out
+
+
+class _FirstCallKnown:
+    """``restore`` whose first call, when it is at ``(x_t, level)``, returns the known ``x0_hat`` instead of calling
+    the network again (every later call, or a first call elsewhere, goes to ``restore``)."""
+
+    def __init__(self, restore: Restore, x_t: Tensor, level: int, x0_hat: Tensor) -> None:
+        self.restore, self.known = restore, (x_t, level, x0_hat)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        known, self.known = self.known, None
+        if known is not None and x.shape == known[0].shape and bool((t == known[1]).all()) and torch.equal(x, known[0]):
+            return known[2]
+        return self.restore(x, t)

@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 from colddiff._cli import (
     UsageError,
     add_data_arguments,
+    add_run_arguments,
+    add_sampling_arguments,
     check_folder,
     check_output_locations,
     conversion_of,
@@ -39,12 +41,9 @@ from colddiff._cli import (
     dataset_id,
     device_from,
     error_text,
-    non_negative_float,
     partners_from_args,
     positive_int,
     prepare_prior,
-    sampler_help,
-    sampler_name,
 )
 from colddiff.datasets import ImageTransform, find_images, unpack_batch
 from colddiff.evaluation import (
@@ -70,20 +69,13 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
-    common.add_argument("--batch-size", type=positive_int, default=64)
+    add_run_arguments(common, batch_size=64)
     common.add_argument("--num-workers", type=int, default=0, help="data loader workers")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--device", default="auto")
-    common.add_argument("--precision", choices=("32", "bf16", "16"), default="32")
     common.add_argument("--extractor-weights", default=None, help="weights file of a resnetNN extractor")
     common.add_argument("--inception-weights", default=None,
                         help="pt_inception-2015-12-05-6726825d.pth (default: torch-fidelity downloads it)")
-    common.add_argument("--partner-root", default=None, help="partner images for mixing models")
     sampling = argparse.ArgumentParser(add_help=False)
-    sampling.add_argument("--sampler", type=sampler_name, default=None, metavar="NAME", help=sampler_help())
-    sampling.add_argument("--steps", type=positive_int, default=None, help="sampling steps (step skipping)")
-    sampling.add_argument("--noise", type=non_negative_float, default=None,
-                          help="sampling noise delta at every level (default: the model's sample_noise)")
+    add_sampling_arguments(sampling)
 
     parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,4 +1,6 @@
-"""Export a trained model (EMA weights to safetensors, plus its config) and load models for inference.
+"""Export a trained model (EMA weights to safetensors, plus its config) and load models for inference: the
+user-facing names of :mod:`colddiff.files`, which reads, checks and writes model files, over either a
+:class:`~colddiff.pipeline.Pipeline` or a training module.
 
 An export is a folder with ``model.safetensors`` (the EMA network's weights, the degradation's buffers and the
 prior's fitted state) and ``config.json`` (the components as ``class_path``/``init_args``, the same description a
@@ -7,7 +9,6 @@ checkpoint carries).  Loading an export needs neither the training checkpoint no
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,15 +16,16 @@ from typing import Any
 
 import torch
 
-from colddiff.io import atomic_write_bytes, load_checkpoint
-from colddiff.pipeline import CONFIG, WEIGHTS, Pipeline, as_pipeline
+from colddiff import files
+from colddiff.files import CONFIG, WEIGHTS, is_export
+from colddiff.pipeline import Pipeline, as_pipeline
 
 __all__ = ["export_model", "load_model", "load_export", "model_config", "save_model_as", "as_pipeline"]
 
 
 def model_config(model: Any) -> dict[str, Any]:
     """The model's inference config (components as ``class_path``/``init_args``, sampler defaults)."""
-    return as_pipeline(model).config()
+    return files.model_config(as_pipeline(model))
 
 
 def export_model(model: Any, out_dir: str | os.PathLike) -> Path:
@@ -32,13 +34,13 @@ def export_model(model: Any, out_dir: str | os.PathLike) -> Path:
 
     Returns the folder.
     """
-    return as_pipeline(model).save(out_dir)
+    return files.write_export(as_pipeline(model), out_dir)
 
 
 def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Pipeline:
     """Load an export folder (or its ``model.safetensors``) as an inference pipeline (eval mode)."""
     path = Path(path)
-    if not (path.is_dir() or path.name == WEIGHTS):
+    if not is_export(path):
         raise FileNotFoundError(f"{str(path)!r} is not a colddiff export folder: it needs {WEIGHTS} and {CONFIG}")
     return Pipeline.load(path, map_location)
 
@@ -60,20 +62,9 @@ def save_model_as(model: Any, source: str | os.PathLike, output: str | os.PathLi
 
     A training checkpoint ``source`` gives a checkpoint: a copy of ``source`` whose prior tensors are the model's
     (weights, optimiser and training state are kept); an export ``source`` gives an export folder.  The file is
-    written atomically.
+    written atomically (:func:`colddiff.files.save_model_as`).
 
     Raises:
         ValueError: ``output`` is ``source`` itself.
     """
-    source, output = Path(source), Path(output)
-    if output.resolve() == source.resolve():
-        raise ValueError(f"refusing to overwrite the model file {str(source)!r}: give a new output path")
-    prior = as_pipeline(model).prior
-    if source.is_dir() or source.name == WEIGHTS:
-        return export_model(model, output)
-    checkpoint = load_checkpoint(source)
-    for key, value in (prior.state_dict() if prior is not None else {}).items():
-        checkpoint["state_dict"][f"prior.{key}"] = value.detach().cpu()
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    return atomic_write_bytes(buffer.getvalue(), output)
+    return files.save_model_as(as_pipeline(model), source, output)

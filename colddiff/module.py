@@ -27,8 +27,9 @@ from colddiff.checkpoint import RNGState, apply_resume_changes
 from colddiff.datasets import DatasetSource, unpack_batch
 from colddiff.degradations.base import Degradation
 from colddiff.ema import ema_update
+from colddiff.files import read_training_checkpoint
 from colddiff.objectives import Objective, resolve_objective
-from colddiff.pipeline import Pipeline, Reconstruction, compile_network, read_training_checkpoint
+from colddiff.pipeline import Pipeline, Reconstruction, compile_network
 from colddiff.priors import Prior, PriorSample
 from colddiff.sampling import SamplerName
 from colddiff.schedules import level_values
@@ -114,18 +115,19 @@ class ColdDiffusion(L.LightningModule):
         check_positive_int(ema_every, "ema_every")
         check_positive_int(prior_fit_images, "prior_fit_images")
         self.network = network
-        self.ema_network = copy.deepcopy(network).requires_grad_(False).eval()
-        # the inference half (EMA network, objective, degradation, prior, sampler defaults); kept out of the module
-        # tree so the state dict keeps its layout (its parts are this module's children)
-        pipeline = Pipeline(degradation, self.ema_network, objective, prior, image_size, channels, sampler,
-                            sample_steps, sample_noise, channels_last)
-        object.__setattr__(self, "pipeline", pipeline)
-        self.degradation, self.prior, self.objective = degradation, prior, objective
-        self.image_size, self.channels = image_size, channels
+        #: the inference half (the EMA network, objective, degradation, prior, sampler defaults): the one holder of
+        #: those parts (this module's ``ema_network``, ``degradation``, ``prior``, ``objective`` are its); the state
+        #: dict keeps its layout (``ema_network.*``, ``degradation.*``, ...: see ``_PIPELINE_KEYS``)
+        self.pipeline = Pipeline(
+            degradation=degradation, network=copy.deepcopy(network).requires_grad_(False).eval(), objective=objective,
+            prior=prior, image_size=image_size, channels=channels, sampler=sampler, sample_steps=sample_steps,
+            sample_noise=sample_noise, channels_last=channels_last)
+        self._register_state_dict_hook(_flat_pipeline_keys)
+        self._register_load_state_dict_pre_hook(_nested_pipeline_keys, with_module=True)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.ema_decay, self.ema_every, self.ema_start = ema_decay, ema_every, ema_start
         self.val_sample_batches, self.val_sample_steps = val_sample_batches, val_sample_steps
-        self.prior_fit_images, self.channels_last, self.compile_network = prior_fit_images, channels_last, compile
+        self.prior_fit_images, self.compile_network = prior_fit_images, compile
         self.nonfinite_loss, self.seed = nonfinite_loss, seed
         #: model-config groups a resume changed on purpose (set by train.py; see on_load_checkpoint)
         self.resume_changes: set[str] = set()
@@ -140,6 +142,36 @@ class ColdDiffusion(L.LightningModule):
         self._save_config(locals())
         if channels_last:  # at construction, so a reloaded model runs the trained model's kernels (issue 18)
             self.network.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------------------- the pipeline's parts
+    @property
+    def ema_network(self) -> nn.Module:
+        """The EMA copy of the network: the pipeline's network."""
+        return self.pipeline.network
+
+    @property
+    def degradation(self) -> Degradation:
+        return self.pipeline.degradation
+
+    @property
+    def prior(self) -> Prior | None:
+        return self.pipeline.prior
+
+    @property
+    def objective(self) -> Objective:
+        return self.pipeline.objective
+
+    @property
+    def image_size(self) -> int:
+        return self.pipeline.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.pipeline.channels
+
+    @property
+    def channels_last(self) -> bool:
+        return self.pipeline.channels_last
 
     # ---------------------------------------------------------------------------------------------- set-up
     def _save_config(self, arguments: dict[str, Any]) -> None:
@@ -177,10 +209,10 @@ class ColdDiffusion(L.LightningModule):
 
     # ------------------------------------------------------------------------ network (inference: the pipeline's)
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The training network's raw output at ``(x_t, t)`` (what the objective reads)."""
-        if self.channels_last:
-            x_t = x_t.contiguous(memory_format=torch.channels_last)
-        return (self._compiled[0] if self._compiled else self.network)(x_t, t)
+        """The training network's raw output at ``(x_t, t)`` (what the objective reads): the pipeline's
+        :meth:`~colddiff.pipeline.Pipeline.run_network` (channels-last when configured) with the training network
+        (compiled with ``compile``)."""
+        return self.pipeline.run_network(x_t, t, self._compiled[0] if self._compiled else self.network)
 
     def _delegate(self, method: Callable, *args: Any, **kwargs: Any) -> Any:
         """A pipeline method in the trainer's precision (bf16-mixed training validates in bf16)."""
@@ -294,3 +326,27 @@ class ColdDiffusion(L.LightningModule):
         model = cls(**model_kwargs(hparams, overrides, allow, source))
         model.load_state_dict(state, strict=True if strict is None else strict)
         return model.to(map_location) if map_location is not None else model
+
+
+#: the pipeline's state-dict groups and their names in a training checkpoint (the layout since the first release)
+_PIPELINE_KEYS = {"pipeline.network.": "ema_network.", "pipeline.degradation.": "degradation.",
+                  "pipeline.objective.": "objective.", "pipeline.prior.": "prior."}
+
+
+def _flat_pipeline_keys(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict hook: ``pipeline.network.*`` is written as ``ema_network.*``, ``pipeline.degradation.*`` as
+    ``degradation.*`` (and the objective's and prior's likewise), so checkpoints keep their layout."""
+    for key in list(state):
+        for nested, flat in _PIPELINE_KEYS.items():
+            if key.startswith(prefix + nested):
+                state[prefix + flat + key[len(prefix + nested):]] = state.pop(key)
+                break
+
+
+def _nested_pipeline_keys(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: the inverse of :func:`_flat_pipeline_keys`."""
+    for key in list(state):
+        for nested, flat in _PIPELINE_KEYS.items():
+            if key.startswith(prefix + flat):
+                state[prefix + nested + key[len(prefix + flat):]] = state.pop(key)
+                break

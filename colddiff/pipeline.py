@@ -1,25 +1,19 @@
-"""Torch-only inference: a trained restorer with everything needed to use it, and its files.
+"""Torch-only inference: a trained restorer with everything needed to use it.
 
 A :class:`Pipeline` holds the network (the EMA weights of training), its :mod:`objective <colddiff.objectives>`
 (which turns the network's output into ``x0_hat``), the degradation, the start-state prior and the sampler
-defaults.  It restores, samples, reconstructs and generates, and it saves and loads itself as an *export*: a folder
-with ``model.safetensors`` (one copy of the weights, the degradation's buffers, the fitted prior) and
-``config.json`` (the components as ``class_path``/``init_args``).  :meth:`Pipeline.load` also reads Lightning
-training checkpoints (``.ckpt``), keeping only what inference needs (the EMA weights).
+defaults.  It restores (:meth:`~Pipeline.restore`, and given images each at its own level:
+:meth:`~Pipeline.restore_at_levels`), samples, reconstructs and generates.  It saves and loads itself as an
+*export* and loads Lightning training checkpoints (their EMA weights) through :mod:`colddiff.files`, which owns the
+file formats and their checks.
 
 This module imports no Lightning: ``pip install colddiff`` users, the sampling and evaluation command lines, the
 evaluation functions, level estimation and exports all run through it.  The Lightning module
 (:class:`colddiff.module.ColdDiffusion`) trains the network and hands its EMA copy to a pipeline.
-
-Files are data: configs build only allowed classes (colddiff components, or class paths the caller lists in
-``allow``; checked on the string before any import), weights are read with ``weights_only=True`` or safetensors,
-and a file's weights are checked against the config (names, shapes, floating dtypes, finite values) before the
-network is built at its real size, so a small file that asks for a huge network is refused, not allocated.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -28,15 +22,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from colddiff._checks import check_positive_int
-from colddiff._config import NOT_RECORDED, ModelFileError, build, check_component_entries, describe_or_mark
+from colddiff._config import ModelFileError
 from colddiff.degradations.base import Degradation
-from colddiff.io import atomic_write_bytes, load_checkpoint
-from colddiff.objectives import Objective, default_objective, resolve_objective
+from colddiff.estimation import LevelEstimate, sample_at_levels
+from colddiff.files import (  # the file names that lived here are re-exported for compatibility
+    CONFIG,
+    TRAINING_ONLY,
+    WEIGHTS,
+    build_checked,
+    check_file_sampler,
+    check_model_config,
+    check_network_weights,
+    check_state,
+    inference_state,
+    load_pipeline,
+    model_config,
+    pipeline_kwargs,
+    read_training_checkpoint,
+    write_export,
+)
+from colddiff.objectives import Objective, default_objective
 from colddiff.priors import Prior, PriorSample
 from colddiff.sampling import (
     Denoiser,
@@ -49,16 +57,10 @@ from colddiff.sampling import (
 )
 from colddiff.schedules import level_values
 
-__all__ = ["Pipeline", "Reconstruction", "as_pipeline", "check_network", "check_prior", "check_network_weights",
-           "check_file_sampler",
-           "read_training_checkpoint", "WEIGHTS", "CONFIG", "TRAINING_ONLY"]
-
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
-#: entries of a model config that only training uses: accepted in files (checkpoints, older exports), not needed here
-TRAINING_ONLY = ("optimizer", "lr_scheduler", "ema_decay", "ema_every", "ema_start", "val_sample_batches",
-                 "val_sample_steps", "prior_fit_images", "compile", "nonfinite_loss", "seed", "train_noise")
-_SETTINGS = ("image_size", "channels", "sampler", "sample_steps", "sample_noise", "channels_last")
-_COMPONENTS = ("degradation", "network", "prior", "objective")
+__all__ = ["Pipeline", "Reconstruction", "as_pipeline", "check_network", "check_prior", "compile_network",
+           # re-exported from colddiff.files
+           "check_network_weights", "check_file_sampler", "check_model_config", "check_state", "build_checked",
+           "pipeline_kwargs", "read_training_checkpoint", "WEIGHTS", "CONFIG", "TRAINING_ONLY"]
 
 
 @dataclass
@@ -184,11 +186,15 @@ class Pipeline(nn.Module):
         return next(iter(self.network.parameters()), torch.empty(0)).device
 
     # ---------------------------------------------------------------------------------------- network
-    def run_network(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The raw network output at ``(x_t, t)`` (channels-last and compiled when configured)."""
+    def run_network(self, x_t: Tensor, t: Tensor, network: Callable[[Tensor, Tensor], Tensor] | None = None
+                    ) -> Tensor:
+        """The raw network output at ``(x_t, t)`` (channels-last and compiled when configured); ``network``: call
+        that one instead (the training module's live network), with the same input layout."""
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        return (self._compiled[0] if self._compiled else self.network)(x_t, t)
+        if network is None:
+            network = self._compiled[0] if self._compiled else self.network
+        return network(x_t, t)
 
     def restore(self, x_t: Tensor, t: Tensor) -> Tensor:
         """``x0_hat = R(x_t, t)``: the network's output read by the objective (clipped to ``[0, 1]`` when the
@@ -247,6 +253,48 @@ class Pipeline(nn.Module):
         noise = self.sample_noise if noise is None and info.takes_noise else noise
         return sample(info.fn, Denoiser(self.predict), self.degradation, x_t, t, params, steps, callback, generator,
                       noise)
+
+    @torch.no_grad()
+    def restore_at_levels(
+        self,
+        y: Tensor,
+        levels: Tensor | Sequence[int] | LevelEstimate,
+        *,
+        sampler: SamplerName | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: float | Sequence[float] | None = None,
+        params: Mapping[str, Tensor] | None = None,
+        restore: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Restore given images, each from its own level, with the pipeline's sampler defaults (as :meth:`sample`:
+        ``sampler``, ``sample_steps`` and ``sample_noise`` where the sampler takes them).
+
+        Args:
+            y: the degraded images in ``[0, 1]``.
+            levels: one level per image, or the :func:`~colddiff.estimation.estimate_level` result that found them
+                (with ``keep_restorations=True`` its restorations answer each sampler's first network call: the
+                search already computed ``R(y, level)``).
+            sampler, noise, generator: as :meth:`sample`.
+            steps: evenly spaced steps per run (default ``sample_steps``; fewer for images at lower levels).
+            params: the degradation's params, when known.
+            restore: the restorer to use (default: the pipeline's own, as :meth:`sample` uses it); e.g.
+                :func:`colddiff.tiling.any_size` over :meth:`restore` for images of other sizes.  It must be the
+                restorer that computed an estimate's restorations.
+
+        Shape:
+            ``y``: ``(B, C, H, W)``; ``levels``: ``(B,)``; output: ``(B, C, H, W)``.
+        """
+        sampler = sampler or self.sampler
+        info = sampler_info(sampler)
+        restorations = None
+        if isinstance(levels, LevelEstimate):
+            levels, restorations = levels.levels, levels.restorations
+        steps = self.sample_steps if steps is None and info.takes_steps else steps
+        noise = self.sample_noise if noise is None and info.takes_noise else noise
+        return sample_at_levels(sampler, Denoiser(self.predict) if restore is None else restore, self.degradation, y,
+                                levels, params=params, steps=steps, generator=generator, noise=noise,
+                                restorations=restorations)
 
     @torch.no_grad()
     def reconstruct(
@@ -355,41 +403,21 @@ class Pipeline(nn.Module):
         return sampler_info(sampler or self.sampler).network_calls(self.sampling_steps(sampler, steps, level))
 
     # ------------------------------------------------------------------------------------------ files
+    # (reading, checking and writing model files is :mod:`colddiff.files`'s; these are the pipeline's doors to it)
     def config(self) -> dict[str, Any]:
         """The pipeline as a JSON-ready config: components as ``class_path``/``init_args``, plain settings."""
-        config: dict[str, Any] = {name: describe_or_mark(getattr(self, name)) if getattr(self, name) is not None
-                                  else None for name in _COMPONENTS}
-        config.update({name: getattr(self, name) for name in _SETTINGS})
-        return json.loads(json.dumps(config))
+        return model_config(self)
 
     def inference_state(self) -> dict[str, Tensor]:
         """The tensors of an export: ``network.*``, ``degradation.*``, ``prior.*`` (CPU, contiguous copies)."""
-        state = {}
-        for prefix in ("network", "degradation", "prior"):
-            module = getattr(self, prefix)
-            for key, tensor in (module.state_dict() if module is not None else {}).items():
-                state[f"{prefix}.{key}"] = tensor.detach().cpu().contiguous().clone()
-        return state
+        return inference_state(self)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write the export folder ``out_dir``: ``model.safetensors`` and ``config.json``, each atomically.
 
         Returns the folder.
         """
-        config = self.config()
-        unrecorded = [name for name in _COMPONENTS if isinstance(config[name], dict) and config[name].get(NOT_RECORDED)]
-        if unrecorded:
-            raise TypeError(f"cannot export: the {', '.join(unrecorded)} ({config[unrecorded[0]]['class_path']}) "
-                            "does not record its init arguments, so the export could not rebuild it; build it from "
-                            "colddiff's components or a class that mixes in colddiff._config.RecordsInit")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{WEIGHTS}.tmp"
-        save_file(self.inference_state(), str(tmp), metadata={"format": "colddiff-export"})
-        os.replace(tmp, out_dir / WEIGHTS)
-        payload = {"format": "colddiff-export", "version": 2, "model": config}
-        atomic_write_bytes(json.dumps(payload, indent=2).encode(), out_dir / CONFIG)
-        return out_dir
+        return write_export(self, out_dir)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], source: str = "the config", allow: Sequence[str] = (),
@@ -408,7 +436,8 @@ class Pipeline(nn.Module):
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", allow: Sequence[str] = (),
              **overrides: Any) -> Pipeline:
         """Load a pipeline from an export folder (or its ``model.safetensors``) or a training checkpoint
-        (``.ckpt``: its EMA weights), in eval mode on ``map_location``.
+        (``.ckpt``: its EMA weights), in eval mode on ``map_location``; the file is read and checked once
+        (:func:`colddiff.files.load_pipeline`).
 
         Args:
             path: the export folder, its weights file, or a checkpoint.
@@ -416,15 +445,7 @@ class Pipeline(nn.Module):
             allow: class paths (and sampler import paths) you trust to be built from this file.
             overrides: components or settings that replace the file's (a network the checkpoint could not record).
         """
-        path = Path(path)
-        if path.is_dir() or path.name == WEIGHTS:
-            config, state, source = _read_export(path)
-        elif not path.exists():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        else:
-            config, state, source = _read_checkpoint(path, allow, overrides)
-        pipeline = build_checked(cls, config, state, source, allow, overrides)
-        return pipeline.to(map_location).eval()
+        return load_pipeline(cls, path, map_location, allow, overrides)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -455,197 +476,3 @@ def compile_network(network: nn.Module, mode: str | None = None) -> Callable:
     except Exception as err:  # noqa: BLE001 - platform-dependent failures (no compiler, unsupported Python)
         warnings.warn(f"torch.compile is unavailable ({err}); running the network eagerly", stacklevel=2)
         return network
-
-
-def check_model_config(config: Any, source: str, overrides: Mapping[str, Any] | None = None) -> None:
-    """Refuse a model config that cannot describe a pipeline, in one line naming the file and the field: not a
-    mapping, unknown entries, no degradation or network, a component that is not a ``{class_path, init_args}``
-    mapping (nothing is imported or built here)."""
-    overrides = overrides or {}
-    if not isinstance(config, Mapping):
-        raise ModelFileError(f"the model config must be a mapping of its entries, got {type(config).__name__}",
-                             source)
-    known = set(_COMPONENTS) | set(_SETTINGS) | set(TRAINING_ONLY) | {"loss"}
-    unknown = sorted(k for k in config if not str(k).startswith("_") and k not in known and k not in overrides)
-    if unknown:
-        raise ModelFileError(f"unknown entries {unknown} in the model config (known: {sorted(known)})", source)
-    missing = [name for name in ("degradation", "network") if config.get(name) is None and name not in overrides]
-    if missing:
-        raise ModelFileError(f"the model config has no {' and no '.join(missing)} (a {{class_path, init_args}} "
-                             "entry each)", source)
-    check_component_entries(config, overrides, source)
-
-
-def check_file_sampler(config: Mapping[str, Any], source: str, allow: Sequence[str] = ()) -> None:
-    """A file's ``sampler`` entry must be a registered sampler or an import path listed in ``allow`` (checked on the
-    string, nothing imported): the one check of both loaders (:meth:`Pipeline.load`,
-    ``ColdDiffusion.load_from_checkpoint``)."""
-    sampler = config.get("sampler")
-    if sampler is None:
-        return
-    try:
-        check_sampler_name(sampler, "sampler", allow=allow)
-    except ValueError as err:
-        raise ModelFileError(str(err), source) from err
-
-
-def pipeline_kwargs(config: Mapping[str, Any], source: str, allow: Sequence[str] = (),
-                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A pipeline's constructor arguments from a model config (see :meth:`Pipeline.from_config`)."""
-    overrides = dict(overrides or {})
-    check_model_config(config, source, overrides)
-    if "sampler" not in overrides:
-        check_file_sampler(config, source, allow)
-    kwargs: dict[str, Any] = {}
-    for name in _COMPONENTS:
-        if name in overrides or config.get(name) is None:
-            continue
-        kwargs[name] = build(config[name], name, allow, source)
-    if "objective" not in overrides and config.get("loss") is not None:  # models from before the objective
-        try:
-            kwargs["objective"] = resolve_objective(kwargs.get("objective"), config["loss"], kwargs["degradation"])
-        except ValueError as err:  # an objective and a loss: refused, as ColdDiffusion refuses them
-            raise ModelFileError(str(err), source) from err
-    for name in _SETTINGS:
-        if name in config and name not in overrides:
-            kwargs[name] = config[name]
-    kwargs.update(overrides)
-    return kwargs
-
-
-def _expected_shapes(network_config: Any, allow: Sequence[str]) -> dict[str, tuple[torch.dtype, torch.Size]] | None:
-    """The network's state-dict entries (dtype, shape) built on the meta device: no memory is allocated, so a
-    crafted config asking for a huge network costs nothing.  ``None`` if the network cannot be built there."""
-    try:
-        with torch.device("meta"):
-            probe = build(network_config, "network", allow)
-    except ValueError:
-        raise
-    except Exception:  # noqa: BLE001 - a network that cannot be built on the meta device is built for real
-        return None
-    return {k: (v.dtype, v.shape) for k, v in probe.state_dict().items()}
-
-
-def check_state(group: str, state: Mapping[str, Tensor], expected: Mapping[str, tuple[torch.dtype, torch.Size]],
-                source: str) -> None:
-    """Refuse weights that do not fit the model in one line naming the file: missing or extra names, another
-    shape, an integer tensor where the model holds floats, NaN or infinite values."""
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or extra:
-        def show(keys: list[str]) -> str:
-            return f"{keys[:3]}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
-
-        raise ValueError(f"{source!r}: the {group} weights do not match its config: missing {show(missing)}, "
-                         f"unexpected {show(extra)}; the file is damaged or was written for another model")
-    for key, (dtype, shape) in expected.items():
-        tensor = state[key]
-        if tuple(tensor.shape) != tuple(shape):
-            raise ValueError(f"{source!r}: {group}.{key} has shape {tuple(tensor.shape)} but the config's {group} "
-                             f"needs {tuple(shape)}; the file is damaged or its config was edited")
-        if dtype.is_floating_point and not tensor.is_floating_point():
-            raise ValueError(f"{source!r}: {group}.{key} holds {tensor.dtype} values where the model needs floats; "
-                             "the file is damaged or crafted")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{source!r}: {group}.{key} holds NaN or infinite values; the model file is corrupt or "
-                             "was saved from a diverged run")
-
-
-def check_network_weights(network_config: Any, state: Mapping[str, Tensor], source: str, allow: Sequence[str] = (),
-                          prefixes: Sequence[str] = ("network",)) -> bool:
-    """Check each ``prefix.*`` group of ``state`` against the network ``network_config`` describes, built on the meta
-    device (nothing is allocated); returns ``False`` (nothing checked) when the config records no network or it
-    cannot be built there."""
-    expected = None if network_config is None else _expected_shapes(network_config, allow)
-    for prefix in prefixes if expected is not None else ():
-        group = {k.partition(".")[2]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        check_state(prefix, group, expected, source)
-    return expected is not None
-
-
-def build_checked(cls: type[Pipeline], config: Mapping[str, Any], state: Mapping[str, Tensor], source: str,
-                  allow: Sequence[str] = (), overrides: Mapping[str, Any] | None = None) -> Pipeline:
-    """Check the file's network weights against its config on the meta device, build the pipeline, load the
-    weights (``network.*``, ``degradation.*``, ``prior.*``) strictly."""
-    overrides = dict(overrides or {})
-    groups: dict[str, dict[str, Tensor]] = {"network": {}, "degradation": {}, "prior": {}}
-    for key, tensor in state.items():
-        prefix, _, name = key.partition(".")
-        if prefix not in groups:
-            raise ValueError(f"{source!r}: unexpected tensor {key!r} (expected network.*, degradation.*, prior.*)")
-        groups[prefix][name] = tensor
-    check_model_config(config, source, overrides)
-    checked = "network" not in overrides and check_network_weights(config.get("network"), state, source, allow)
-    pipeline = cls.from_config(config, source, allow, **overrides)
-    for prefix in ("network", "degradation", "prior"):
-        module = getattr(pipeline, prefix)
-        if module is None:
-            if groups[prefix]:
-                raise ValueError(f"{source!r}: the file has {prefix} tensors but its config has no {prefix}")
-            continue
-        if prefix == "network" and checked:  # already checked against the config, before it was built
-            module.load_state_dict(groups[prefix])
-            continue
-        if prefix != "prior":  # the network's and the degradation's tensors are fixed by their configs
-            check_state(prefix, groups[prefix], {k: (v.dtype, v.shape) for k, v in module.state_dict().items()},
-                        source)
-            module.load_state_dict(groups[prefix])
-            continue
-        try:  # a fitted prior's tensors depend on its data (KDE thumbnails): it validates its own state on load
-            module.load_state_dict(groups[prefix])
-        except (RuntimeError, ValueError) as err:
-            raise ModelFileError(f"prior: {' '.join(str(err).split())}", source) from err
-        for key, tensor in groups[prefix].items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"{source!r}: prior.{key} holds NaN or infinite values; the model file is corrupt")
-    return pipeline
-
-
-def _read_export(path: Path) -> tuple[Mapping[str, Any], dict[str, Tensor], str]:
-    folder = path.parent if path.name == WEIGHTS else path
-    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
-        raise FileNotFoundError(f"{str(folder)!r} is not a colddiff export: it needs {WEIGHTS} and {CONFIG}")
-    try:
-        payload = json.loads((folder / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(folder / CONFIG)!r} is not valid JSON: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != "colddiff-export" or "model" not in payload:
-        raise ValueError(f"{str(folder / CONFIG)!r} is not a colddiff export config")
-    try:
-        state = load_file(str(folder / WEIGHTS), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"cannot read {str(folder / WEIGHTS)!r}: {err}") from err
-    return payload["model"], state, str(folder)
-
-
-def read_training_checkpoint(path: str | os.PathLike, allow: Sequence[str] = (),
-                             overrides: Mapping[str, Any] | None = None, networks: Sequence[str] = ()
-                             ) -> tuple[Mapping[str, Any], Mapping[str, Tensor], str]:
-    """A training checkpoint's model config (hyper-parameters), its whole state dict, and its name for messages;
-    read with ``weights_only=True``.  Before anything is built: the file's sampler goes through the allow-list
-    (:func:`check_file_sampler`) and the weight groups ``networks`` (e.g. ``network``, ``ema_network``) are checked
-    against the config's network on the meta device (:func:`check_network_weights`), unless ``overrides`` replace
-    them."""
-    checkpoint = load_checkpoint(path, map_location="cpu")
-    hparams, state = checkpoint.get("hyper_parameters"), checkpoint.get("state_dict")
-    if not isinstance(hparams, Mapping) or not isinstance(state, Mapping):
-        raise ValueError(f"{str(path)!r} is not a colddiff training checkpoint (no state_dict/hyper_parameters)")
-    overrides = overrides or {}
-    if "sampler" not in overrides:
-        check_file_sampler(hparams, str(path), allow)
-    if networks and "network" not in overrides:
-        check_network_weights(hparams.get("network"), state, str(path), allow, networks)
-    return hparams, state, str(path)
-
-
-def _read_checkpoint(path: Path, allow: Sequence[str], overrides: Mapping[str, Any]
-                     ) -> tuple[Mapping[str, Any], dict[str, Tensor], str]:
-    """A training checkpoint's config and the tensors inference needs: the EMA network as ``network.*``."""
-    hparams, full, source = read_training_checkpoint(path, allow, overrides)
-    state: dict[str, Tensor] = {}
-    for key, tensor in full.items():
-        prefix, _, name = key.partition(".")
-        if prefix == "ema_network":
-            state[f"network.{name}"] = tensor
-        elif prefix in ("degradation", "prior"):
-            state[key] = tensor
-    return hparams, state, source

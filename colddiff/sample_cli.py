@@ -33,21 +33,21 @@ from colddiff._checks import check_finite_output
 from colddiff._cli import (
     UsageError,
     add_data_arguments,
+    add_run_arguments,
+    add_sampling_arguments,
     check_output_locations,
     conversion_of,
     dataset_from_args,
     device_from,
     error_text,
-    non_negative_float,
     partners_from_args,
     positive_int,
     prepare_prior,
-    sampler_help,
-    sampler_name,
 )
-from colddiff.datasets import ImageTransform, find_images, random_items, stack_items, unpack_batch
-from colddiff.estimation import check_estimable, estimate_level, sample_at_levels
+from colddiff.datasets import ImageTransform, find_images, stack_items, unpack_batch, with_partners
+from colddiff.estimation import check_estimable, estimate_level
 from colddiff.export import load_model, save_model_as
+from colddiff.files import CONFIG, WEIGHTS
 from colddiff.io import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -58,7 +58,7 @@ from colddiff.io import (
     save_png_atomic,
 )
 from colddiff.pipeline import Pipeline
-from colddiff.sampling import autocast, sampler_info
+from colddiff.sampling import autocast
 from colddiff.tiling import any_size
 
 __all__ = ["main", "build_parser"]
@@ -69,22 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--ckpt", required=True, help="training checkpoint (.ckpt) or export folder")
     common.add_argument("--out", default="samples", help="output folder (default: samples)")
-    common.add_argument("--sampler", type=sampler_name, default=None, metavar="NAME", help=sampler_help())
-    common.add_argument("--steps", type=positive_int, default=None,
-                        help="sampling steps, evenly spaced levels (step skipping); default: every level")
-    common.add_argument("--batch-size", type=positive_int, default=16)
-    common.add_argument("--noise", type=non_negative_float, default=None,
-                        help="sampling noise delta added at every level (IHDM-style ancestral sampling); default: "
-                             "the model's sample_noise (none unless it was trained with one)")
-    common.add_argument("--seed", type=int, default=0, help="seed of degradation params and prior draws")
-    common.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1 ...")
-    common.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
-                        help="network precision (autocast); the sampler's state stays in float32")
+    add_sampling_arguments(common)
+    add_run_arguments(common, batch_size=16)
     common.add_argument("--scale", type=positive_int, default=1, help="nearest-neighbour enlargement in the grid PNGs")
     common.add_argument("--compile", action="store_true",
                         help="torch.compile the network (CUDA graphs on GPU): faster for many images")
-    common.add_argument("--partner-root", default=None,
-                        help="folder of partner images for mixing models (start states / degradation partners)")
 
     data = argparse.ArgumentParser(add_help=False)
     add_data_arguments(data)
@@ -192,15 +181,15 @@ def _sample(model: Pipeline, args: argparse.Namespace, device: torch.device, x_t
     return out.float().clamp(0, 1)
 
 
-def _context(args: argparse.Namespace, model: Pipeline, context: dict[str, Tensor], n: int,
+def _partners(args: argparse.Namespace, model: Pipeline) -> Dataset | None:
+    """--partner-root's images for a mixing model (found once per run; ``None`` for other models or without it)."""
+    return partners_from_args(args, model) if "partner" in model.degradation.context_keys else None
+
+
+def _context(model: Pipeline, context: dict[str, Tensor], partners: Dataset | None, n: int,
              generator: torch.Generator) -> dict[str, Tensor]:
     """The batch's degradation context, with mixing partners drawn from --partner-root when the data has none."""
-    if "partner" in model.degradation.context_keys and "partner" not in context:
-        partners = partners_from_args(args, model)
-        if partners is None:
-            raise UsageError("this mixing model needs partner images: pass --partner-root PATH")
-        context = {**context, "partner": unpack_batch(random_items(partners, n, generator))[0]}
-    return context
+    return with_partners(context, model.degradation.context_keys, partners, n, generator, "pass --partner-root PATH")
 
 
 def _each_name(count: int) -> list[str]:
@@ -213,7 +202,7 @@ def _save_each(images: Tensor, folder: Path, names: Sequence[str] | None = None)
     return [save_image_atomic(image, folder / name) for image, name in zip(images, names)]
 
 
-_EXPORT_FILES = ("model.safetensors", "config.json")
+_EXPORT_FILES = (WEIGHTS, CONFIG)
 
 
 def _model_files(path: str | Path) -> list[Path]:
@@ -223,12 +212,13 @@ def _model_files(path: str | Path) -> list[Path]:
     return [folder / name for name in _EXPORT_FILES] if folder.is_dir() else [path]
 
 
-def _planned_outputs(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
-    """Every file this run will write under --out, and the files it must never write (inputs, the model)."""
+def _planned_outputs(args: argparse.Namespace, plan: _RestorePlan | None = None) -> tuple[list[Path], list[Path]]:
+    """Every file this run will write under --out, and the files it must never write (inputs, the model); restore's
+    from its ``plan`` (made here when not given)."""
     out = Path(args.out)
     protected = _model_files(args.ckpt)
     if args.mode == "restore":
-        plan = _restore_plan(args)
+        plan = plan or _restore_plan(args)
         protected += plan.files
         return [out / "restored" / name for name in plan.names] + [out / "restore_grid.png",
                                                                     out / "restore.json"], protected
@@ -242,13 +232,13 @@ def _planned_outputs(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     return outputs, protected
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
+def _check_outputs(args: argparse.Namespace, plan: _RestorePlan | None = None) -> None:
     """Every output location is checked before the model is loaded: --out must be a folder (or not exist yet), no
     output may be an input or the model file, and every file must be writable."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out!r} is an existing file; it must be a folder (created if missing)")
-    outputs, protected = _planned_outputs(args)
+    outputs, protected = _planned_outputs(args, plan)
     check_output_locations(outputs, protected)
 
 
@@ -258,9 +248,10 @@ def run_reconstruct(args: argparse.Namespace, model: Pipeline, device: torch.dev
     x0_all, context_all = _take(_dataset(args, model), args.num)
     generator = torch.Generator().manual_seed(args.seed)
     columns: list[list[Tensor]] = [[], [], [], []]
+    partners = _partners(args, model)
     for start, stop in tqdm(_batches(len(x0_all), args.batch_size), desc="reconstruct"):
         x0 = x0_all[start:stop].to(device)
-        context = _context(args, model, {k: v[start:stop] for k, v in context_all.items()}, len(x0), generator)
+        context = _context(model, {k: v[start:stop] for k, v in context_all.items()}, partners, len(x0), generator)
         bar, step = _progress(args, model, level)
         with bar, autocast(device, args.precision):
             result = model.reconstruct(x0, level, sampler=args.sampler, steps=args.steps, generator=generator,
@@ -375,7 +366,10 @@ def _read_inputs(args: argparse.Namespace, model: Pipeline, files: list[Path]) -
     return images
 
 
-def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device, out: Path) -> Path:
+def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device, out: Path,
+                plan: _RestorePlan | None = None) -> Path:
+    """``restore``; ``plan``: the input files, already found and their outputs checked (:func:`main` walks --input
+    once), else found and checked here."""
     degradation = model.degradation
     if "partner" in degradation.context_keys:
         raise UsageError("restore cannot serve a mixing model: undoing a mix needs the partner image that was mixed "
@@ -387,9 +381,9 @@ def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device,
             check_estimable(degradation)
         except ValueError as err:
             raise UsageError(f"--level auto: {err}; give the level with --level N") from err
-    plan = _restore_plan(args)
-    outputs, protected = _planned_outputs(args)
-    check_output_locations(outputs, protected + plan.files)
+    if plan is None:
+        plan = _restore_plan(args)
+        _check_outputs(args, plan)
     for run, count in plan.skipped:
         print(f"sample.py restore: note: skipping {count} file(s) that an earlier restore run wrote in {str(run)!r} "
               "(restore_grid.png, restored/): they are outputs, not inputs", file=sys.stderr)
@@ -409,15 +403,15 @@ def run_restore(args: argparse.Namespace, model: Pipeline, device: torch.device,
     for _, index in tqdm(batches, desc="restore"):
         y = torch.stack([images[i] for i in index]).to(device)
         with autocast(device, args.precision):
-            if args.level == "auto":
-                estimate = estimate_level(restore, degradation, y)
-                levels, notes = estimate.levels, estimate.to_records()
+            if args.level == "auto":  # the search's restorations at the estimated levels answer the samplers'
+                estimate = estimate_level(restore, degradation, y, keep_restorations=True)  # first calls
+                levels, notes, start = estimate.levels, estimate.to_records(), estimate
             else:
                 levels, notes = torch.full((len(index),), args.level, dtype=torch.long), [{} for _ in index]
-            result = sample_at_levels(sampler, restore, degradation, y, levels, steps=args.steps,
-                                      generator=generator,
-                                      noise=args.noise if args.noise is not None else
-                                      model.sample_noise if sampler_info(sampler).takes_noise else None)
+                start = levels
+            # through the pipeline: the model's sampler, sample_steps and sample_noise as in every other mode
+            result = model.restore_at_levels(y, start, sampler=sampler, steps=args.steps, generator=generator,
+                                             noise=args.noise, restore=restore)
         check_finite_output(result, "restored images")
         for i, image, level, note in zip(index, result.float().clamp(0, 1).cpu(), levels.tolist(), notes):
             restored[i] = image
@@ -518,7 +512,7 @@ def run_trajectory(args: argparse.Namespace, model: Pipeline, device: torch.devi
     else:
         x0, context = _take(_dataset(args, model), args.num)
         x0 = x0.to(device)
-        context = _context(args, model, context, len(x0), generator)
+        context = _context(model, context, _partners(args, model), len(x0), generator)
         params = model.degradation.make_params(x0, generator, **{k: v.to(device) for k, v in context.items()})
         params = {k: v.to(device) for k, v in params.items()}
         forward = [model.degradation(x0, level, params).float().clamp(0, 1).cpu() for level in levels]
@@ -562,14 +556,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     try:
         if args.mode == "generate":
             _check_generate_arguments(args)
-        _check_outputs(args)
+        plan = _restore_plan(args) if args.mode == "restore" else None  # --input is walked once
+        _check_outputs(args, plan)
         device = device_from(args.device)
         model = load_model(args.ckpt, map_location="cpu").to(device)
         if args.compile:
             model.compile_for_sampling("reduce-overhead" if device.type == "cuda" else None)
         out = Path(args.out)
         with torch.no_grad():
-            path = MODES[args.mode](args, model, device, out)
+            path = MODES[args.mode](args, model, device, out, **({"plan": plan} if plan is not None else {}))
     except (UsageError, FileNotFoundError, ValueError, pickle.UnpicklingError, NotADirectoryError, IsADirectoryError,
             PermissionError) as err:
         parser.exit(2, f"sample.py {args.mode}: error: {error_text(err, args.ckpt)}\n")

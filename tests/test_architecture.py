@@ -20,6 +20,8 @@ TORCH_ONLY = [
     "colddiff.objectives", "colddiff.pipeline", "colddiff.export",
 ]
 WITHOUT_LIGHTNING = ["colddiff.evaluation"]
+#: the sampling and evaluation command lines (sample.py, evaluate.py) run on the core: no Lightning either
+COMMAND_LINES = ["colddiff._cli", "colddiff.sample_cli", "colddiff.evaluate_cli"]
 
 
 def _imported_packages(modules: list[str]) -> set[str]:
@@ -35,6 +37,38 @@ def test_the_core_imports_no_lightning():
     assert _imported_packages(TORCH_ONLY) & {"lightning", "pytorch_lightning", "torchmetrics"} == set()
     assert _imported_packages(WITHOUT_LIGHTNING) & {"lightning", "pytorch_lightning"} == set()
     assert "lightning" in _imported_packages(["colddiff.module"])  # the check sees Lightning where it is
+
+
+def test_the_sampling_and_evaluation_command_lines_import_no_lightning():
+    assert _imported_packages(COMMAND_LINES) & {"lightning", "pytorch_lightning"} == set()
+    for name in COMMAND_LINES:  # nor at any depth of their code (a function-level import)
+        assert {"colddiff.module", "colddiff.cli", "colddiff.callbacks", "colddiff.checkpoint"} & \
+            _reachable(import_graph(), name) == set(), name
+
+
+def test_sampling_from_an_export_runs_without_lightning(tmp_path):
+    """A whole sample.py run (restore, and reconstruct from the embedded digits) on an export: Lightning is never
+    imported (only a training checkpoint's own recorded data module would need it)."""
+    code = f"""
+import sys
+import torch
+import numpy as np
+from PIL import Image
+import colddiff.degradations as cd
+from colddiff.nets import ConvNeXtUNet
+from colddiff.pipeline import Pipeline
+from colddiff.sample_cli import main
+root = {str(tmp_path)!r}
+net = ConvNeXtUNet(in_channels=1, dim=4, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=16)
+Pipeline(cd.GaussianBlur(4, kernel_size=5, sigma=1.0), net, image_size=16, channels=1).save(root + "/export")
+Image.fromarray(np.zeros((16, 16), np.uint8), "L").save(root + "/in.png")
+main(["restore", "--ckpt", root + "/export", "--out", root + "/a", "--input", root + "/in.png", "--level", "auto"])
+main(["reconstruct", "--ckpt", root + "/export", "--out", root + "/b", "--dataset", "embedded-mnist", "--num", "2"])
+print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"lightning", "pytorch_lightning"}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 def _module_name(path: Path) -> str:
@@ -65,6 +99,16 @@ def import_graph() -> dict[str, set[str]]:
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     modules = set(files)
     return {name: _imports(path, modules) - {name} for name, path in files.items()}
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for other in graph[todo.pop()] - seen:
+            seen.add(other)
+            todo.append(other)
+    return seen
 
 
 def test_no_two_modules_import_each_other():

@@ -232,3 +232,26 @@ def test_generation_quickstart_builds_its_scheduler_and_kde_prior_from_yaml(tmp_
     assert isinstance(cli.model.prior, LowResKDEPrior) and cli.model.prior.thumbnails.shape == (64, 49)
     images, start = cli.model.generate(2, torch.Generator().manual_seed(0), steps=3)
     assert images.shape == (2, 1, 28, 28) and {p["fit_index"] for p in start.provenance} <= set(range(64))
+
+
+def test_ckpt_path_last_reads_each_checkpoint_once(tmp_path, monkeypatch):
+    """`--ckpt_path last` picks the newest checkpoint by its recorded step and reads every file once: the chosen
+    one's content is handed on, not loaded a second time."""
+    from types import SimpleNamespace
+
+    import colddiff.cli as cli_module
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name, step in (("epoch=0-step=4.ckpt", 4), ("epoch=1-step=8.ckpt", 8), ("last.ckpt", 8)):
+        torch.save({"global_step": step, "state_dict": {}, "hyper_parameters": {}}, folder / name)
+    reads: list[str] = []
+    load = cli_module.load_checkpoint
+    monkeypatch.setattr(cli_module, "load_checkpoint",
+                        lambda path, **kw: reads.append(Path(path).name) or load(path, **kw))
+    callback = SimpleNamespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+                               init_args={"dirpath": str(folder)})
+    path, checkpoint = cli_module.read_resume_checkpoint("last", {"callbacks": [callback]})
+    assert path.name == "last.ckpt" and checkpoint["global_step"] == 8  # last.ckpt wins the tie
+    assert sorted(reads) == sorted(p.name for p in folder.glob("*.ckpt"))  # each file once
+    assert cli_module.resolve_resume_checkpoint("last", {"callbacks": [callback]}) == path

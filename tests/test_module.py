@@ -429,3 +429,24 @@ def test_a_reloaded_model_samples_what_the_trained_model_sampled(tmp_path, chann
             assert p.stride() == q.stride(), name  # the root cause: the same layout, hence the same kernels
         images, _ = reloaded.generate(6, torch.Generator().manual_seed(3))
         assert torch.equal(images, expected)  # one code path, one machine: bit-equal is the promise
+
+
+def test_the_module_holds_its_inference_parts_only_through_its_pipeline():
+    """Degradation, prior, objective and the EMA network live in the pipeline (one holder); the state dict keeps the
+    checkpoints' layout (ema_network.*, degradation.*, prior.*), and the training forward is the pipeline's
+    run_network with the live network."""
+    from tests.helpers import tiny_model
+
+    model = tiny_model()
+    pipeline = model.pipeline
+    assert model.degradation is pipeline.degradation and model.prior is pipeline.prior
+    assert model.objective is pipeline.objective and model.ema_network is pipeline.network
+    assert [name for name, _ in model.named_children()] == ["network", "pipeline", "val_metrics"]
+    keys = set(model.state_dict())
+    assert {k.split(".")[0] for k in keys} == {"network", "ema_network", "degradation", "prior", "skipped_batches"}
+    other = tiny_model(seed=1)
+    other.load_state_dict(model.state_dict())
+    for a, b in zip(other.ema_network.parameters(), model.ema_network.parameters()):
+        assert torch.equal(a, b)
+    x, t = torch.rand(2, 1, 16, 16), torch.tensor([1, 3])
+    torch.testing.assert_close(model(x, t), model.network(x, t))

@@ -201,7 +201,9 @@ def test_the_pipelines_config_entries_are_the_training_modules_arguments():
     checkpoint fail to load as a pipeline ("unknown entries")."""
     import inspect
 
-    from colddiff.pipeline import _COMPONENTS, _SETTINGS, TRAINING_ONLY
+    from colddiff.files import COMPONENTS as _COMPONENTS
+    from colddiff.files import SETTINGS as _SETTINGS
+    from colddiff.files import TRAINING_ONLY
 
     arguments = set(inspect.signature(ColdDiffusion.__init__).parameters) - {"self"}
     assert arguments == set(_COMPONENTS) | set(_SETTINGS) | set(TRAINING_ONLY) | {"loss"}
@@ -236,3 +238,70 @@ def test_both_loaders_refuse_a_files_sampler_path_unless_allowed(tmp_path):
     assert allowed.pipeline.sampler == "colddiff.sampling.sample_naive"
     assert load_model(tmp_path / "allowed.ckpt", allow=["colddiff.sampling.sample_naive"]).sampler == \
         "colddiff.sampling.sample_naive"
+
+
+def _counting(monkeypatch) -> list[int]:
+    """Counts the pipeline's network calls (each a batch)."""
+    calls: list[int] = []
+    run_network = Pipeline.run_network
+
+    def counted(self, x_t, t):
+        calls.append(len(t))
+        return run_network(self, x_t, t)
+
+    monkeypatch.setattr(Pipeline, "run_network", counted)
+    return calls
+
+
+def test_restore_at_levels_keeps_the_models_sample_steps_and_reuses_the_searchs_restorations(monkeypatch):
+    """Restoring given images goes through the pipeline's defaults (a model set to 3 of 12 levels restores in 3
+    steps, not 12), and an estimate's restorations answer each run's first network call with the same images."""
+    from colddiff.estimation import estimate_level, sample_at_levels
+
+    torch.manual_seed(0)
+    model = Pipeline(cd.GaussianBlur(12, kernel_size=5, sigma=1.0), tiny_net(), image_size=16, channels=1,
+                     sample_steps=3).eval()
+    y = model.degradation(torch.rand(3, 1, 16, 16), torch.tensor([12, 12, 5]))
+    levels = torch.tensor([12, 12, 5])
+    calls = _counting(monkeypatch)
+    restored = model.restore_at_levels(y, levels)
+    assert len(calls) == 3 + 3  # one run per level, 3 steps each (not 12 + 5)
+    torch.testing.assert_close(restored, sample_at_levels("improved", model.restore, model.degradation, y, levels,
+                                                          steps=3))
+    estimate = estimate_level(model.restore, model.degradation, y, keep_restorations=True)
+    assert estimate.restorations is not None and estimate.restorations.shape == y.shape
+    torch.testing.assert_close(estimate.restorations, model.restore(y, estimate.levels))
+    for sampler in ("direct", "improved"):
+        calls.clear()
+        fresh = model.restore_at_levels(y, estimate.levels, sampler=sampler, restore=model.restore)
+        without = len(calls)
+        calls.clear()
+        reused = model.restore_at_levels(y, estimate, sampler=sampler, restore=model.restore)
+        assert len(calls) == without - len(set(estimate.levels.tolist()) - {0})  # one call fewer per level
+        torch.testing.assert_close(reused, fresh)
+
+
+def _recorded(calls: list[str], name: str, function):
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def test_a_model_file_is_read_and_checked_once_per_load(tmp_path, monkeypatch):
+    """colddiff.files checks a file's config, its sampler and its network's weights once per load, exports and
+    checkpoints alike (the pipeline's constructor still validates its own arguments)."""
+    import colddiff.files as files
+    from tests.helpers import save_tiny_checkpoint, tiny_model
+
+    model = tiny_model()
+    paths = [export_model(model, tmp_path / "export"), save_tiny_checkpoint(model, tmp_path / "model.ckpt")]
+    for path in paths:
+        calls: list[str] = []
+        for name in ("check_model_config", "check_file_sampler", "check_network_weights"):
+            monkeypatch.setattr(files, name, _recorded(calls, name, getattr(files, name)))
+        loaded = load_model(path)
+        assert sorted(calls) == ["check_file_sampler", "check_model_config", "check_network_weights"], path
+        torch.testing.assert_close(loaded.network.state_dict(), model.pipeline.network.state_dict())
+        monkeypatch.undo()

@@ -124,6 +124,47 @@ def test_restore_at_any_size_with_estimated_levels(ckpt, tmp_path):
     assert [(r["height"], r["width"]) for r in records] == [(16, 16), (20, 28), (40, 36)]
 
 
+def test_restore_keeps_the_models_sample_steps_and_reuses_the_level_search(tmp_path, monkeypatch):
+    """restore goes through the pipeline: a model set to 2 of 6 levels restores in 2 network calls, not 6, and with
+    --level auto the search's restoration at the estimated level is not computed a second time."""
+    import colddiff.sample_cli as sample_cli
+    from colddiff.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    model = Pipeline(cd.GaussianBlur(6, kernel_size=5, sigma=1.0),
+                     ConvNeXtUNet(in_channels=1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none",
+                                  image_size=SIZE), image_size=SIZE, channels=1, sample_steps=2)
+    export = model.save(tmp_path / "export")
+    _digits(tmp_path / "in", [(SIZE, SIZE)], [6], model)
+    calls: list[int] = []
+    run_network = Pipeline.run_network
+    monkeypatch.setattr(Pipeline, "run_network", lambda self, x, t: calls.append(len(t)) or run_network(self, x, t))
+    walks: list[Path] = []
+    find_images = sample_cli.find_images
+    monkeypatch.setattr(sample_cli, "find_images", lambda root: walks.append(root) or find_images(root))
+    run("restore", "--ckpt", str(export), "--out", str(tmp_path / "given"), "--input", str(tmp_path / "in"),
+        "--level", "6")
+    assert len(calls) == 2
+    assert len(walks) == 1  # the input folder is walked once
+    searched: list[int] = []
+    estimate_level = sample_cli.estimate_level
+
+    def recorded(*args, **kwargs):
+        estimate = estimate_level(*args, **kwargs)
+        searched.append(estimate.network_calls)
+        return estimate
+
+    monkeypatch.setattr(sample_cli, "estimate_level", recorded)
+    for sampler in ("direct", "improved"):  # the first network call of a run is the search's
+        calls.clear()
+        searched.clear()
+        run("restore", "--ckpt", str(export), "--out", str(tmp_path / sampler), "--input", str(tmp_path / "in"),
+            "--level", "auto", "--sampler", sampler)
+        record = json.loads((tmp_path / sampler / "restore.json").read_text())["images"][0]
+        runs = 0 if sampler == "direct" else min(2, record["level"]) - 1
+        assert record["level"] > 0 and len(calls) == searched[0] + runs
+
+
 def test_restore_refuses_what_it_cannot_read_faithfully(ckpt, restoration_ckpt, tmp_path, capsys):
     out = ["--out", str(tmp_path / "out"), "--level", "3"]
     rgb = tmp_path / "rgb.png"

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from colddiff._checks import check_finite_output, check_positive_int
-from colddiff.datasets import random_items, unpack_batch
+from colddiff.datasets import unpack_batch, with_partners
 from colddiff.evaluation.features import FeatureExtractor
 from colddiff.evaluation.metrics import RestorationMetrics, quantize
 from colddiff.pipeline import Pipeline, as_pipeline
@@ -108,11 +108,8 @@ def evaluate_restoration(
     for batch in tqdm(loader, desc="restoration", disable=not progress):
         x0, context = unpack_batch(batch)
         x0 = quantize(x0.to(device))
-        if "partner" in model.degradation.context_keys and "partner" not in context:
-            if partners is None:
-                raise ValueError("this mixing model needs partner images: pass partners= (evaluate.py: "
-                                 "--partner-root)")
-            context["partner"] = unpack_batch(random_items(partners, len(x0), generator))[0]
+        context = with_partners(context, model.degradation.context_keys, partners, len(x0), generator,
+                                "pass partners= (evaluate.py: --partner-root)")
         context = {k: v.to(device) for k, v in context.items()}
         with autocast(device, precision):
             result = model.reconstruct(x0, level, sampler=sampler, steps=steps, generator=generator, noise=noise,
