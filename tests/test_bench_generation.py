@@ -14,7 +14,7 @@ from benchmarks import bench_generation
 def test_a_tiny_generation_benchmark_writes_its_table_section_picture_and_curves(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\nkept\n")
-    args = ["--methods", "quickstart", "ddpm", "--steps", "2", "--num", "40", "--batch-size", "20",
+    args = ["--methods", "quickstart", "ddpm", "--steps", "2", "--num", "20", "--batch-size", "10",
             "--curve-every", "1", "--curve-num", "20", "--work", str(tmp_path / "work"),
             "--json", str(tmp_path / "g.json"), "--results", str(results), "--picture", str(tmp_path / "g.png"),
             "--curves", str(tmp_path / "c.png")]
@@ -33,7 +33,7 @@ def test_a_tiny_generation_benchmark_writes_its_table_section_picture_and_curves
     assert saved["results"][0]["objective"] == "PredictX0" and saved["results"][0]["network_calls"] == 21
     assert saved["results"][-1]["network_calls"] == 5 and saved["results"][4]["network_calls"] == 5
     assert [r["network_calls"] for r in saved["results"][7:13]] == [20, 10, 5] * 2  # one call per solver step
-    assert saved["floor"]["N_fake"] == 2000 and all(r["N_fake"] == 40 for r in saved["results"])
+    assert saved["floor"]["N_fake"] == 2000 and all(r["N_fake"] == 20 for r in saved["results"])
     assert [p["step"] for p in saved["curves"]["ddpm"]] == [1, 2]
     assert (tmp_path / "work" / "ddpm-2.seconds").is_file() and (tmp_path / "g.png").is_file()
     assert (tmp_path / "c.png").is_file()
@@ -48,18 +48,19 @@ def test_a_tiny_generation_benchmark_writes_its_table_section_picture_and_curves
     # --update re-runs the methods named and keeps the other methods' rows of the earlier run, with their date
     earlier = tmp_path / "earlier.json"
     earlier.write_text((tmp_path / "g.json").read_text())
-    short = ["--steps", "2", "--num", "40", "--batch-size", "20", "--work", str(tmp_path / "work"), "--reuse"]
+    short = ["--steps", "2", "--num", "20", "--batch-size", "10", "--work", str(tmp_path / "work"), "--reuse"]
     merged = bench_generation.main(["--methods", "ddpm", *short, "--update", str(earlier)])
     assert [(r["method"], r["sampling"]) for r in merged["results"]] == [
         (r["method"], r["sampling"]) for r in saved["results"]]
     assert [r["measured"] for r in merged["results"][:5]] == [saved["machine"]["date"]] * 5
     assert merged["methods_run"] == ["ddpm"] and json.loads(earlier.read_text())["methods_run"] == ["ddpm"]
-    with pytest.raises(ValueError, match="holds a run of 2 steps and 40 images; this run has --steps 2 --num 20"):
-        bench_generation.main(["--methods", "ddpm", *short[:3], "20", *short[4:], "--update", str(earlier)])
+    with pytest.raises(ValueError, match="holds a run of 2 steps and 20 images; this run has --steps 2 --num 10"):
+        bench_generation.main(["--methods", "ddpm", *short[:3], "10", *short[4:], "--update", str(earlier)])
     # --reuse reloads the trained model and its recorded training time, and samples what it sampled (issue 18)
-    again = bench_generation.main(["--methods", "ddpm", *args[3:], "--reuse"])
-    assert again["results"][0]["train_seconds"] == pytest.approx(ddpm["train_seconds"], abs=1e-3)
-    assert again["results"][0]["FD"] == ddpm["FD"]
+    again = merged["results"][5]
+    assert again["method"] == "ddpm" and again["measured"] == merged["machine"]["date"]
+    assert again["train_seconds"] == pytest.approx(ddpm["train_seconds"], abs=1e-3)
+    assert again["FD"] == pytest.approx(ddpm["FD"], rel=1e-6)
 
 
 def test_a_subset_run_never_replaces_the_json_record_of_another():
