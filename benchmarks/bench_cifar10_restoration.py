@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{r['RMSE']:.4f}", str(PAPER[task].get(name, {}).get("FID", "-"))] for name, r in rows.items()]
         print(f"\n{task} ({protocol.get('sampler')}, {seconds:.0f} s)")
         payload["tasks"][task]["table"] = print_table(headers, body)
-        shown = torch.stack([dataset[i] for i in range(8)])
+        # eight test images spread over the (class-sorted) folder: one of most classes, not eight aeroplanes
+        shown = torch.stack([dataset[i] for i in torch.linspace(0, len(dataset) - 1, 8).long().tolist()])
         print(f"wrote {picture(model, shown, Path(args.pictures) / f'cifar10_{task}.png')}", flush=True)
     if args.curve:
         points = []
