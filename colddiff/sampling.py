@@ -527,19 +527,40 @@ def sample_heun(
 
 
 def _gaussian_path(degradation: Degradation, who: str) -> None:
-    """The ODE solvers' precondition: a Gaussian path ``x~_t = alpha_t x~0 + sigma_t eps`` without a signal operator."""
+    """Heun's precondition: a Gaussian path ``x~_t = alpha_t x~0 + sigma_t eps`` without a signal operator."""
     if not (isinstance(degradation, SignalNoise) and degradation.signal_is_identity and degradation.noise_is_gaussian):
         raise ValueError(f"the {who} sampler integrates the probability-flow ODE of a Gaussian path without a signal "
-                         f"operator (FlowNoise, GaussianNoise), got {type(degradation).__name__}; use 'improved' "
-                         "(DDIM, also for BlurNoise) or 'ancestral'")
+                         f"operator (FlowNoise, GaussianNoise), got {type(degradation).__name__}; use 'dpm++2m' or "
+                         "'unipc' (also for BlurNoise), 'improved' (DDIM) or 'ancestral'")
 
 
-def _log_snr(degradation: SignalNoise, levels: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """``(alpha, sigma, lambda = log(alpha / sigma))`` at the visited levels, float64 on the CPU (``lambda = -inf``
-    where no signal is left, ``+inf`` at level 0)."""
-    alpha, sigma = degradation.coefficients(torch.as_tensor(levels, dtype=torch.long, device=device))
-    alpha, sigma = alpha.double().cpu(), sigma.double().cpu()
-    return alpha, sigma, alpha.log() - sigma.log()
+def _spectral_path(degradation: Degradation, who: str) -> None:
+    """The multistep solvers' precondition: a Gaussian path ``x~_t = alpha_t A_t x~0 + sigma_t eps`` whose signal
+    operator is the identity or positive and invertible (then every frequency has a finite log-SNR)."""
+    if not (isinstance(degradation, SignalNoise) and degradation.noise_is_gaussian):
+        raise ValueError(f"the {who} sampler integrates the probability-flow ODE of a Gaussian path (GaussianNoise, "
+                         f"FlowNoise, BlurNoise), got {type(degradation).__name__}; use 'improved' or 'naive'")
+    if not degradation.signal_is_identity and not (degradation.signal_nonnegative()
+                                                   and degradation.signal_invertible()):
+        raise ValueError(f"the {who} sampler works frequency by frequency and needs a positive, invertible signal "
+                         f"operator (the heat blur with min_scale > 0), got {degradation!r}; use 'improved' (DDIM)")
+
+
+def _log_snr(degradation: SignalNoise, levels: Sequence[int], x: Tensor
+             ) -> tuple[list[Tensor], list[float], list[Tensor]]:
+    """Per visited level, frequency by frequency: ``alpha_t d_t`` (the signal coefficient times the signal
+    operator's spectrum, :meth:`~colddiff.degradations.base.SignalNoise.signal_spectrum`; ``(1, *S)`` float64),
+    ``sigma_t``, and ``lambda = log(alpha_t d_t / sigma_t)`` (half the log-SNR; ``-inf`` where no signal is left,
+    ``+inf`` at level 0).  For an operator without a signal operator ``S = (1, 1)``: one value per level."""
+    alphas, sigmas, lams = [], [], []
+    for level in levels:
+        t = level_tensor(level, 1, x.device)
+        alpha, sigma = (float(c) for c in degradation.coefficients(t))
+        alpha_f = alpha * degradation.signal_spectrum(t, x.shape[-2], x.shape[-1]).double()
+        alphas.append(alpha_f)
+        sigmas.append(sigma)
+        lams.append(alpha_f.log() - math.log(sigma) if sigma > 0 else torch.full_like(alpha_f, math.inf))
+    return alphas, sigmas, lams
 
 
 @register_sampler("dpm++2m")
@@ -553,16 +574,24 @@ def sample_dpmpp_2m(
     callback: Callback | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M): the multistep second-order exponential integrator of the probability-flow ODE in data
-    prediction (Lu et al., arXiv 2211.01095, Algorithm 2), for any Gaussian path ``x~_t = alpha_t x~0 + sigma_t eps``
-    without a signal operator (:class:`~colddiff.degradations.GaussianNoise` on any schedule,
-    :class:`~colddiff.degradations.FlowNoise`), whatever the network predicts (ε, v, a velocity: the samplers receive
-    ``x0_hat``, clipped when the objective says so, their "data prediction").
+    prediction (Lu et al., arXiv 2211.01095, Algorithm 2), for any Gaussian path ``x~_t = alpha_t A_t x~0 + sigma_t
+    eps`` (:class:`~colddiff.degradations.GaussianNoise` on any schedule, :class:`~colddiff.degradations.FlowNoise`,
+    and, frequency by frequency, :class:`~colddiff.degradations.BlurNoise`'s blur plus noise), whatever the network
+    predicts (ε, v, a velocity: the samplers receive ``x0_hat``, clipped when the objective says so, their "data
+    prediction").
 
     With ``lambda = log(alpha / sigma)`` (half the log-SNR), ``h_i = lambda_{t_i} - lambda_{t_{i-1}}`` and
     ``r_i = h_{i-1} / h_i``, one network call per step::
 
         D_i = (1 + 1 / (2 r_i)) x0_hat_{i-1} - 1 / (2 r_i) x0_hat_{i-2}                   (first step: D_1 = x0_hat_0)
         x~_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x~_{t_{i-1}} - alpha_{t_i} (exp(-h_i) - 1) D_i
+
+    For a signal operator ``A_t = V diag(d_t) V^T`` (the heat blur's DCT) the path is diagonal in ``V``'s basis with
+    ``alpha_t d_t`` in place of ``alpha_t``: ``lambda``, ``h``, ``r`` and the coefficients are per frequency, and each
+    term is one filter (:meth:`~colddiff.degradations.base.SignalNoise.apply_spectrum`), the same derivation applied
+    to every frequency's scalar ODE (its ``sigma_t`` is shared).  The x0 term's weight ``alpha_{t_i} d (1 - e^-h)``
+    stays below the signal kept at ``t_i``: no frequency amplifies an error of ``x0_hat`` (an ε-model's ``x0_hat``
+    carries its own ``1 / (alpha d)``).
 
     The first step is DDIM's (first order; from a start with no signal, ``lambda = -inf``, it is
     ``x~ = sigma x~_T + alpha x0_hat``, and the next step's ``r`` is infinite: first order again, the limit of the
@@ -576,27 +605,29 @@ def sample_dpmpp_2m(
         ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
     """
     _check_restore(restore)
-    _gaussian_path(degradation, "dpm++2m")
+    _spectral_path(degradation, "dpm++2m")
     x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
     levels = timesteps(start, steps)
-    alpha, sigma, lam = _log_snr(degradation, levels, x.device)
+    alpha, sigma, lam = _log_snr(degradation, levels, x)
+    apply = degradation.apply_spectrum
     batch = x.shape[0]
-    y = 2 * x - 1  # centred units, where the path is x~ = alpha x~0 + sigma eps
+    y = 2 * x - 1  # centred units, where the path is x~ = alpha A x~0 + sigma eps
     previous: Tensor | None = None  # the last step's centred x0_hat
-    previous_h = math.inf
+    previous_h: Tensor | None = None
     for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
         x0_hat = restore(0.5 + 0.5 * y, level_tensor(s, batch, x.device)).to(x.dtype)
         d = 2 * x0_hat - 1
         if s_next == 0:  # sigma = 0: the data prediction itself
             y_next = d
         else:
-            h = float(lam[i + 1] - lam[i])
-            if previous is None or not math.isfinite(previous_h):
-                estimate = d
-            else:
-                r = previous_h / h
-                estimate = (1 + 0.5 / r) * d - (0.5 / r) * previous
-            y_next = float(sigma[i + 1] / sigma[i]) * y - float(alpha[i + 1] * math.expm1(-h)) * estimate
+            h = lam[i + 1] - lam[i]
+            weight = -alpha[i + 1] * torch.expm1(-h)  # alpha_{t_i} (1 - e^-h), per frequency
+            y_next = (sigma[i + 1] / sigma[i]) * y
+            if previous is None:
+                y_next = y_next + apply(d, weight)
+            else:  # 1 / (2 r) = h / (2 h_prev); 0 (first order) after a step from no signal (h_prev = inf)
+                half = torch.where(previous_h.isfinite(), h / (2 * previous_h), torch.zeros_like(h))
+                y_next = y_next + apply(d, weight * (1 + half)) - apply(previous, weight * half)
             previous_h = h
         previous = d
         if callback is not None:
@@ -606,21 +637,24 @@ def sample_dpmpp_2m(
     return 0.5 + 0.5 * y
 
 
-def _unipc_system(h: float, rks: Sequence[float], order: int) -> tuple[Tensor, Tensor]:
-    """UniPC's ``R`` (rows ``r_k^(i-1)``) and ``b`` (``h phi_{i+1}(h) i! / B(h)``) for data prediction with
-    ``B(h) = e^h - 1`` (their "bh2"), in the step's ``hh = -h`` (Zhao et al., arXiv 2302.04867, Algorithms 1-2)."""
+def _unipc_coefficients(h: Tensor, r: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """UniC's ``rho^c`` for data prediction with ``B(h) = e^h - 1`` (their "bh2"), per frequency, in closed form for
+    colddiff's order 2 (Zhao et al., arXiv 2302.04867, Algorithms 1-2): the solution of ``R rho = b``, ``R``'s rows
+    ``r_k^(i-1)`` and ``b_i = h phi_{i+1}(h) i! / B(h)`` in the step's ``hh = -h``.  ``r`` is the earlier estimate's
+    ``(lambda_1 - lambda_0) / h`` (``None``: no earlier estimate, first order).  Returns ``(rho_new, rho_earlier)``:
+    the weights of the new estimate's difference and (order 2) of the earlier one's."""
     hh = -h
-    h_phi_1 = math.expm1(hh)
-    b_h = math.expm1(hh)
-    h_phi_k = h_phi_1 / hh - 1.0 if math.isfinite(hh) else -1.0  # hh = -inf: h phi_1 / hh = 0
-    factorial, rows, b = 1.0, [], []
-    ratios = torch.tensor(list(rks), dtype=torch.float64)
-    for i in range(1, order + 1):
-        rows.append(ratios ** (i - 1))
-        b.append(h_phi_k * factorial / b_h)
-        factorial *= i + 1
-        h_phi_k = (h_phi_k / hh - 1.0 / factorial) if math.isfinite(hh) else -1.0 / factorial
-    return torch.stack(rows), torch.tensor(b, dtype=torch.float64)
+    b_h = torch.expm1(hh)
+    finite = hh.isfinite()
+    safe = torch.where(finite, hh, -torch.ones_like(hh))
+    phi_1 = torch.where(finite, b_h / safe - 1.0, -torch.ones_like(hh))  # hh = -inf: h phi_1 / hh = 0
+    b1 = phi_1 / b_h
+    if r is None:
+        return b1, None
+    phi_2 = torch.where(finite, phi_1 / safe - 0.5, -0.5 * torch.ones_like(hh))
+    b2 = 2.0 * phi_2 / b_h
+    rho_earlier = (b1 - b2) / (1.0 - r)  # rows (1, 1) and (r, 1): r < 0 for an earlier (noisier) estimate
+    return b1 - rho_earlier, rho_earlier
 
 
 @register_sampler("unipc")
@@ -635,21 +669,22 @@ def sample_unipc(
 ) -> Tensor:
     """UniPC (Zhao et al., arXiv 2302.04867): the second-order multistep predictor UniP-2 with the corrector UniC, in
     data prediction with ``B(h) = e^h - 1`` ("bh2", the default of their code and of diffusers), for any Gaussian path
-    without a signal operator (as :func:`sample_dpmpp_2m`).  One network call per step: the network's estimate at the
-    predicted point both corrects that point and is the next step's history.
+    (as :func:`sample_dpmpp_2m`, frequency by frequency for a signal operator).  One network call per step: the
+    network's estimate at the predicted point both corrects that point and is the next step's history.
 
-    With ``lambda = log(alpha / sigma)``, ``h = lambda_t - lambda_{t_0}``, the earlier estimates' ``r_k = (lambda_k -
-    lambda_{t_0}) / h`` and ``D_k = (x0_hat_k - x0_hat_0) / r_k``, in centred units::
+    With ``lambda = log(alpha / sigma)``, ``h = lambda_t - lambda_{t_0}``, the earlier estimate's ``r_1 = (lambda_1 -
+    lambda_{t_0}) / h`` and ``D_1 = (x0_hat_1 - x0_hat_0) / r_1``, in centred units::
 
         x~' = (sigma_t / sigma_{t_0}) x~_{t_0} - alpha_t (e^-h - 1) x0_hat_0                      (DDIM's part)
-        x~_t(pred) = x~' - alpha_t B(h) sum_k rho^p_k D_k       (UniP; rho^p = 1/2 for order 2)
-        x~_t = x~' - alpha_t B(h) (sum_k rho^c_k D_k + rho^c_t (x0_hat(x~_t(pred), t) - x0_hat_0))    (UniC)
+        x~_t(pred) = x~' - alpha_t B(h) rho^p D_1                                  (UniP; rho^p = 1/2 for order 2)
+        x~_t = x~' - alpha_t B(h) (rho^c_1 D_1 + rho^c_t (x0_hat(x~_t(pred), t) - x0_hat_0))          (UniC)
 
-    with ``rho^c`` the solution of ``R rho = b`` (:func:`_unipc_system`; their order-1 shortcut 1/2 is this solution's
-    limit for small ``h``, used exactly here so that a step from a start without signal, ``h = inf``, puts all the
-    weight on the new estimate).  The order warms up (first order while fewer earlier estimates with a finite
-    ``lambda`` exist: a start without signal is not one), and the step into level 0 returns ``x0_hat`` (no corrector
-    there, as their code).  With an exact denoiser the error falls at least as the cube of the step size
+    with ``rho^c`` the solution of ``R rho = b`` (:func:`_unipc_coefficients`; their order-1 shortcut 1/2 is this
+    solution's limit for small ``h``, used exactly here so that a step from a start without signal, ``h = inf``, puts
+    all the weight on the new estimate).  The order warms up (first order while no earlier estimate with a finite
+    ``lambda`` exists: a start without signal is not one), and the step into level 0 returns ``x0_hat`` (no corrector
+    there, as their code).  For a signal operator every coefficient is a per-frequency filter (``1 / r_1`` included).
+    With an exact denoiser the error falls at least as the cube of the step size
     (``tests/test_sampler_families.py``).  Deterministic: it takes no sampling noise.
 
     Arguments as :func:`sample_naive` (``t``, ``steps``, ``callback``).
@@ -658,38 +693,38 @@ def sample_unipc(
         ``x_t``: ``(B, C, H, W)``; output (the level-0 image): ``(B, C, H, W)``.
     """
     _check_restore(restore)
-    _gaussian_path(degradation, "unipc")
+    _spectral_path(degradation, "unipc")
     x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
     levels = timesteps(start, steps)
-    alpha, sigma, lam = _log_snr(degradation, levels, x.device)
-    batch, order = x.shape[0], 2
+    alpha, sigma, lam = _log_snr(degradation, levels, x)
+    apply = degradation.apply_spectrum
+    batch = x.shape[0]
 
     def estimate(y: Tensor, level: int) -> Tensor:  # the centred x0_hat at a state
         return 2 * restore(0.5 + 0.5 * y, level_tensor(level, batch, x.device)).to(x.dtype) - 1
 
     y = 2 * x - 1
-    history: list[tuple[float, Tensor]] = [(float(lam[0]), estimate(y, levels[0]))]  # (lambda, x0_hat), newest last
+    lam_0, m_0 = lam[0], estimate(y, levels[0])
+    earlier: tuple[Tensor, Tensor] | None = None  # (lambda, x0_hat) of the estimate before m_0, where it is finite
     for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
-        lam_0, m_0 = history[-1]
         if s_next == 0:  # sigma = 0: the data prediction itself
             y_next = m_0
         else:
-            h = float(lam[i + 1]) - lam_0
-            earlier = [(lam_k, m_k) for lam_k, m_k in history[:-1] if math.isfinite(lam_k)][::-1][:order - 1]
-            rks = [(lam_k - lam_0) / h for lam_k, _ in earlier] + [1.0]
-            differences = [(m_k - m_0) / r for (_, m_k), r in zip(earlier, rks)]
-            rows, b = _unipc_system(h, rks, len(rks))
-            a_next, b_h = float(alpha[i + 1]), math.expm1(-h)
-            base = float(sigma[i + 1] / sigma[i]) * y - a_next * math.expm1(-h) * m_0
+            h = lam[i + 1] - lam_0
+            b_h = torch.expm1(-h)
+            weight = -alpha[i + 1] * b_h  # alpha_t B(h) enters with a minus sign: alpha_t (1 - e^-h) >= 0
+            base = (sigma[i + 1] / sigma[i]) * y + apply(m_0, weight)
+            r = None if earlier is None else (earlier[0] - lam_0) / h
+            rho_new, rho_earlier = _unipc_coefficients(h, r)
             predicted = base
-            if differences:
-                rho_p = [0.5] if len(rks) == 2 else torch.linalg.solve(rows[:-1, :-1], b[:-1]).tolist()
-                predicted = base - a_next * b_h * sum(r * d for r, d in zip(rho_p, differences))
+            if earlier is not None:  # UniP-2: rho^p = 1/2 on D_1 = (x0_hat_1 - x0_hat_0) / r_1
+                predicted = base + apply(earlier[1] - m_0, weight * 0.5 / r)
             m_next = estimate(predicted, s_next)
-            rho_c = torch.linalg.solve(rows, b).tolist()
-            correction = sum(r * d for r, d in zip(rho_c[:-1], differences)) + rho_c[-1] * (m_next - m_0)
-            y_next = base - a_next * b_h * correction
-            history = history[-order:] + [(float(lam[i + 1]), m_next)]
+            y_next = base + apply(m_next - m_0, weight * rho_new)
+            if earlier is not None:
+                y_next = y_next + apply(earlier[1] - m_0, weight * rho_earlier / r)
+            earlier = (lam_0, m_0) if bool(lam_0.isfinite().all()) else None
+            lam_0, m_0 = lam[i + 1], m_next
         if callback is not None:
             callback({"i": i, "t": s, "t_next": s_next, "x": 0.5 + 0.5 * y, "x0_hat": 0.5 + 0.5 * m_0,
                       "x_next": 0.5 + 0.5 * y_next})

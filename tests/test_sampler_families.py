@@ -20,6 +20,7 @@ These tests keep the class of defect of issue 19 (noise-bearing methods trained 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -276,42 +277,51 @@ def test_heun_is_second_order_and_euler_first_on_gaussian_data():
 
 
 def _gaussian_data_case(op, m: float = 0.2, v: float = 0.5):
-    """Data x0 ~ N(m, v^2) per pixel (centred units) on the Gaussian path of ``op``: the exact posterior mean
-    ``m + alpha v^2 / (alpha^2 v^2 + sigma^2) (x~ - alpha m)``, a start state at level T, and the end of its
-    probability-flow ODE, ``m + v z`` with ``z = (x~_T - alpha_T m) / sqrt(alpha_T^2 v^2 + sigma_T^2)``."""
+    """Data x0 ~ N(m, v^2) per pixel (centred units) on the Gaussian path of ``op``, ``x~_t = alpha A_t x~0 + sigma
+    eps`` (``A_t`` the identity, or Blurring Diffusion's heat blur, diagonal in the DCT basis with ``d_t``; both keep
+    constant images): frequency by frequency, with ``a = alpha d``, the exact posterior mean ``m + a v^2 / (a^2 v^2 +
+    sigma^2) (x~ - alpha m)``, a start state at level T, the path of the probability-flow ODE through it, ``alpha m +
+    sqrt(a^2 v^2 + sigma^2) z`` with ``z`` white, and its end ``m + v z``.  Returns ``(op, restore, x_T, exact,
+    on_path)``."""
     op = op.double()
+    size = (64, 1, 4, 4)
+
+    def coefficients(level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (alpha, a = alpha d per frequency)
+        alpha, _ = op.coefficients(level)
+        return alpha.double(), alpha.double()[:, None, None] * op.signal_spectrum(level, *size[-2:])
 
     def restore(x, t):
-        alpha, sigma = (c.double()[:, None, None, None] for c in op.coefficients(t))
+        (alpha, a), sigma = coefficients(t), op.coefficients(t)[1].double()[:, None, None]
         y = 2 * x.double() - 1
-        return (0.5 + 0.5 * (m + alpha * v**2 / (alpha**2 * v**2 + sigma**2) * (y - alpha * m))).to(x.dtype)
+        gain = a * v**2 / (a**2 * v**2 + sigma**2)
+        return (0.5 + 0.5 * (m + op.apply_spectrum(y - alpha[:, None, None, None] * m, gain))).to(x.dtype)
 
-    alpha_T, sigma_T = (float(c) for c in op.coefficients(torch.tensor([op.num_steps])))
-    z = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x_T = 0.5 + 0.5 * (alpha_T * m + math.sqrt(alpha_T**2 * v**2 + sigma_T**2) * z)
-    return op, restore, x_T, 0.5 + 0.5 * (m + v * z)
+    z = torch.randn(*size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def on_path(level: int) -> torch.Tensor:  # the exact ODE solution through x_T at a level
+        t = torch.tensor([level])
+        (alpha, a), sigma = coefficients(t), float(op.coefficients(t)[1])
+        return 0.5 + 0.5 * (float(alpha) * m + op.apply_spectrum(z, (a**2 * v**2 + sigma**2).sqrt()))
+
+    return op, restore, on_path(op.num_steps), 0.5 + 0.5 * (m + v * z), on_path
 
 
-@pytest.mark.parametrize("path", ["flow", "cosine", "linear"])
+@pytest.mark.parametrize("path", ["flow", "cosine", "linear", "blurring"])
 @pytest.mark.parametrize(("sampler", "order"), [("dpm++2m", 2), ("unipc", 3)])
 def test_multistep_solvers_show_their_order_on_gaussian_data(path, sampler, order):
     """With the exact posterior mean, between two levels of finite log-SNR (900 -> 100), the multistep solvers' error
     falls like a power of the step, the solver's order (halving the step divides it by about 4 for DPM-Solver++(2M),
     by 6-8 for UniPC's second-order predictor with its corrector, a third-order method) where DDIM's (Euler's) falls
-    like the step, on the flow's straight path and on the variance-preserving cosine and linear (DDPM) schedules;
-    one network call per step; and over the whole run (from the start state to level 0) it is far closer to the
-    ODE's end than DDIM at 20 steps.  (Into level 0 every solver returns ``x0_hat``: with time-uniform levels the
-    last steps' log-SNR increments do not shrink with the step count, so the whole run is not where the order
-    shows.)"""
+    like the step, on the flow's straight path, the variance-preserving cosine and linear (DDPM) schedules, and
+    Blurring Diffusion's blur plus noise (the solvers frequency by frequency); one network call per step; and over
+    the whole run (from the start state to level 0) it is far closer to the ODE's end than DDIM at 20 steps.  (Into
+    level 0 every solver returns ``x0_hat``: with time-uniform levels the last steps' log-SNR increments do not
+    shrink with the step count, so the whole run is not where the order shows.)"""
     m, v = 0.2, 0.5
     op = {"flow": lambda: cd.FlowNoise(1000), "cosine": lambda: cd.GaussianNoise(1000),
-          "linear": lambda: cd.GaussianNoise(1000, schedule="linear")}[path]()
-    op, restore, x_T, exact = _gaussian_data_case(op, m, v)
-    z = (2 * exact - 1 - m) / v
-
-    def on_path(level):  # the exact ODE solution through x_T at a level
-        alpha, sigma = (float(c) for c in op.coefficients(torch.tensor([level])))
-        return 0.5 + 0.5 * (alpha * m + math.sqrt(alpha**2 * v**2 + sigma**2) * z)
+          "linear": lambda: cd.GaussianNoise(1000, schedule="linear"),
+          "blurring": lambda: cd.BlurNoise(1000, noise="cosine-logsnr", heat_sigma_max=3.0)}[path]()
+    op, restore, x_T, exact, on_path = _gaussian_data_case(op, m, v)
 
     calls = []
 
@@ -376,3 +386,21 @@ def test_pipeline_samplers_get_the_networks_noise():
         torch.testing.assert_close(guess.noise, pipeline.network(x, t))
         torch.testing.assert_close(guess.x0, pipeline.restore(x, t))
         assert guess.previous is None and 0 <= guess.x0.min() and guess.x0.max() <= 1
+
+
+@pytest.mark.parametrize("sampler", ["dpm++2m", "unipc", "heun"])
+def test_the_ode_solvers_refuse_what_they_cannot_integrate(sampler):
+    """The multistep solvers take BlurNoise's heat blur frequency by frequency but refuse a blur whose transfer function
+    changes sign (the kernel blur) or vanishes (min_scale 0), a noise image that is not Gaussian (mixing) and a
+    deterministic blur; Heun (the straight line of an isotropic path) refuses any signal operator."""
+    x = torch.rand(2, 1, 8, 8)
+    refused = [cd.BlurNoise(10, blur="kernel", kernel_size=3), cd.BlurNoise(10, min_scale=0.0), cd.Mix(10),
+               cd.GaussianBlur(10, kernel_size=3)]
+    if sampler == "heun":
+        refused.append(cd.BlurNoise(10))
+    for op in refused:
+        with pytest.raises(ValueError, match=f"the {re.escape(sampler)} sampler"):
+            sample(sampler, lambda x_t, t: x_t, op, x, steps=5)
+    if sampler != "heun":
+        out = sample(sampler, lambda x_t, t: x_t.clamp(0, 1), cd.BlurNoise(10), x, steps=5)
+        assert out.shape == x.shape and out.isfinite().all()

@@ -394,6 +394,27 @@ class SignalNoise:
         """
         return y / (scale + shift).to(y.dtype)[:, None, None, None]
 
+    def signal_spectrum(self, t: Tensor, height: int, width: int) -> Tensor:
+        """The eigenvalues of ``A_t`` in the basis that diagonalises every ``A_t`` (its spectrum), per sample: the
+        multipliers :meth:`apply_spectrum` takes.  ``(B, 1, 1)`` ones for the identity; a blur's transfer function on
+        its FFT grid for :class:`~colddiff.degradations.BlurNoise`.  Float64.  With it, a sampler computes the
+        coefficients of a Gaussian path frequency by frequency (``alpha_t d_t``: the multistep solvers, Blurring
+        Diffusion's ancestral step) and applies them with one filter each.
+
+        Shape:
+            ``t``: ``(B,)`` long; output: ``(B, *S)``, ``S`` the operator's spectral shape (``(1, 1)`` here).
+        """
+        return torch.ones(t.shape[0], 1, 1, dtype=torch.float64, device=t.device)
+
+    def apply_spectrum(self, x: Tensor, spectrum: Tensor) -> Tensor:
+        """``V diag(spectrum) V^T x`` per sample (hot path, no checks): ``x`` filtered by per-sample spectral
+        multipliers of :meth:`signal_spectrum`'s shape (a sample dimension of 1 broadcasts), in ``x``'s dtype.
+
+        Shape:
+            ``x``: ``(B, C, H, W)``; ``spectrum``: ``(B, *S)`` or ``(1, *S)``; output: ``(B, C, H, W)``.
+        """
+        return x * spectrum.to(x)[:, None]
+
     def signal_invertible(self) -> bool:
         """Whether every ``A_t`` is invertible, so that ``A_t x~0`` determines ``x~0`` (true for the identity)."""
         return True

@@ -463,6 +463,15 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
         system = scale.double().to(h.device)[:, None, None] * h + shift.double().to(h.device)[:, None, None]
         return _apply_transfer(y, 1.0 / system, self.border)
 
+    def signal_spectrum(self, t: Tensor, height: int, width: int) -> Tensor:
+        """``B_t``'s transfer function on the FFT grid of the extended image (``(B, 2H, W + 1)`` for the heat blur's
+        DCT-II extension): the heat blur's ``d_t = (1 - d_min) exp(-lambda tau_t) + d_min`` per frequency."""
+        rows, cols, _ = self.transfer(height, width, t.device)
+        return self._transfer2d(rows, cols, t)
+
+    def apply_spectrum(self, x: Tensor, spectrum: Tensor) -> Tensor:
+        return _apply_transfer(x, spectrum, self.border)
+
     def ancestral_refusal(self) -> str | None:
         if not self.signal_invertible():
             return ("BlurNoise's frequency-wise posterior needs a positive, invertible transfer function (the heat "
