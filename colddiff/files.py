@@ -55,7 +55,8 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 #: entries of a model config that only training uses (ColdDiffusion's own arguments): accepted in files
 #: (checkpoints, older exports), not needed for inference
 TRAINING_ONLY = ("optimizer", "lr_scheduler", "ema_decay", "ema_every", "ema_start", "val_sample_batches",
-                 "val_sample_steps", "prior_fit_images", "compile", "nonfinite_loss", "seed", "train_noise")
+                 "val_sample_steps", "prior_fit_images", "compile", "nonfinite_loss", "seed", "train_noise",
+                 "ema_sigma_rel")
 #: the inference settings and components of a model config (a pipeline's constructor arguments)
 SETTINGS = ("image_size", "channels", "sampler", "sample_steps", "sample_noise", "channels_last")
 COMPONENTS = ("degradation", "network", "prior", "objective")

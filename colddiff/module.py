@@ -26,7 +26,7 @@ from colddiff._lightning import built_by_cli, fit_loop_dataloader
 from colddiff.checkpoint import RNGState, apply_resume_changes
 from colddiff.datasets import DatasetSource, unpack_batch
 from colddiff.degradations.base import Degradation
-from colddiff.ema import ema_update
+from colddiff.ema import ema_update, power_ema_decay, power_ema_gamma
 from colddiff.files import read_training_checkpoint
 from colddiff.objectives import Objective, resolve_objective
 from colddiff.pipeline import Pipeline, Reconstruction, compile_network
@@ -67,6 +67,10 @@ class ColdDiffusion(L.LightningModule):
             (optional, stepped every optimiser step).
         ema_decay, ema_every, ema_start: EMA of the weights, updated every ``ema_every`` optimiser steps from step
             ``ema_start`` (a plain copy before).
+        ema_sigma_rel: EDM2's power-function EMA instead (Karras et al., arXiv 2312.02696, sec. 3.1): the average
+            weighs step ``tau`` by ``tau^gamma``, its width ``sigma_rel`` a fixed fraction of the run however long
+            (0.05-0.15 in their paper), updated every step from the first; give it with ``ema_decay: null``,
+            ``ema_every: 1`` and ``ema_start: 0`` (refused otherwise: those settings would be ignored).
         val_sample_batches, val_sample_steps: validation batches whose reconstructions are sampled (0: none), and
             their sampling steps (``None``: every level).
         prior_fit_images: images used to fit the prior at the start of training when it is not fitted yet.
@@ -87,7 +91,7 @@ class ColdDiffusion(L.LightningModule):
         loss: Literal["l1", "l2"] | None = None,
         optimizer: OptimizerFactory = paper_adam,
         lr_scheduler: SchedulerFactory | None = None,
-        ema_decay: float = 0.995,
+        ema_decay: float | None = 0.995,
         ema_every: int = 10,
         ema_start: int = 2000,
         sampler: SamplerName = "improved",
@@ -102,6 +106,7 @@ class ColdDiffusion(L.LightningModule):
         train_noise: float | list[float] | None = None,
         sample_noise: float | list[float] | None = None,
         objective: Objective | None = None,
+        ema_sigma_rel: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(degradation, Degradation) or not isinstance(network, nn.Module):
@@ -110,9 +115,19 @@ class ColdDiffusion(L.LightningModule):
         objective = resolve_objective(objective, loss, degradation)
         if nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
-        if not 0.0 <= ema_decay < 1.0 or ema_start < 0:
-            raise ValueError(f"ema_decay must lie in [0, 1) and ema_start be >= 0, got {ema_decay}, {ema_start}")
         check_positive_int(ema_every, "ema_every")
+        if ema_sigma_rel is not None:
+            self.ema_gamma: float | None = power_ema_gamma(ema_sigma_rel)
+            if ema_decay is not None or ema_every != 1 or ema_start != 0:
+                raise ValueError(f"ema_sigma_rel={ema_sigma_rel} (the power-function EMA) updates the average every "
+                                 f"step from the first with its own decay: give ema_decay: null, ema_every: 1, "
+                                 f"ema_start: 0, got ema_decay={ema_decay}, ema_every={ema_every}, "
+                                 f"ema_start={ema_start}")
+        else:
+            self.ema_gamma = None
+            if ema_decay is None or not 0.0 <= ema_decay < 1.0 or ema_start < 0:
+                raise ValueError(f"ema_decay must lie in [0, 1) (or be null with ema_sigma_rel) and ema_start be "
+                                 f">= 0, got {ema_decay}, {ema_start}")
         check_positive_int(prior_fit_images, "prior_fit_images")
         self.network = network
         #: the inference half (the EMA network, objective, degradation, prior, sampler defaults): the one holder of
@@ -282,8 +297,13 @@ class ColdDiffusion(L.LightningModule):
         self.check_finite()
 
     def update_ema(self, copy_only: bool = False) -> None:
-        """``ema = decay * ema + (1 - decay) * weights`` (or a plain copy), for parameters and buffers."""
-        ema_update(self.ema_network, self.network, 0.0 if copy_only else self.ema_decay)
+        """``ema = decay * ema + (1 - decay) * weights`` (or a plain copy), for parameters and buffers; with
+        ``ema_sigma_rel`` the decay is the power function's at this step (:func:`colddiff.ema.power_ema_decay`)."""
+        if self.ema_gamma is not None:
+            decay = power_ema_decay(self.global_step + 1, self.ema_gamma)  # the optimiser step just taken: 1, 2, ...
+        else:
+            decay = 0.0 if copy_only else self.ema_decay
+        ema_update(self.ema_network, self.network, decay)
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Callbacks every colddiff training run needs: the RNG states go into checkpoints."""

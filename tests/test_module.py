@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import lightning as L
 import pytest
 import torch
@@ -80,6 +82,38 @@ def test_ema_follows_the_paper_schedule_during_training(tmp_path):
     model.update_ema = lambda copy_only=False: (calls.append((model.global_step, copy_only)), original(copy_only))
     trainer(tmp_path, max_steps=10, limit_val_batches=0, accumulate_grad_batches=2).fit(model, tiny_data())
     assert calls == [(0, True), (3, True), (6, False), (9, False)]
+
+
+def test_power_function_ema_weighs_steps_as_edm2():
+    """EDM2's power-function EMA (arXiv 2312.02696): sigma_rel 0.05 and 0.10 are their gamma 16.97 and 6.94, and
+    averaging the weights theta_tau = tau over N steps weighs them ~ tau^gamma: the mean is N (gamma + 1) / (gamma + 2)
+    (checked through the module's own update, at N = 400), whatever N; the first update is a copy."""
+    from colddiff.ema import power_ema_gamma
+
+    assert abs(power_ema_gamma(0.05) - 16.97) < 0.01 and abs(power_ema_gamma(0.10) - 6.94) < 0.01
+    model = tiny_model(ema_decay=None, ema_every=1, ema_start=0, ema_sigma_rel=0.10)
+    ema, live = list(model.ema_network.parameters())[0], list(model.network.parameters())[0]
+    steps = 400
+    with mock.patch.object(ColdDiffusion, "global_step", new_callable=mock.PropertyMock) as global_step:
+        for step in range(steps):  # what optimizer_step does after each optimiser step (global_step counts before)
+            global_step.return_value = step
+            with torch.no_grad():
+                live.fill_(float(step + 1))
+            model.update_ema()
+            if step == 0:
+                torch.testing.assert_close(ema, live)  # a copy at the first step
+    gamma = model.ema_gamma
+    expected = steps * (gamma + 1) / (gamma + 2)
+    assert abs(ema.mean().item() - expected) < 0.01 * expected, (ema.mean().item(), expected)
+
+
+def test_power_function_ema_refuses_settings_it_would_ignore():
+    with pytest.raises(ValueError, match="ema_decay: null, ema_every: 1, ema_start: 0"):
+        tiny_model(ema_sigma_rel=0.1)  # ema_decay, ema_every, ema_start left at the paper's schedule
+    with pytest.raises(ValueError, match="ema_sigma_rel must be a number in"):
+        tiny_model(ema_decay=None, ema_every=1, ema_start=0, ema_sigma_rel=0.5)
+    with pytest.raises(ValueError, match="ema_decay must lie in"):
+        tiny_model(ema_decay=None)
 
 
 def test_ema_network_stays_in_eval_mode():
