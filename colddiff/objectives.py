@@ -51,7 +51,12 @@ is lower by its transfer function), and schedules that reach zero SNR are refuse
 **Level draws** (``levels=``): ``"uniform"``, ``t ~ U{1, ..., T}`` independently per sample (the paper; DDPM's
 Algorithm 1); ``"stratified"``, one level from each of ``B`` equal strata of ``[1, T]`` in random order (the
 low-discrepancy draw of Kingma et al., arXiv 2107.00630, appendix I.1): the same distribution per sample, lower
-variance of the batch loss; ``end_probability`` moves that share of the draws to the last level ``T`` (InDI's point
+variance of the batch loss; ``"speed"``, SpeeD's asymmetric sampling (Wang et al., arXiv 2405.17403, sec. 4.1, as
+their code computes it): the levels where the noise coefficient ``sigma_t`` has nearly stopped growing (its increment
+below ``1e-4`` per thousandth of the path: the "convergence area" next to pure noise, whose loss is high and teaches
+little) are drawn 5 times less often than the others (their ``tanh`` step between weights 0.5 and 2.5); it needs a
+noise-bearing degradation, and on a path whose ``sigma_t`` grows at a constant rate (the flow's straight line) it is
+the uniform draw; ``end_probability`` moves that share of the draws to the last level ``T`` (InDI's point
 mass at the observation, Delbracio & Milanfar, arXiv 2303.11435, sec. 3).  A hot model "trains on 1,000 levels and
 samples on 20" by a degradation with ``num_steps=1000`` and ``sample_steps=20`` (the samplers skip levels).
 
@@ -78,7 +83,7 @@ __all__ = ["Objective", "PredictX0", "PredictEpsilon", "PredictV", "PredictVeloc
 
 LossName = Literal["l1", "l2"]
 Weighting = Literal["none", "min-snr"]
-LevelDraw = Literal["uniform", "stratified"]
+LevelDraw = Literal["uniform", "stratified", "speed"]
 Network = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -127,8 +132,8 @@ class Objective(RecordsInit, nn.Module):
             raise ValueError(f"{who}: min-SNR weighting is defined for the L2 loss (Hang et al.), got loss={loss!r}")
         if isinstance(snr_gamma, bool) or not isinstance(snr_gamma, numbers.Real) or not snr_gamma > 0:
             raise ValueError(f"{who}: snr_gamma must be a number > 0, got {snr_gamma!r}")
-        if levels not in ("uniform", "stratified"):
-            raise ValueError(f"{who}: levels must be 'uniform' or 'stratified', got {levels!r}")
+        if levels not in ("uniform", "stratified", "speed"):
+            raise ValueError(f"{who}: levels must be 'uniform', 'stratified' or 'speed', got {levels!r}")
         if not isinstance(clip_x0, bool):
             raise TypeError(f"{who}: clip_x0 must be a bool, got {type(clip_x0).__name__}")
         if isinstance(end_probability, bool) or not isinstance(end_probability, numbers.Real) \
@@ -140,14 +145,15 @@ class Objective(RecordsInit, nn.Module):
     # ------------------------------------------------------------------------------------------- binding
     def check_degradation(self, degradation: Degradation) -> None:
         """Raise ``ValueError`` naming the objective and the degradation if this objective cannot train it."""
-        needs = self.needs_signal_noise or self.weighting == "min-snr"
+        needs = self.needs_signal_noise or self.weighting == "min-snr" or self.levels == "speed"
         if needs and not isinstance(degradation, SignalNoise):
-            what = f"{self.prediction}-prediction" if self.needs_signal_noise else "min-SNR weighting"
+            what = f"{self.prediction}-prediction" if self.needs_signal_noise else \
+                "min-SNR weighting" if self.weighting == "min-snr" else "SpeeD's level draw (levels='speed')"
             raise ValueError(
                 f"{type(self).__name__} ({what}) needs a degradation with signal and noise coefficients "
                 f"(colddiff.degradations.base.SignalNoise: GaussianNoise, FlowNoise, BlurNoise, Mix), but "
                 f"{type(degradation).__name__} has none: train it with PredictX0")
-        if needs:
+        if self.needs_signal_noise or self.weighting == "min-snr":
             alpha, sigma = degradation.coefficients(_levels(degradation))  # type: ignore[attr-defined]
             levels = torch.arange(1, degradation.num_steps + 1)
             if bool((sigma == 0).any()):
@@ -169,11 +175,17 @@ class Objective(RecordsInit, nn.Module):
 
     # ---------------------------------------------------------------------------------------- level draw
     def draw_levels(self, batch: int, num_steps: int, device: torch.device | str,
-                    generator: torch.Generator | None = None) -> Tensor:
-        """Training levels ``t`` in ``{1, ..., T}``, ``(batch,)`` long (see the module docstring)."""
+                    generator: torch.Generator | None = None, degradation: Degradation | None = None) -> Tensor:
+        """Training levels ``t`` in ``{1, ..., T}``, ``(batch,)`` long (see the module docstring); ``"speed"`` reads
+        the degradation's noise coefficients."""
+        if self.levels == "speed" and (degradation is None or degradation.num_steps != num_steps):
+            raise ValueError("levels='speed' draws from the degradation's noise schedule: pass the degradation")
         gen_device = generator.device if generator is not None else device
         if self.levels == "uniform":  # drawn on the generator's device (the module's draws before objectives existed)
             t = torch.randint(1, num_steps + 1, (batch,), device=gen_device, generator=generator).to(device)
+        elif self.levels == "speed":
+            weights = self._speed_weights(degradation).to(gen_device)
+            t = (torch.multinomial(weights, batch, replacement=True, generator=generator) + 1).to(device)
         else:
             u = torch.rand(batch, generator=generator, device=gen_device, dtype=torch.float64).to(device)
             order = torch.randperm(batch, generator=generator, device=gen_device).to(device)
@@ -183,6 +195,16 @@ class Objective(RecordsInit, nn.Module):
             at_end = torch.rand(batch, generator=generator, device=gen_device).to(device) < self.end_probability
             t = torch.where(at_end, torch.full_like(t, num_steps), t)
         return t
+
+    @staticmethod
+    def _speed_weights(degradation: Degradation) -> Tensor:
+        """SpeeD's level weights ``(T,)`` for levels ``1..T``: 2.5 where ``sigma_t`` still grows by at least ``1e-4``
+        per thousandth of the path (the central difference of their code, ``np.gradient``), 0.5 where it has nearly
+        stopped (the convergence area), float64 on the CPU."""
+        _, sigma = degradation.coefficients(torch.arange(0, degradation.num_steps + 1,  # type: ignore[attr-defined]
+                                                         device=_levels(degradation).device))
+        increment = torch.gradient(sigma.double().cpu())[0] * degradation.num_steps / 1000
+        return torch.where(increment >= 1e-4, 2.5, 0.5)[1:]
 
     # ------------------------------------------------------------------------------------- conversions
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
@@ -256,7 +278,7 @@ class Objective(RecordsInit, nn.Module):
         """One training objective on clean images ``x0``: draw levels and params, degrade (as the network is fed
         it, :meth:`~colddiff.degradations.Degradation.degrade_input`), add ``input_noise[t] * eps`` when given
         (IHDM's noise-augmented training, a ``(T + 1,)`` schedule), run ``network(x_t, t)`` and return the loss."""
-        t = self.draw_levels(x0.shape[0], degradation.num_steps, x0.device, generator)
+        t = self.draw_levels(x0.shape[0], degradation.num_steps, x0.device, generator, degradation)
         params = degradation.make_params(x0, generator, **(context or {}))
         x_t = degradation.degrade_input(x0, t, params)
         if input_noise is not None:

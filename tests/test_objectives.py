@@ -222,3 +222,29 @@ def test_ihdm_objective_predicts_the_previous_level_and_samples_every_level():
     assert calls == [6, 5, 4, 3, 2, 1]
     with pytest.raises(ValueError, match="predicts the next level only"):
         pipeline.sample(op.degrade(x0, torch.full((3,), 6), {}), steps=3)
+
+
+def test_speed_draw_suppresses_the_convergence_area():
+    """SpeeD's asymmetric sampling (arXiv 2405.17403, their code's criterion): on DDPM's linear betas, where
+    sqrt(1 - alpha_bar_t) stops growing near pure noise, those levels are drawn 5 times less often than the others;
+    on the flow's straight line (sigma grows at a constant rate) the draw is uniform; a degradation without noise is
+    refused by name."""
+    op = cd.GaussianNoise(1000, schedule="linear")
+    objective = PredictEpsilon(levels="speed")
+    objective.check_degradation(op)
+    weights = objective._speed_weights(op)
+    _, sigma = op.coefficients(torch.arange(0, 1001))
+    growth = torch.gradient(sigma.double())[0][1:]
+    assert torch.equal(weights, torch.where(growth >= 1e-4, 2.5, 0.5).double())
+    converged = weights == 0.5
+    assert 50 < int(converged.sum()) < 900 and bool(converged[-1]) and not bool(converged[0])
+    t = objective.draw_levels(20000, 1000, "cpu", torch.Generator().manual_seed(0), op)
+    per_level_rate = torch.bincount(t, minlength=1001)[1:].double()
+    ratio = per_level_rate[~converged].mean() / per_level_rate[converged].mean()
+    assert 4.0 < ratio < 6.0 and int(t.min()) >= 1 and int(t.max()) <= 1000
+    flow = cd.FlowNoise(100)
+    assert bool((PredictVelocity(levels="speed")._speed_weights(flow) == 2.5).all())
+    with pytest.raises(ValueError, match="SpeeD's level draw"):
+        PredictX0(levels="speed").check_degradation(cd.GaussianBlur(10, kernel_size=3))
+    with pytest.raises(ValueError, match="pass the degradation"):
+        objective.draw_levels(4, 1000, "cpu")
