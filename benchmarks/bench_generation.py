@@ -271,51 +271,111 @@ METHODS: dict[str, Callable[[], Method]] = {
 }
 
 
-def network() -> nn.Module:
-    """The same small U-Net for every method (the generation quickstart's)."""
-    return ConvNeXtUNet(in_channels=1, dim=16, dim_mults=(1, 2, 4), num_blocks=1, attention="none", image_size=28)
+def network(width: int = 16) -> nn.Module:
+    """The same small U-Net for every method (the generation quickstart's, ``dim`` 16)."""
+    return ConvNeXtUNet(in_channels=1, dim=width, dim_mults=(1, 2, 4), num_blocks=1, attention="none", image_size=28)
+
+
+@dataclass
+class Recipe:
+    """How a method is trained, beside its own components: the settings :mod:`benchmarks.bench_time_to_quality`
+    varies one at a time.  The defaults are this benchmark's (batch 32, Adam at the method's rate with cosine decay
+    to 0, EMA 0.99 every step from step 200, the network of :func:`network`, torch's threads)."""
+
+    name: str = "default"
+    model: dict[str, Any] = field(default_factory=dict)  # ColdDiffusion arguments replaced (e.g. the EMA's)
+    objective: dict[str, Any] = field(default_factory=dict)  # the objective's init arguments replaced
+    prior: dict[str, Any] = field(default_factory=dict)  # the prior's init arguments replaced
+    batch_size: int = 32
+    warmup: int = 0  # linear learning-rate warm-up (steps) before the cosine decay
+    lr: float | None = None  # None: the method's
+    width: int = 16
+    compile: bool = False  # torch.compile the training network (inductor on the CPU)
+    threads: int | None = None  # torch CPU threads for training (None: as set)
+    description: str = ""
+
+
+def _rebuilt(part: Any, changes: dict[str, Any]) -> Any:
+    """A component rebuilt with some of its recorded init arguments changed."""
+    if not changes:
+        return part
+    return type(part)(**{**part._init_config, **changes})
 
 
 class KeepPipelines(L.Callback):
-    """Saves the EMA pipeline (an export folder) every ``every`` optimiser steps, for the curve of FD against steps;
-    the time spent saving is kept out of the training time."""
+    """Saves the EMA pipeline (an export folder) every ``every`` optimiser steps, for the curve of FD against steps,
+    and the training time spent until then (``times``, seconds by step); the time spent saving is kept out of the
+    training time."""
 
     def __init__(self, folder: Path, every: int) -> None:
         self.folder, self.every, self.seconds = folder, every, 0.0
+        self.times: dict[int, float] = {}
+        self.started = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, module: ColdDiffusion) -> None:
+        self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: ColdDiffusion, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
         if self.every and step % self.every == 0:
             start = time.perf_counter()
+            self.times[step] = start - self.started - self.seconds
             module.pipeline.save(self.folder / f"step{step:06d}")
             self.seconds += time.perf_counter() - start
 
 
-def train(method: Method, steps: int, work: Path, reuse: bool, curve_every: int = 0) -> tuple[Pipeline, float]:
-    """Train (or reload with ``reuse``) the method's model; returns its pipeline and the training wall time (s)."""
-    path = work / f"{method.name}-{steps}.ckpt"
+def train(method: Method, steps: int, work: Path, reuse: bool, curve_every: int = 0,
+          recipe: Recipe | None = None) -> tuple[Pipeline, float]:
+    """Train (or reload with ``reuse``) the method's model; returns its pipeline and the training wall time (s).
+    With ``curve_every``, the EMA pipeline is also kept every that many steps, with the training seconds spent until
+    then in ``<name>-<steps>-curve/times.json``."""
+    recipe = recipe or Recipe()
+    tag = method.name if recipe.name == "default" else f"{method.name}-{recipe.name}"
+    path = work / f"{tag}-{steps}.ckpt"
     timing = path.with_suffix(".seconds")  # the training wall time, kept beside the checkpoint for --reuse
     if reuse and path.is_file():
         seconds = float(timing.read_text()) if timing.is_file() else float("nan")
         return Pipeline.load(path), seconds
     torch.manual_seed(0)
-    model = ColdDiffusion(network=network(), image_size=28, channels=1, **method.model(),
-                          optimizer=lambda p: torch.optim.Adam(p, lr=method.lr), ema_decay=0.99, ema_every=1,
-                          lr_scheduler=(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps))
-                          if method.cosine else None,
-                          ema_start=200, val_sample_batches=0, prior_fit_images=6000, channels_last=True)
-    keep = KeepPipelines(work / f"{method.name}-{steps}-curve", curve_every)
+    kwargs = method.model()
+    for part, changes in (("objective", recipe.objective), ("prior", recipe.prior)):
+        if changes:
+            kwargs[part] = _rebuilt(kwargs[part], changes)
+    lr = method.lr if recipe.lr is None else recipe.lr
+
+    def schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - recipe.warmup)
+        if not recipe.warmup:
+            return cosine
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / recipe.warmup, total_iters=recipe.warmup)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[recipe.warmup])
+
+    settings = dict(ema_decay=0.99, ema_every=1, ema_start=200, val_sample_batches=0, prior_fit_images=6000,
+                    channels_last=True, compile=recipe.compile)
+    settings.update(recipe.model)
+    model = ColdDiffusion(network=network(recipe.width), image_size=28, channels=1, **kwargs,
+                          optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+                          lr_scheduler=schedule if method.cosine else None, **settings)
+    keep = KeepPipelines(work / f"{tag}-{steps}-curve", curve_every)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, default_root_dir=work, plugins=[AtomicCheckpointIO()],
                         callbacks=[keep])
-    data = EmbeddedMNISTDataModule(image_size=28, channels=1, batch_size=32, num_workers=0)
-    start = time.perf_counter()
-    trainer.fit(model, data)
-    seconds = time.perf_counter() - start - keep.seconds
+    data = EmbeddedMNISTDataModule(image_size=28, channels=1, batch_size=recipe.batch_size, num_workers=0)
+    threads = torch.get_num_threads()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    try:
+        start = time.perf_counter()
+        trainer.fit(model, data)
+        seconds = time.perf_counter() - start - keep.seconds
+    finally:
+        torch.set_num_threads(threads)
     trainer.save_checkpoint(path, weights_only=False)
     timing.write_text(f"{seconds:.3f}\n")
+    if curve_every:
+        (work / f"{tag}-{steps}-curve" / "times.json").write_text(json.dumps(keep.times))
     return Pipeline.load(path), seconds
 
 
@@ -508,7 +568,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         folder = work / f"{name}-{args.steps}-curve"
         if args.curve_every and folder.is_dir():
             points = []
-            for export in sorted(folder.iterdir()):
+            for export in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step")):
                 images, _, _ = generate(Pipeline.load(export), method.samplings[0], args.curve_num, args.batch_size)
                 points.append((int(export.name.removeprefix("step")), score(extractor, reference, images)["FD"]))
             curves[name] = points
