@@ -188,6 +188,20 @@ class ColdDiffusion(L.LightningModule):
     def channels_last(self) -> bool:
         return self.pipeline.channels_last
 
+    def set_prior_setting(self, name: str, value: Any) -> None:
+        """Change an init argument of the prior after it was built (e.g. a bandwidth chosen on held-out images,
+        :class:`colddiff.callbacks.SelectPriorSetting`): the prior's attribute, its recorded config (exports) and this
+        model's hyper-parameters (checkpoints) all take the new value."""
+        prior = self.prior
+        config = getattr(prior, "_init_config", None)
+        if prior is None or config is None or name not in config:
+            raise ValueError(f"the prior ({type(prior).__name__}) has no recorded init argument {name!r}")
+        setattr(prior, name, value)
+        config[name] = value
+        recorded = self.hparams.get("prior")
+        if isinstance(recorded, dict) and isinstance(recorded.get("init_args"), dict):
+            recorded["init_args"][name] = value
+
     # ---------------------------------------------------------------------------------------------- set-up
     def _save_config(self, arguments: dict[str, Any]) -> None:
         """Hyper-parameters as a config (class paths, plain values): LightningCLI's when built by it, else ours.

@@ -256,3 +256,37 @@ def test_ckpt_path_last_reads_each_checkpoint_once(tmp_path, monkeypatch):
     assert path.name == "last.ckpt" and checkpoint["global_step"] == 8  # last.ckpt wins the tie
     assert sorted(reads) == sorted(p.name for p in folder.glob("*.ckpt"))  # each file once
     assert cli_module.resolve_resume_checkpoint("last", {"callbacks": [callback]}) == path
+
+
+def test_selected_prior_bandwidth_is_recorded_in_the_last_checkpoint_and_export(tmp_path):
+    """SelectPriorSetting chooses the kernel bandwidth of the generation quickstart's prior on held-out digits at the
+    last step (the lowest FD, here in pixel space); the choice is on the prior, in the last checkpoint's config (so a
+    reload uses it), in an export and in the run folder's prior_selection.json."""
+    from colddiff.callbacks import SelectPriorSetting
+    from colddiff.data import EmbeddedMNISTDataModule
+    from colddiff.module import ColdDiffusion
+    from colddiff.nets import ConvNeXtUNet
+    from colddiff.pipeline import Pipeline
+    from colddiff.priors import LowResKDEPrior
+    import colddiff.degradations as cd
+    import lightning as L
+
+    model = ColdDiffusion(cd.Pixelate(21, schedule="linear"), ConvNeXtUNet(1, dim=8, dim_mults=(1, 2), num_blocks=1,
+                                                                            attention="none", image_size=28),
+                          LowResKDEPrior(1, 7, bandwidth=0.5), image_size=28, channels=1, sampler="naive",
+                          prior_fit_images=64, val_sample_batches=0, ema_start=0, ema_every=1, ema_decay=0.5)
+    select = SelectPriorSetting(candidates=[0.3, 0.02], num_images=32, reference_images=32, extractor="pixels")
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True,
+                                                      every_n_train_steps=3)
+    L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              limit_val_batches=0, default_root_dir=tmp_path, callbacks=[select, checkpoints]).fit(
+        model, EmbeddedMNISTDataModule(image_size=28, channels=1, batch_size=8, val_size=32))
+    assert [row["value"] for row in select.table] == [0.3, 0.02]
+    chosen = min(select.table, key=lambda row: row["FD"])["value"]
+    assert select.chosen == chosen and model.prior.bandwidth == chosen
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert saved["hyper_parameters"]["prior"]["init_args"]["bandwidth"] == chosen
+    assert Pipeline.load(tmp_path / "checkpoints" / "last.ckpt").prior.bandwidth == chosen
+    model.pipeline.save(tmp_path / "export")
+    assert Pipeline.load(tmp_path / "export").prior.bandwidth == chosen
+    assert (tmp_path / "prior_selection.json").is_file()

@@ -336,3 +336,36 @@ def test_cache_key_without_fingerprint_warns(tmp_path):
         legacy = cache.key("d", "test", 28, 1, PixelFeatures(), 10)
     keyed = cache.key("d", "test", 28, 1, PixelFeatures(), 10, fingerprint="abc")
     assert keyed != legacy != cache.key("d", "test", 28, 1, PixelFeatures(), 10, fingerprint="abd")
+
+
+class _Identity(torch.nn.Module):
+    """A restorer that returns its input (a RestorationNetwork: it declares its channels and size)."""
+
+    in_channels, out_channels, image_size = 1, 1, 28
+
+    def forward(self, x, t):
+        return x
+
+
+def test_select_prior_setting_prefers_the_bandwidth_that_keeps_samples_near_the_data():
+    """With a restorer that returns its input, pixelation generation gives the prior's start states (a training
+    thumbnail, upsampled, plus the kernel noise): a wide kernel (0.3) strays from the held-out digits, a narrow one
+    (0.02) stays near them; the lower FD wins, ties go to the first candidate, and the prior keeps the choice."""
+    import colddiff.degradations as cd
+    from colddiff.evaluation import build_extractor, select_prior_setting
+    from colddiff.pipeline import Pipeline
+    from colddiff.priors import LowResKDEPrior
+
+    train = EmbeddedMNIST("train", ImageTransform(28, 1, train=False))
+    test = EmbeddedMNIST("test", ImageTransform(28, 1, train=False))
+    prior = LowResKDEPrior(1, 7, bandwidth=0.1)
+    prior.fit(torch.stack([train[i] for i in range(500)]))
+    model = Pipeline(cd.Pixelate(21, schedule="linear"), _Identity(), prior=prior, image_size=28, channels=1,
+                     sampler="naive")
+    reference = torch.stack([test[i] for i in range(200)])
+    best, rows = select_prior_setting(model, "bandwidth", [0.3, 0.02], reference, build_extractor("pixels"), num=200)
+    assert best == 0.02 and model.prior.bandwidth == 0.02 and rows[0]["FD"] > rows[1]["FD"]
+    best, rows = select_prior_setting(model, "bandwidth", [0.05, 0.05], reference, build_extractor("pixels"), num=50)
+    assert best == 0.05 and rows[0]["FD"] == rows[1]["FD"]  # the same seed: the same images
+    with pytest.raises(ValueError, match="has no setting 'width'"):
+        select_prior_setting(model, "width", [1.0], reference, build_extractor("pixels"))

@@ -22,6 +22,7 @@ from colddiff.evaluation.generation import (
     evaluate_generation,
     generate_images,
     reference_features,
+    select_prior_setting,
 )
 from colddiff.evaluation.metrics import (
     CachedFeatures,
@@ -50,4 +51,5 @@ __all__ = [
     "quantize", "precision_recall", "generation_metrics", "class_entropy", "real_vs_real", "AuditConfig",
     "AuditResult", "nearest_training_images", "write_audit", "RestorationReport", "evaluate_restoration",
     "markdown_table", "GenerationReport", "generate_images", "reference_features", "evaluate_generation",
+    "select_prior_setting",
 ]
