@@ -57,7 +57,7 @@ import yaml
 from torch import nn
 
 import colddiff.degradations as cd
-from benchmarks.common import machine, print_table, write_json
+from benchmarks.common import format_table, machine, print_table, write_json
 from colddiff._config import build
 from colddiff.checkpoint import AtomicCheckpointIO
 from colddiff.data import EmbeddedMNISTDataModule
@@ -427,6 +427,34 @@ def generate(pipeline: Pipeline, sampling: Sampling, num: int, batch_size: int) 
     return images, seconds, pipeline.network_calls(sampling.sampler, sampling.steps)
 
 
+def one_step_errors(pipeline: Pipeline, train_noise: float, num: int = 256, seed: int = 0) -> list[dict[str, float]]:
+    """The reverse step of a noise-augmented model (IHDM's) one level at a time, on ``num`` held-out digits: the true
+    less blurred image ``D(x0, k - 1)`` against the model's mean step from the training input ``D(x0, k) + sigma eps``
+    (the network's ``previous``, or ``D(x0_hat, k - 1)`` for an x0 model), beside the size of the step itself
+    ``|D(x0, k - 1) - D(x0, k)|`` and of the input noise ``|sigma eps|`` (RMS over images of the per-image L2
+    norms).  A sampler that chains ``K`` such steps needs the error well below the step."""
+    test = EmbeddedMNIST("test", ImageTransform(28, 1, train=False))
+    x0 = torch.stack([test[i] for i in range(num)])
+    op, generator = pipeline.degradation, torch.Generator().manual_seed(seed)
+    total = op.num_steps
+    rows = []
+    for k in sorted({1, 2, total // 20, total // 10, total // 5, 2 * total // 5, 3 * total // 5, 4 * total // 5,
+                     total} - {0}):
+        t = torch.full((num,), k)
+        clean, previous = op.degrade(x0, t, {}), op.degrade(x0, t - 1, {})
+        noise = train_noise * torch.randn(x0.shape, generator=generator)
+        with torch.no_grad():
+            guess = pipeline.predict(clean + noise, t)
+        mean = guess.previous if guess.previous is not None else op.degrade(guess.x0, t - 1, {})
+
+        def size(v: torch.Tensor) -> float:
+            return float(v.flatten(1).norm(dim=1).pow(2).mean().sqrt())
+
+        rows.append({"level": k, "step": size(previous - clean), "error": size(mean - previous),
+                     "noise": size(noise)})
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ reports
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
@@ -547,7 +575,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extractor, reference, floor = scoring()
     print(f"floor (2,000 held-out real digits vs the 4,000 reference digits): FD {floor['FD']:.2f}", flush=True)
 
-    rows, samples, curves = [], {}, {}
+    rows, samples, curves, one_step = [], {}, {}, {}
     for name in args.methods:
         method = METHODS[name]()
         pipeline, train_seconds = train(method, args.steps, work, args.reuse, args.curve_every)
@@ -565,6 +593,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{name:15s} {sampling.label:44s} calls {calls:3d}  FD {result['FD']:8.2f}  precision "
                   f"{result['precision']:.3f}  recall {result['recall']:.3f}  classes {result['class_entropy']:.3f}",
                   flush=True)
+        train_noise = method.model().get("train_noise")
+        if isinstance(train_noise, (int, float)) and train_noise > 0:
+            one_step[name] = one_step_errors(pipeline, float(train_noise))
+            print(f"{name:15s} one-step error / step size by level: " + ", ".join(
+                f"{r['level']}: {r['error']:.3f}/{r['step']:.3f}" for r in one_step[name]), flush=True)
         folder = work / f"{name}-{args.steps}-curve"
         if args.curve_every and folder.is_dir():
             points = []
@@ -585,6 +618,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names = list(dict.fromkeys([r["method"] for r in earlier["results"]] + names))
         curves = {**{k: [(p["step"], p["FD"]) for p in v] for k, v in earlier.get("curves", {}).items()
                      if k not in args.methods}, **curves}
+        one_step = {**{k: v for k, v in earlier.get("one_step", {}).items() if k not in args.methods}, **one_step}
 
     headers, body = table(rows, floor, dated=earlier is not None)
     command = " ".join(([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHODS) else [])
@@ -614,12 +648,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "(Kynkäänniemi et al. 2019, k = 3); class entropy: entropy of the predicted-digit histogram / log 10.",
         "",
         text,
-    ])
+    ] + ([
+        "",
+        "One reverse step at a time (noise-augmented models, 256 held-out digits, RMS of per-image L2 norms): the "
+        "model's error on the less blurred image against the size of the step it should take; the input noise "
+        f"|sigma eps| is {next(iter(one_step.values()))[0]['noise']:.3f}.",
+        "",
+        format_table(["method", "level k", "one-step error", "step size", "error / step"],
+                     [[name, str(r["level"]), f"{r['error']:.3f}", f"{r['step']:.3f}", f"{r['error'] / r['step']:.2f}"]
+                      for name, values in one_step.items() for r in values]),
+    ] if one_step else []))
     payload = {"benchmark": "generation", "machine": info, "steps": args.steps, "num": args.num,
                "total_seconds": total, "methods_run": list(args.methods), "floor": floor, "results": rows,
                "table": text,
                "curves": {k: [{"step": s, "FD": fd} for s, fd in v] for k, v in curves.items()},
-               "curve_num": args.curve_num}
+               "curve_num": args.curve_num, "one_step": one_step}
     json_path = args.json or args.update or default_json_path(info["device"], args.steps, names)
     write_json(json_path, payload)
     if args.results:

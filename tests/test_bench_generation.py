@@ -70,3 +70,25 @@ def test_a_subset_run_never_replaces_the_json_record_of_another():
     assert every.name == "generation-cpu-2000.json"
     assert subset.name == "generation-cpu-2000-quickstart+ddpm-v.json"
     assert every.parent == subset.parent == Path("benchmarks/results")
+
+
+def test_one_step_errors_measure_the_reverse_step_against_its_size():
+    """The IHDM diagnostic: for each checked level, the size of the step D(x0, k-1) - D(x0, k), the model's error on
+    D(x0, k-1) from the noisy training input, and the size of that input noise (sigma sqrt(784) for 28x28 digits)."""
+    import torch
+
+    import colddiff.degradations as cd
+    from colddiff.nets import ConvNeXtUNet
+    from colddiff.objectives import PredictPrevious
+    from colddiff.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    op = cd.BlurNoise(10, blur="heat", heat_schedule="log", heat_sigma_min=0.5, heat_sigma_max=20.0, min_scale=0.0,
+                      noise="none")
+    net = ConvNeXtUNet(1, dim=8, dim_mults=(1, 2), num_blocks=1, attention="none", image_size=28)
+    pipeline = Pipeline(op, net, PredictPrevious(), image_size=28, channels=1, sampler="naive").eval()
+    rows = bench_generation.one_step_errors(pipeline, 0.01, num=16)
+    assert [r["level"] for r in rows] == [1, 2, 4, 6, 8, 10]
+    assert all(r["step"] > 0 and r["error"] > 0 for r in rows)
+    assert all(abs(r["noise"] - 0.01 * 28) < 0.03 for r in rows)
+    assert rows[0]["step"] > rows[-1]["step"]  # the first level (no blur -> 0.5 px) moves the most
