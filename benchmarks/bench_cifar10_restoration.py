@@ -12,7 +12,8 @@ FD in the feature space of the pretrained CIFAR-10 ResNet-56 (64-d, ``FD-resnet5
 RMSE; the paper's own figures beside them (``PAPER``, deblurring and inpainting FID only: its SSIM/RMSE could not be
 verified).  ``--curve TASK`` also scores every ``step*.ckpt`` of that task's run (FD against training steps, of the
 direct restoration: one network call per image where Algorithm 2 makes ``T``).  Writes
-``benchmarks/results/restoration-cifar10-cpu.json`` and one picture per task (columns x_T | direct | sampled | x0,
+``benchmarks/results/cifar10-restoration-cpu.json``, a section of ``benchmarks/RESULTS.md`` (``--results``) and one
+picture per task (columns x_T | direct | sampled | x0,
 ``docs/images/cifar10_<task>.png``).
 """
 
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine, print_table, write_json
+from benchmarks.bench_generation import write_results
+from benchmarks.common import format_table, machine, print_table, write_json
 from colddiff.datasets import ImageFolder, ImageTransform, find_images
 from colddiff.evaluation import build_extractor, evaluate_restoration
 from colddiff.io import save_png_atomic
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--extractor-weights", required=True, help="resnet56-4bfd9763.th (the CIFAR-10 ResNet-56)")
     parser.add_argument("--curve", choices=list(TASKS), default=None, help="also score every step*.ckpt of a task")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--json", default="benchmarks/results/restoration-cifar10-cpu.json")
+    parser.add_argument("--json", default="benchmarks/results/cifar10-restoration-cpu.json")
+    parser.add_argument("--results", default=None, help="replace this benchmark's section of this Markdown file")
     parser.add_argument("--pictures", default="docs/images", help="folder for the per-task pictures")
     args = parser.parse_args(argv)
     extractor = build_extractor("resnet56", args.extractor_weights)
@@ -100,6 +103,24 @@ def main(argv: list[str] | None = None) -> dict:
                   flush=True)
         payload["curve"] = {"task": args.curve, "points": points}
     write_json(args.json, payload)
+    if args.results:
+        info = payload["machine"]
+        sections = [f"### {task} ({TASKS[task]}: {t['protocol'].get('sampler')} sampler, {t['eval_seconds']:.0f} s "
+                    f"to score)\n\n{t['table']}" for task, t in payload["tasks"].items()]
+        if payload["curve"]:
+            curve = payload["curve"]
+            sections.append(f"### FD-resnet56 of the direct restoration against training steps ({curve['task']})\n\n"
+                            + format_table(["step", "FD-resnet56", "SSIM", "PSNR", "RMSE"],
+                                           [[str(p["step"]), f"{p['Direct_' + fd]:.2f}", f"{p['Direct_SSIM']:.4f}",
+                                             f"{p['Direct_PSNR']:.2f}", f"{p['Direct_RMSE']:.4f}"]
+                                            for p in curve["points"]]))
+        markdown = "\n\n".join([
+            "## CIFAR-10 restoration, CPU-sized models", "",
+            f"`python -m benchmarks.bench_cifar10_restoration` — {info['date']}, {info['device_name']} "
+            f"({info['cpu_threads']} threads), torch {info['torch']}; {payload['num_images']} lossless CIFAR-10 test "
+            "images at level T; FD in the feature space of the CIFAR-10 ResNet-56 (64-d, FD-resnet56, not FID); the "
+            "paper's FID (700k steps of a 35.7 M-parameter network) beside it.", *sections])
+        write_results(markdown, Path(args.results), "cifar10-restoration")
     return payload
 
 

@@ -292,7 +292,27 @@ class Recipe:
     width: int = 16
     compile: bool = False  # torch.compile the training network (inductor on the CPU)
     threads: int | None = None  # torch CPU threads for training (None: as set)
+    #: a prior setting chosen on held-out digits after training (colddiff.callbacks.SelectPriorSetting's choice):
+    #: ``{"name": "bandwidth", "candidates": [...], "num": 256}``
+    select: dict[str, Any] | None = None
     description: str = ""
+
+
+def held_out_digits(num: int = 1000) -> torch.Tensor:
+    """The embedded test digits (never trained on, never the scoring reference): what a prior setting is chosen on."""
+    test = EmbeddedMNIST("test", ImageTransform(28, 1, train=False))
+    return torch.stack([test[i] for i in range(min(num, len(test)))])
+
+
+def select_prior(pipeline: Pipeline, select: dict[str, Any], extractor: nn.Module) -> tuple[float, float, list]:
+    """Choose a prior setting on held-out digits (:func:`colddiff.evaluation.select_prior_setting`, mnist-cnn
+    features); returns the value, the seconds it took and the table."""
+    from colddiff.evaluation import select_prior_setting
+
+    start = time.perf_counter()
+    value, table = select_prior_setting(pipeline, select.get("name", "bandwidth"), select["candidates"],
+                                        held_out_digits(), extractor, num=select.get("num", 256), device="cpu")
+    return value, time.perf_counter() - start, table
 
 
 def _rebuilt(part: Any, changes: dict[str, Any]) -> Any:

@@ -52,9 +52,11 @@ RECIPES: dict[str, dict[str, bg.Recipe]] = {
         bg.Recipe("width-24", width=24, description="network dim 24"),
         bg.Recipe("compile", compile=True, description="torch.compile (inductor, CPU)"),
         bg.Recipe("threads-1", threads=1, description="one torch thread"),
+        bg.Recipe("bandwidth-selected", select={"name": "bandwidth", "candidates": [0.0, 0.025, 0.05, 0.1]},
+                  description="the prior's bandwidth chosen on held-out digits after training (SelectPriorSetting)"),
     )},
 }
-RECIPES["flow"] = {**{k: v for k, v in RECIPES["quickstart"].items()},
+RECIPES["flow"] = {**{k: v for k, v in RECIPES["quickstart"].items() if k != "bandwidth-selected"},
                    "min-snr": bg.Recipe("min-snr", objective={"weighting": "min-snr"},
                                         description="min-SNR-5 loss weighting (arXiv 2303.09556)")}
 RECIPES["ddpm-v"] = {**RECIPES["flow"],
@@ -94,12 +96,18 @@ def run(method_name: str, recipe: bg.Recipe, budget: float, points: int, num: in
               "startup_seconds": startup, "train_seconds": seconds, "sampling": sampling.label, "points": []}
     for step in sorted(times):
         pipeline = bg.Pipeline.load(curve / f"step{step:06d}")
+        chosen = {}
+        if recipe.select:  # the prior setting chosen on held-out digits, as SelectPriorSetting does after training
+            value, seconds_taken, table = bg.select_prior(pipeline, recipe.select, extractor)
+            chosen = {"selected": value, "selection_seconds": seconds_taken, "selection": table}
         images, _, calls = bg.generate(pipeline, sampling, num, 500)
         scores = bg.score(extractor, reference, images, kid_subset_size=min(1000, num))
-        result["points"].append({"step": step, "train_seconds": times[step], "network_calls": calls,
+        result["points"].append({"step": step, "train_seconds": times[step], "network_calls": calls, **chosen,
                                  **{k: scores[k] for k in ("FD", "KD", "precision", "recall", "class_entropy")}})
         print(f"  step {step:5d}  {times[step]:6.0f} s  FD {scores['FD']:7.2f}  precision {scores['precision']:.3f}"
-              f"  recall {scores['recall']:.3f}  classes {scores['class_entropy']:.3f}", flush=True)
+              f"  recall {scores['recall']:.3f}  classes {scores['class_entropy']:.3f}"
+              + (f"  ({recipe.select.get('name', 'bandwidth')} {chosen['selected']:g}, chosen in "
+                 f"{chosen['selection_seconds']:.0f} s)" if chosen else ""), flush=True)
     return result
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import bench_degradations, bench_sample
 from benchmarks.common import timeit
+from tests.helpers import SHARED_DATA, make_image_folder
 
 
 def test_timeit_warms_up_then_times_at_least_min_repeats():
@@ -69,3 +71,43 @@ def test_bench_degradations_times_the_kornia_operators_beside_the_loop(tmp_path)
                                        "Elastic", "--operators", "kornia"])["kornia_results"][0]
     assert elastic["max_abs_difference_mixed"] < 1e-5
     assert "| JPEG (T 20, quality 100 -> 10) |" in saved["kornia_table"]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10_classifier" / "resnet56-4bfd9763.th").is_file(),
+                    reason="needs the CIFAR-10 ResNet-56 of ../shared/data")
+def test_bench_cifar10_restoration_scores_a_run_folder_and_its_curve(tmp_path):
+    """The CIFAR-10 restoration benchmark on a tiny deblurring run (two checkpoints) and six test images: the paper's
+    rows (Degraded, Direct, Sampled) with FD-resnet56, SSIM, PSNR and RMSE, the curve of the direct restoration against
+    training steps, the JSON (named for its task and data), the RESULTS.md section and the picture."""
+    import lightning as L
+
+    import colddiff.degradations as cd
+    from benchmarks import bench_cifar10_restoration
+    from colddiff.data import ImageFolderDataModule
+    from colddiff.module import ColdDiffusion
+    from colddiff.nets import DDPMUNet
+
+    make_image_folder(tmp_path / "test", n=6, size=32, formats=("png",))
+    make_image_folder(tmp_path / "train", n=8, size=32, formats=("png",), seed=1)
+    torch.manual_seed(0)
+    model = ColdDiffusion(cd.GaussianBlur(3, kernel_size=5, sigma=1.0, border="reflect"),
+                          DDPMUNet(3, dim=8, dim_mults=(1, 2), num_blocks=1, attention_resolutions=[], dropout=0.0,
+                                   image_size=32), image_size=32, channels=3, val_sample_batches=0)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "runs" / "deblur_cifar10_cpu" / "checkpoints", every_n_train_steps=1, save_last=True,
+        save_top_k=-1, filename="step{step:07d}", auto_insert_metric_name=False)
+    L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              limit_val_batches=0, callbacks=[checkpoints], default_root_dir=tmp_path).fit(
+        model, ImageFolderDataModule(str(tmp_path / "train"), image_size=32, channels=3, batch_size=4,
+                                     val_fraction=0.25))
+    results = tmp_path / "RESULTS.md"
+    out = tmp_path / "cifar10-restoration-cpu.json"
+    payload = bench_cifar10_restoration.main([
+        "--runs", str(tmp_path / "runs"), "--tasks", "deblur", "--test-root", str(tmp_path / "test"),
+        "--extractor-weights", str(SHARED_DATA / "cifar10_classifier" / "resnet56-4bfd9763.th"), "--curve", "deblur",
+        "--batch-size", "6", "--json", str(out), "--results", str(results), "--pictures", str(tmp_path / "pics")])
+    rows = json.loads(out.read_text())["tasks"]["deblur"]["rows"]
+    assert set(rows) == {"Degraded", "Direct", "Sampled"} and all("FD-resnet56" in r for r in rows.values())
+    assert [p["step"] for p in payload["curve"]["points"]] == [1, 2]
+    assert "## CIFAR-10 restoration, CPU-sized models" in results.read_text()
+    assert (tmp_path / "pics" / "cifar10_deblur.png").is_file()

@@ -262,14 +262,15 @@ def test_selected_prior_bandwidth_is_recorded_in_the_last_checkpoint_and_export(
     """SelectPriorSetting chooses the kernel bandwidth of the generation quickstart's prior on held-out digits at the
     last step (the lowest FD, here in pixel space); the choice is on the prior, in the last checkpoint's config (so a
     reload uses it), in an export and in the run folder's prior_selection.json."""
+    import lightning as L
+
+    import colddiff.degradations as cd
     from colddiff.callbacks import SelectPriorSetting
     from colddiff.data import EmbeddedMNISTDataModule
     from colddiff.module import ColdDiffusion
     from colddiff.nets import ConvNeXtUNet
     from colddiff.pipeline import Pipeline
     from colddiff.priors import LowResKDEPrior
-    import colddiff.degradations as cd
-    import lightning as L
 
     model = ColdDiffusion(cd.Pixelate(21, schedule="linear"), ConvNeXtUNet(1, dim=8, dim_mults=(1, 2), num_blocks=1,
                                                                             attention="none", image_size=28),
