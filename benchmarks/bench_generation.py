@@ -183,14 +183,58 @@ def _few_call_solvers() -> list[Sampling]:
 
 def _ihdm(levels: int) -> Method:
     """IHDM as its paper and official code run MNIST (configs/ihdm_mnist.yaml), with ``levels`` = K heat levels
-    (widths log-spaced from 0.5 to 20 px), sampled on every one of them (their sampler; no skipping)."""
+    (widths log-spaced from 0.5 to 20 px), sampled on every one of them (their sampler; no skipping); with K = 100
+    also with twice their delta (their paper tunes delta on FID)."""
     config = yaml.safe_load((ROOT / "configs" / "ihdm_mnist.yaml").read_text())["model"]
     degradation = {**config["degradation"], "init_args": {**config["degradation"]["init_args"], "num_steps": levels}}
     name = "ihdm" if levels == config["degradation"]["init_args"]["num_steps"] else f"ihdm-k{levels}"
-    return Method(name, "warm", from_config("ihdm_mnist", degradation=degradation),
-                  [Sampling(f"Algorithm 1 + delta 0.0125, all {levels} levels (K = {levels})")],
+    samplings = [Sampling(f"Algorithm 1 + delta 0.0125, all {levels} levels (K = {levels})")]
+    if name == "ihdm":
+        samplings.append(Sampling(f"Algorithm 1 + delta 0.025, all {levels} levels (K = {levels})", noise=0.025))
+    return Method(name, "warm", from_config("ihdm_mnist", degradation=degradation), samplings,
                   f"Inverse Heat Dissipation (arXiv 2206.13397), MNIST setting with K = {levels}, the next level as a "
                   "residual + MSE (PredictPrevious), configs/ihdm_mnist.yaml", *_config_optimiser("ihdm_mnist"))
+
+
+def _blurring_v(sigma_max: float | None = None) -> Method:
+    """The blurring row's process and training with v-prediction (not the paper's ε): the network's error is no
+    longer divided by alpha_t d_t; with ``sigma_max`` another maximum blur (0: no blur, the cosine schedule of
+    v-prediction with the paper's log-SNR limits)."""
+    changes: dict[str, Any] = {"objective": {"class_path": "colddiff.objectives.PredictV", "init_args": {"loss": "l2"}}}
+    name = "blurring-v"
+    samplings = [Sampling("ancestral, 20 steps", sampler="ancestral", steps=20)]
+    if sigma_max is None:
+        samplings += [Sampling("ancestral, 100 steps", sampler="ancestral", steps=100),
+                      Sampling("DDIM, 20 steps", sampler="improved", steps=20),
+                      Sampling("DPM-Solver++(2M), 20 steps", sampler="dpm++2m", steps=20),
+                      Sampling("UniPC, 20 steps", sampler="unipc", steps=20),
+                      Sampling("UniPC, 10 steps", sampler="unipc", steps=10)]
+    else:
+        config = yaml.safe_load((ROOT / "configs" / "blurring_diffusion_mnist.yaml").read_text())["model"]
+        args = dict(config["degradation"]["init_args"], heat_sigma_max=sigma_max)
+        changes["degradation"] = {**config["degradation"], "init_args": args}
+        name = f"blurring-v-blur{sigma_max:g}"
+        samplings.append(Sampling("DPM-Solver++(2M), 20 steps", sampler="dpm++2m", steps=20))
+    return Method(name, "ablation", from_config("blurring_diffusion_mnist", **changes), samplings,
+                  "ablation: the blurring row's process and training with v-prediction (not the paper's ε)"
+                  + (f", maximum blur sigma_B,max = {sigma_max:g} px (the paper's: 20)" if sigma_max is not None
+                     else ""), *_config_optimiser("blurring_diffusion_mnist"))
+
+
+def _ihdm_algorithm2() -> Method:
+    """IHDM's forward process and prior, x0 + MSE, sampled by Cold Diffusion's Algorithm 2 without sampling noise
+    (configs/ihdm_algorithm2_mnist.yaml), on 20, 50 and all 100 levels; and the same network with IHDM's own sampler
+    (Algorithm 1 + delta), the ablation that shows the sampler is what matters."""
+    return Method("ihdm-algorithm2", "warm", from_config("ihdm_algorithm2_mnist"),
+                  [Sampling("Algorithm 2, 20 of 100 levels (as configured)"),
+                   Sampling("Algorithm 2, 50 of 100 levels", steps=50),
+                   Sampling("Algorithm 2, all 100 levels", steps=100),
+                   Sampling("IHDM's Algorithm 1 + delta 0.0125, 20 of 100 levels", sampler="naive", steps=20,
+                            noise=0.0125),
+                   Sampling("IHDM's Algorithm 1 + delta 0.0125, all 100 levels", sampler="naive", steps=100,
+                            noise=0.0125)],
+                  "IHDM's forward process and prior (arXiv 2206.13397), x0 + MSE, Cold Diffusion's Algorithm 2 "
+                  "(arXiv 2208.09392), configs/ihdm_algorithm2_mnist.yaml", *_config_optimiser("ihdm_algorithm2_mnist"))
 
 
 METHODS: dict[str, Callable[[], Method]] = {
@@ -224,10 +268,13 @@ METHODS: dict[str, Callable[[], Method]] = {
         *_config_optimiser("flow_mnist")),
     "ihdm": lambda: _ihdm(100),
     "ihdm-k20": lambda: _ihdm(20),
+    "ihdm-algorithm2": _ihdm_algorithm2,
     "blurring": lambda: Method(
         "blurring", "warm", from_config("blurring_diffusion_mnist"),
-        # its step amplifies the network's ε error by 1 / alpha_ts per frequency: large steps fail (see README)
+        # its step multiplies the network's ε error by sigma_ts^2 / (alpha_ts sigma_t) per frequency, up to 36 on 20
+        # uniform steps and 1.7 on 200: large steps fail (README)
         [Sampling("ancestral, 100 steps (100 calls)", sampler="ancestral", steps=100),
+         Sampling("ancestral, 200 steps (200 calls)", sampler="ancestral", steps=200),
          Sampling("ancestral, 50 steps (50 calls)", sampler="ancestral", steps=50),
          Sampling("ancestral, 20 steps", sampler="ancestral", steps=20),
          Sampling("DDIM, 20 steps", sampler="improved", steps=20),
@@ -235,15 +282,11 @@ METHODS: dict[str, Callable[[], Method]] = {
         "Blurring Diffusion (arXiv 2209.05557), ε + MSE, its ε-form ancestral step, "
         "configs/blurring_diffusion_mnist.yaml",
         *_config_optimiser("blurring_diffusion_mnist")),
-    # the ablation that explains Blurring Diffusion's few-step failure: the same process, the network predicting v
-    "blurring-v": lambda: Method(
-        "blurring-v", "ablation",
-        from_config("blurring_diffusion_mnist", objective={"class_path": "colddiff.objectives.PredictV",
-                                                           "init_args": {"loss": "l2"}}),
-        [Sampling("ancestral, 20 steps", sampler="ancestral", steps=20),
-         Sampling("DDIM, 20 steps", sampler="improved", steps=20)],
-        "ablation: the blurring row's process and training with v-prediction (not the paper's ε): the network's "
-        "error is no longer divided by alpha_t d_t"),
+    # the ablations that explain Blurring Diffusion's results: the same process with the network predicting v (its
+    # few-step failure is the ε-parameterisation's), and with less blur (what the blur costs at this budget)
+    "blurring-v": _blurring_v,
+    "blurring-v-blur5": lambda: _blurring_v(5.0),
+    "blurring-v-blur0": lambda: _blurring_v(0.0),
     # ablations: the same configurations trained as every method used to be (x0 under L1)
     "ddpm-x0-l1": lambda: _hot("ddpm-x0-l1", {"class_path": "colddiff.objectives.PredictX0",
                                               "init_args": {"loss": "l1"}}, "linear",
@@ -254,14 +297,6 @@ METHODS: dict[str, Callable[[], Method]] = {
                                                            "init_args": {"loss": "l1"}}),
         [Sampling("DDIM, 20 steps", sampler="improved", steps=20)],
         "ablation: the blurring row's configuration with x0 + L1"),
-    "ihdm-x0": lambda: Method(
-        "ihdm-x0", "ablation",
-        from_config("ihdm_mnist", objective={"class_path": "colddiff.objectives.PredictX0",
-                                             "init_args": {"loss": "l2"}}),
-        [Sampling("Algorithm 1 + delta 0.0125, all 100 levels", steps=None),
-         Sampling("Algorithm 1 + delta 0.0125, 20 of 100 levels", steps=20)],
-        "ablation: the ihdm row's configuration with the network predicting x0 under MSE (colddiff's IHDM before "
-        "issue 28): the same minimiser, another weighting of the frequencies"),
     "ihdm-x0-l1": lambda: Method(
         "ihdm-x0-l1", "ablation",
         from_config("ihdm_mnist", objective={"class_path": "colddiff.objectives.PredictX0",

@@ -49,11 +49,13 @@ def test_config_prints(config, capsys):
 
 
 #: configs with the quickstart's CPU budget and recipe rather than the paper's
-QUICKSTART_BUDGET = {"dejpeg_mnist", "flow_mnist", "ihdm_mnist", "blurring_diffusion_mnist", "indi_deblur_mnist"}
+QUICKSTART_BUDGET = {"dejpeg_mnist", "flow_mnist", "ihdm_mnist", "ihdm_algorithm2_mnist", "blurring_diffusion_mnist",
+                     "indi_deblur_mnist"}
 
 #: the generation methods on the embedded digits (issue 20), each as its paper trains and samples it
 METHOD_CONFIGS = {"quickstart_hot": "PredictEpsilon", "flow_mnist": "PredictVelocity", "ihdm_mnist": "PredictPrevious",
-                  "blurring_diffusion_mnist": "PredictEpsilon", "indi_deblur_mnist": "PredictX0"}
+                  "ihdm_algorithm2_mnist": "PredictX0", "blurring_diffusion_mnist": "PredictEpsilon",
+                  "indi_deblur_mnist": "PredictX0"}
 
 
 @pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
