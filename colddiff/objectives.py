@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -82,10 +82,10 @@ LevelDraw = Literal["uniform", "stratified"]
 Network = Callable[[Tensor, Tensor], Tensor]
 
 
-def _levels(degradation: Degradation) -> Tensor:
-    """Levels ``1..T`` on the degradation's device (its coefficients index its buffers)."""
-    device = next(iter(degradation.buffers()), torch.empty(0)).device
-    return torch.arange(1, degradation.num_steps + 1, device=device)
+def _signal_noise(degradation: Degradation) -> SignalNoise:
+    """``degradation`` as the :class:`SignalNoise` operator that :meth:`Objective.check_degradation` has checked it is
+    (for the type checker only: no check on the hot path)."""
+    return cast(SignalNoise, degradation)
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
@@ -141,31 +141,32 @@ class Objective(RecordsInit, nn.Module):
     def check_degradation(self, degradation: Degradation) -> None:
         """Raise ``ValueError`` naming the objective and the degradation if this objective cannot train it."""
         needs = self.needs_signal_noise or self.weighting == "min-snr"
-        if needs and not isinstance(degradation, SignalNoise):
+        if not needs:
+            return
+        if not isinstance(degradation, SignalNoise):
             what = f"{self.prediction}-prediction" if self.needs_signal_noise else "min-SNR weighting"
             raise ValueError(
                 f"{type(self).__name__} ({what}) needs a degradation with signal and noise coefficients "
                 f"(colddiff.degradations.base.SignalNoise: GaussianNoise, FlowNoise, BlurNoise, Mix), but "
                 f"{type(degradation).__name__} has none: train it with PredictX0")
-        if needs:
-            alpha, sigma = degradation.coefficients(_levels(degradation))  # type: ignore[attr-defined]
-            levels = torch.arange(1, degradation.num_steps + 1)
-            if bool((sigma == 0).any()):
-                what = "its target" if self.needs_signal_noise else "min-SNR weighting"
-                raise ValueError(f"{type(self).__name__}: {what} needs noise at every level t >= 1, but "
-                                 f"{type(degradation).__name__} has sigma_t = 0 at levels "
-                                 f"{levels[(sigma == 0).cpu()].tolist()[:10]}: train it with PredictX0")
-            if self.needs_signal_noise and not degradation.signal_nonnegative():  # type: ignore[attr-defined]
-                raise ValueError(f"{type(self).__name__} needs a signal operator whose transfer function stays "
-                                 f"positive, so that its conversion to x0 is well conditioned; "
-                                 f"{type(degradation).__name__}'s ({degradation!r}) changes sign (the kernel "
-                                 "blur): use the heat blur, or PredictX0")
-            if self.weighting == "min-snr" and bool((alpha == 0).any()):
-                raise ValueError(f"{type(self).__name__}: min-SNR weighting gives no weight where SNR_t = 0, and "
-                                 f"{type(degradation).__name__} has no signal at levels "
-                                 f"{levels[(alpha == 0).cpu()].tolist()[:10]} (its schedule ends at zero SNR), "
-                                 "which would never be trained; use a schedule that keeps some signal, or no "
-                                 "weighting")
+        alpha, sigma = degradation.level_coefficients()
+        levels = torch.arange(1, degradation.num_steps + 1)
+        if bool((sigma == 0).any()):
+            what = "its target" if self.needs_signal_noise else "min-SNR weighting"
+            raise ValueError(f"{type(self).__name__}: {what} needs noise at every level t >= 1, but "
+                             f"{type(degradation).__name__} has sigma_t = 0 at levels "
+                             f"{levels[(sigma == 0).cpu()].tolist()[:10]}: train it with PredictX0")
+        if self.needs_signal_noise and not degradation.signal_nonnegative():
+            raise ValueError(f"{type(self).__name__} needs a signal operator whose transfer function stays "
+                             f"positive, so that its conversion to x0 is well conditioned; "
+                             f"{type(degradation).__name__}'s ({degradation!r}) changes sign (the kernel "
+                             "blur): use the heat blur, or PredictX0")
+        if self.weighting == "min-snr" and bool((alpha == 0).any()):
+            raise ValueError(f"{type(self).__name__}: min-SNR weighting gives no weight where SNR_t = 0, and "
+                             f"{type(degradation).__name__} has no signal at levels "
+                             f"{levels[(alpha == 0).cpu()].tolist()[:10]} (its schedule ends at zero SNR), "
+                             "which would never be trained; use a schedule that keeps some signal, or no "
+                             "weighting")
 
     # ---------------------------------------------------------------------------------------- level draw
     def draw_levels(self, batch: int, num_steps: int, device: torch.device | str,
@@ -236,7 +237,7 @@ class Objective(RecordsInit, nn.Module):
         """Per-sample loss weights ``(B,)`` (``None``: unweighted)."""
         if self.weighting == "none":
             return None
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+        alpha, sigma = _signal_noise(degradation).coefficients(t)
         snr = alpha**2 / sigma**2
         return (snr.clamp(max=self.snr_gamma) * self.x0_error_scale(alpha, sigma) ** 2).float()
 
@@ -306,7 +307,8 @@ class PredictEpsilon(Objective):
 
     def check_degradation(self, degradation: Degradation) -> None:
         super().check_degradation(degradation)
-        alpha, _ = degradation.coefficients(_levels(degradation))  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, _ = degradation.level_coefficients()
         if bool((alpha <= 0).any()):
             levels = torch.arange(1, degradation.num_steps + 1)[(alpha <= 0).cpu()].tolist()
             raise ValueError(
@@ -314,17 +316,18 @@ class PredictEpsilon(Objective):
                 f"alpha_t = 0 at levels {levels} (its schedule ends at zero SNR: the cosine schedule, the flow's "
                 "straight path); use PredictV or PredictVelocity (well posed there), or a schedule that keeps some "
                 "signal (DDPM's linear betas, GaussianNoise(schedule='linear'))")
-        if not degradation.signal_invertible():  # type: ignore[attr-defined]
+        if not degradation.signal_invertible():
             raise ValueError(f"PredictEpsilon needs an invertible signal operator to recover x0, and "
                              f"{type(degradation).__name__}'s is not ({degradation!r}); use PredictV")
 
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
-        return degradation.noise_of(params).to(x0.dtype)  # type: ignore[attr-defined]
+        return _signal_noise(degradation).noise_of(params).to(x0.dtype)
 
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, sigma = degradation.coefficients(t)
         y = (2.0 * x_t - 1.0) - _view(sigma, x_t) * output.to(x_t.dtype)
-        x0 = degradation.solve_signal(y, t, alpha, torch.zeros_like(alpha))  # type: ignore[attr-defined]
+        x0 = degradation.solve_signal(y, t, alpha, torch.zeros_like(alpha))
         return 0.5 + 0.5 * x0
 
     def to_noise(self, output: Tensor, x_t: Tensor, t: Tensor, x0_hat: Tensor, degradation: Degradation) -> Tensor:
@@ -347,14 +350,16 @@ class PredictV(Objective):
     prediction = "v"
 
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
-        noise = degradation.noise_of(params).to(x0.dtype)  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, sigma = degradation.coefficients(t)
+        noise = degradation.noise_of(params).to(x0.dtype)
         return _view(alpha, x0) * noise - _view(sigma, x0) * (2.0 * x0 - 1.0)
 
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, sigma = degradation.coefficients(t)
         y = _view(alpha, x_t) * (2.0 * x_t - 1.0) - _view(sigma, x_t) * output.to(x_t.dtype)
-        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha**2, sigma**2)  # type: ignore[attr-defined]
+        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha**2, sigma**2)
 
     def x0_error_scale(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         return sigma / (alpha**2 + sigma**2)
@@ -374,12 +379,13 @@ class PredictVelocity(Objective):
     prediction = "velocity"
 
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
-        return degradation.noise_of(params).to(x0.dtype) - (2.0 * x0 - 1.0)  # type: ignore[attr-defined]
+        return _signal_noise(degradation).noise_of(params).to(x0.dtype) - (2.0 * x0 - 1.0)
 
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, sigma = degradation.coefficients(t)
         y = (2.0 * x_t - 1.0) - _view(sigma, x_t) * output.to(x_t.dtype)
-        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha, sigma)  # type: ignore[attr-defined]
+        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha, sigma)
 
     def x0_error_scale(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         return sigma / (alpha + sigma)

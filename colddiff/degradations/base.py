@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -316,8 +316,9 @@ def check_odd_kernel_size(kernel_size: Any, who: str) -> int:
     return int(kernel_size)
 
 
-class SignalNoise:
-    """Mixin and protocol of the noise-bearing degradations: a known signal part plus a scaled "noise" image.
+class SignalNoise(Degradation):
+    """Abstract base class and protocol of the noise-bearing degradations: a known signal part plus a scaled "noise"
+    image.
 
     In the paper's centred units ``x~ = 2 x - 1`` (colddiff's images are ``[0, 1]``; mid-grey is ``0``)::
 
@@ -326,19 +327,43 @@ class SignalNoise:
     with per-level coefficients ``alpha_t`` (signal) and ``sigma_t`` (noise), a linear signal operator ``A_t``
     (the identity by default; a blur for :class:`~colddiff.degradations.BlurNoise`) that keeps constant images, and
     the noise image ``z~`` held in the params (standard normal ``eps`` for
-    :class:`~colddiff.degradations.GaussianNoise` and ``BlurNoise``; ``2 * partner - 1`` for
-    :class:`~colddiff.degradations.Mix`).  Level 0 is the clean image: ``alpha_0 = 1``, ``sigma_0 = 0``,
-    ``A_0 = I``.  The objectives (:mod:`colddiff.objectives`) use this form to turn an ε, v or velocity prediction
-    into ``x0_hat`` and back; an operator without it (blur, masks, pixelation...) trains on x0 only.
+    :class:`~colddiff.degradations.GaussianNoise`, :class:`~colddiff.degradations.FlowNoise` and ``BlurNoise``;
+    ``2 * partner - 1`` for :class:`~colddiff.degradations.Mix`).  Level 0 is the clean image: ``alpha_0 = 1``,
+    ``sigma_0 = 0``, ``A_0 = I``.
 
-    Subclasses implement :meth:`coefficients` and :meth:`noise_of` (and :meth:`apply_signal`/:meth:`solve_signal`
-    when ``A_t`` is not the identity, setting ``signal_is_identity = False``).
+    **The protocol** (all that the objectives and samplers read of such an operator, besides the
+    :class:`Degradation` contract; hot-path methods take validated ``(B,)`` long levels and do no checks):
+
+    ===============================================  ============================================================
+    :meth:`coefficients` ``(t)``                     ``(alpha_t, sigma_t)``, float64 ``(B,)`` each (abstract)
+    :meth:`noise_of` ``(params)``                    the noise image ``z~`` held in the params (abstract)
+    :meth:`params_from_noise` ``(z~)``               the params holding ``z~`` (default ``{"noise": z~}``)
+    :meth:`noise_estimate` ``(x_t, x0_hat, t)``      the ``z~`` that puts ``x0_hat`` at ``x_t`` by (1)
+    :meth:`update_params` ``(x_t, x0_hat, t, p)``    with :attr:`reestimate`: that estimate as the new params (DDIM)
+    :meth:`apply_signal` ``(x, t)``                  ``A_t x``
+    :meth:`solve_signal` ``(y, t, scale, shift)``    ``(scale A_t + shift I)^-1 y``
+    :meth:`signal_spectrum` ``(t, H, W)``            the eigenvalues of ``A_t`` (``(B, 1, 1)`` ones for ``A_t = I``)
+    :meth:`apply_spectrum` ``(x, spectrum)``         ``x`` filtered by per-eigenvector multipliers
+    :meth:`signal_invertible` ``()``                 whether every ``A_t`` is invertible
+    :meth:`signal_nonnegative` ``()``                whether every ``A_t`` is positive semi-definite
+    :meth:`level_coefficients` ``()``                :meth:`coefficients` at every level ``1..T``
+    :attr:`signal_is_identity` (class flag)          ``A_t = I`` at every level
+    :attr:`noise_is_gaussian` (class flag)           ``z~`` is standard normal noise (not another image)
+    :attr:`reestimate` (instance flag)               :meth:`update_params` re-estimates ``z~``
+    ===============================================  ============================================================
+
+    A subclass implements :meth:`coefficients` and :meth:`noise_of` (and, when ``A_t`` is not the identity,
+    :meth:`apply_signal`, :meth:`solve_signal`, :meth:`signal_spectrum`, :meth:`apply_spectrum` and the two
+    properties, setting ``signal_is_identity = False``).
     """
 
-    #: whether ``A_t`` is the identity at every level (Gaussian noise, mixing)
-    signal_is_identity: bool = True
+    #: whether ``A_t`` is the identity at every level (Gaussian noise, the flow, mixing)
+    signal_is_identity: ClassVar[bool] = True
     #: whether ``z~`` is standard normal noise (false for mixing, whose "noise" is another image)
-    noise_is_gaussian: bool = True
+    noise_is_gaussian: ClassVar[bool] = True
+    #: whether :meth:`update_params` re-estimates the noise image from ``x0_hat`` (set by each operator's
+    #: constructor argument ``reestimate``)
+    reestimate: bool = False
 
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_t, sigma_t)`` of equation (1), float64 ``(B,)`` each, for levels ``t`` ``(B,)`` long."""
@@ -347,6 +372,12 @@ class SignalNoise:
     def noise_of(self, params: Params) -> Tensor:
         """The noise image ``z~`` of equation (1), in centred units, from the params (``(B, C, H, W)``)."""
         raise NotImplementedError
+
+    def level_coefficients(self) -> tuple[Tensor, Tensor]:
+        """:meth:`coefficients` at every level ``t = 1..T`` (``(T,)`` float64 each): what the objectives and samplers
+        check a schedule by (noise at every level, signal at every level)."""
+        device = next(iter(self.buffers()), torch.empty(0)).device  # the coefficients index the buffers
+        return self.coefficients(torch.arange(1, self.num_steps + 1, device=device))
 
     def params_from_noise(self, noise: Tensor) -> Params:
         """The params that hold the noise image ``z~`` (the inverse of :meth:`noise_of`); default ``{"noise": z~}``."""
@@ -367,11 +398,11 @@ class SignalNoise:
         return torch.where(s > 0, estimate, fallback)
 
     def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
-        """With ``reestimate`` (the operator's flag): the noise image that puts ``x0_hat`` at ``x_t`` by equation (1)
+        """With :attr:`reestimate`: the noise image that puts ``x0_hat`` at ``x_t`` by equation (1)
         (:meth:`noise_estimate`; the drawn one kept where ``sigma_t = 0``).  This makes Algorithm 2 deterministic DDIM
         (Song et al., arXiv 2010.02502, eq. 12 with ``sigma = 0``): ``x_{s'} = D(x0_hat, s'; z~)``; for the flow's
         straight path it is Euler's step; for mixing it re-estimates the partner."""
-        if not getattr(self, "reestimate", False) or not self.param_keys:  # type: ignore[attr-defined]
+        if not self.reestimate or not self.param_keys:
             return params
         return self.params_from_noise(self.noise_estimate(x_t, x0_hat, t, self.noise_of(params)))
 
@@ -398,8 +429,8 @@ class SignalNoise:
         """The eigenvalues of ``A_t`` in the basis that diagonalises every ``A_t`` (its spectrum), per sample: the
         multipliers :meth:`apply_spectrum` takes.  ``(B, 1, 1)`` ones for the identity; a blur's transfer function on
         its FFT grid for :class:`~colddiff.degradations.BlurNoise`.  Float64.  With it, a sampler computes the
-        coefficients of a Gaussian path frequency by frequency (``alpha_t d_t``: the multistep solvers, Blurring
-        Diffusion's ancestral step) and applies them with one filter each.
+        coefficients of a Gaussian path frequency by frequency (``alpha_t d_t``: the multistep solvers, the ancestral
+        step) and applies them with one filter each.
 
         Shape:
             ``t``: ``(B,)`` long; output: ``(B, *S)``, ``S`` the operator's spectral shape (``(1, 1)`` here).
@@ -427,8 +458,7 @@ class SignalNoise:
     def ancestral_refusal(self) -> str | None:
         """Why :meth:`ancestral_step` cannot sample this operator (``None``: it can): it needs Gaussian noise at every
         level ``t >= 1``, and (operators with a signal operator) a positive, invertible one."""
-        device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
-        _, sigma = self.coefficients(torch.arange(1, self.num_steps + 1, device=device))  # type: ignore[attr-defined]
+        _, sigma = self.level_coefficients()
         if not self.noise_is_gaussian:
             return f"{type(self).__name__}'s noise image is not Gaussian noise (its posterior is not Gaussian)"
         if not bool((sigma > 0).all()):
@@ -477,11 +507,9 @@ class SignalNoise:
         2305.08891) for zero terminal SNR. An operator with noise-free levels (``sigma_t = 0``, e.g.
         ``BlurNoise(noise="none")``) is deterministic there: x0 under L1; one whose signal operator changes sign
         (the kernel blur) has no well-conditioned ε or v conversion: x0 under MSE (the posterior mean)."""
-        num_steps = self.num_steps  # type: ignore[attr-defined]
-        device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
-        alpha, sigma = self.coefficients(torch.arange(1, num_steps + 1, device=device))
+        alpha, sigma = self.level_coefficients()
         if not bool((sigma > 0).all()):  # noise-free levels: deterministic, the cold paper's objective
-            return self.default_objective_spec  # type: ignore[attr-defined]
+            return self.default_objective_spec
         if not self.signal_nonnegative():  # no well-conditioned conversion from eps or v: the mean of x0 directly
             return "x0", {"loss": "l2", "clip_x0": True}
         name = "epsilon" if bool((alpha > 0).all()) and self.signal_invertible() else "v"

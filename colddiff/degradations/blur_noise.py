@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from colddiff._checks import randn
-from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image, check_odd_kernel_size
+from colddiff.degradations.base import Params, SignalNoise, check_image, check_odd_kernel_size
 from colddiff.degradations.blur import (
     Border,
     _check_blur_size,
@@ -227,7 +227,7 @@ def _mix(blurred: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
     return signal * blurred + (1 - signal) * 0.5 + (0.5 * (1 - a).sqrt()) * noise
 
 
-class BlurNoise(NoiseParams, SignalNoise, Degradation):
+class BlurNoise(NoiseParams, SignalNoise):
     """Blur plus Gaussian noise (Blurring Diffusion's forward process, or Cold Diffusion's blur with noise):
     ``D(x0, t) = 0.5 + sqrt(alpha_bar_t) (B_t x0 - 0.5) + sqrt(1 - alpha_bar_t) * 0.5 * eps``.
 

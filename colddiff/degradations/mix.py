@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image
+from colddiff.degradations.base import Params, SignalNoise, check_image
 from colddiff.schedules import cosine_alpha_bar
 
 __all__ = ["Mix", "mix"]
@@ -64,7 +64,7 @@ def mix(x: Tensor, partner: Tensor, alpha_bar: float | Tensor) -> Tensor:
     return _blend(x, partner.to(x.dtype), _per_sample(alpha_bar, x, "mix", "alpha_bar"))
 
 
-class _Blend(SignalNoise, Degradation):
+class _Blend(SignalNoise):
     """Shared implementation of :class:`Mix` and :class:`GaussianNoise`: in the centred units of
     :class:`~colddiff.degradations.base.SignalNoise`, ``alpha_t = sqrt(alpha_bar_t)``, ``sigma_t =
     sqrt(1 - alpha_bar_t)``, ``A_t = I`` and ``z~ = 2 z - 1`` for the partner ``z``."""

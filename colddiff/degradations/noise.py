@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from colddiff._checks import check_num_steps, randn
-from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image
+from colddiff.degradations.base import Params, SignalNoise, check_image
 from colddiff.degradations.interpolate import straight_line
 from colddiff.degradations.mix import _Blend, _blend, _per_sample
 from colddiff.schedules import ddpm_linear_alpha_bar
@@ -144,7 +144,7 @@ def flow_noise(x: Tensor, noise: Tensor, s: float | Tensor) -> Tensor:
     return straight_line(x, 0.5 + 0.5 * noise.to(x.dtype), _per_sample(s, x, "flow_noise", "s")[:, None, None, None])
 
 
-class FlowNoise(NoiseParams, SignalNoise, Degradation):
+class FlowNoise(NoiseParams, SignalNoise):
     """The straight path between the image and Gaussian noise: rectified flow / flow matching's interpolation.
 
     ``x~_s = (1 - s) x~0 + s eps`` in the paper's centred units (Liu et al., arXiv 2209.03003, eq. 1; Lipman et al.,
