@@ -20,13 +20,13 @@ Conventions (the same everywhere in colddiff, see README "Conventions"):
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from colddiff._checks import check_num_steps, randn
+from colddiff._checks import check_num_steps
 from colddiff._config import RecordsInit
 
 Params = dict[str, Tensor]
@@ -454,47 +454,6 @@ class SignalNoise(Degradation):
         """Whether every ``A_t`` is positive semi-definite (true for the identity and the heat blur), so that
         ``a A_t + b I`` with ``b > 0`` is always invertible (the v and velocity conversions)."""
         return True
-
-    def ancestral_refusal(self) -> str | None:
-        """Why :meth:`ancestral_step` cannot sample this operator (``None``: it can): it needs Gaussian noise at every
-        level ``t >= 1``, and (operators with a signal operator) a positive, invertible one."""
-        _, sigma = self.level_coefficients()
-        if not self.noise_is_gaussian:
-            return f"{type(self).__name__}'s noise image is not Gaussian noise (its posterior is not Gaussian)"
-        if not bool((sigma > 0).all()):
-            return f"{type(self).__name__} has noise-free levels (sigma_t = 0): there is no posterior to draw from"
-        return None
-
-    def ancestral_step(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
-                       generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                       noise_hat: Tensor | None = None) -> Tensor:
-        """A draw of ``x_s`` from the forward process's posterior ``q(x_s | x_t, x0 = x0_hat)``, ``s < t``: one step
-        of the ancestral sampler (DDPM, Ho et al., arXiv 2006.11239, eqs. 6-7; for a signal operator, Blurring
-        Diffusion's frequency-wise version, arXiv 2209.05557).  In centred units, with ``alpha_ts = alpha_t /
-        alpha_s`` and ``sigma_ts^2 = sigma_t^2 - alpha_ts^2 sigma_s^2``::
-
-            x~_s = (alpha_ts sigma_s^2 / sigma_t^2) x~_t + (alpha_s sigma_ts^2 / sigma_t^2) x~0_hat
-                   + sqrt(sigma_s^2 sigma_ts^2 / sigma_t^2) eps
-
-        (the posterior's mean and standard deviation); at ``s = 0`` it is ``x0_hat``.  This default is for
-        ``A_t = I`` and uses ``x0_hat`` (DDPM's form, where ``x0_hat`` may be clipped); ``noise_hat``, the network's
-        noise estimate (centred units), is for operators whose paper writes the step with it (Blurring Diffusion),
-        which override this (hot path, no checks).
-
-        Shape:
-            ``x_t``, ``x0_hat``: ``(B, C, H, W)``; ``t``, ``s``: ``(B,)`` long; output: ``(B, C, H, W)``.
-        """
-        (alpha_t, sigma_t), (alpha_s, sigma_s) = self.coefficients(t), self.coefficients(s)
-        alpha_ts = alpha_t / alpha_s.clamp(min=1e-12)
-        var_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0.0)
-        var_t = (sigma_t**2).clamp(min=1e-12)
-
-        def view(v: Tensor) -> Tensor:
-            return v.to(x_t)[:, None, None, None]
-
-        mean = view(alpha_ts * sigma_s**2 / var_t) * (2 * x_t - 1) + view(alpha_s * var_ts / var_t) * (2 * x0_hat - 1)
-        x_s = mean + view((sigma_s**2 * var_ts / var_t).sqrt()) * randn(tuple(x_t.shape), generator, x_t)
-        return torch.where(view(s) == 0, x0_hat, 0.5 + 0.5 * x_s)
 
     def default_objective(self) -> tuple[str, dict[str, Any]]:
         """What the noise-bearing methods' papers train: ε-prediction under MSE (DDPM, Ho et al. arXiv 2006.11239,
