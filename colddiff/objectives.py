@@ -427,20 +427,55 @@ class PredictPrevious(Objective):
         return torch.full_like(alpha, 2.0)
 
 
-#: objectives by the name a degradation's :meth:`~colddiff.degradations.Degradation.default_objective` uses
+#: objectives by their ``prediction``, the name a degradation's
+#: :attr:`~colddiff.degradations.Degradation.default_objective_spec` uses
 OBJECTIVES: dict[str, type[Objective]] = {cls.prediction: cls for cls in (PredictX0, PredictEpsilon, PredictV,
                                                                           PredictVelocity, PredictPrevious)}
 
 
 def default_objective(degradation: Degradation) -> Objective:
-    """The objective ``degradation`` is trained with when a model names none (its ``default_objective()``): x0
-    under L1 for the deterministic degradations (the cold paper), what their papers use for the noise-bearing ones
-    (see :meth:`colddiff.degradations.base.SignalNoise.default_objective`)."""
-    name, init_args = degradation.default_objective()
+    """The objective ``degradation`` is trained with when a model names none.
+
+    The one a degradation declares (:meth:`~colddiff.degradations.Degradation.default_objective`, its
+    ``default_objective_spec``): x0 under L1 for the deterministic degradations (the cold paper) and for mixing,
+    InDI's for :class:`~colddiff.degradations.Interpolation`, the velocity for
+    :class:`~colddiff.degradations.FlowNoise`.  A noise-bearing operator that declares none gets what its paper
+    trains, decided here from its :class:`~colddiff.degradations.base.SignalNoise` properties
+    (:func:`_signal_noise_objective`)."""
+    spec = degradation.default_objective()
+    if spec is None:
+        if not isinstance(degradation, SignalNoise):
+            raise ValueError(f"{type(degradation).__name__}.default_objective() names no objective, and only a "
+                             "noise-bearing (SignalNoise) degradation has one derived from its properties")
+        return _signal_noise_objective(degradation)
+    name, init_args = spec
     if name not in OBJECTIVES:
         raise ValueError(f"{type(degradation).__name__}.default_objective() names {name!r}; known objectives: "
                          f"{sorted(OBJECTIVES)}")
     return OBJECTIVES[name](**init_args)
+
+
+def _signal_noise_objective(degradation: SignalNoise) -> Objective:
+    """What the noise-bearing methods' papers train, from the operator's properties: ε-prediction under MSE (DDPM, Ho
+    et al. arXiv 2006.11239, eq. 14, with ``x0_hat`` clipped to the data range while sampling; Blurring Diffusion,
+    arXiv 2209.05557, without: its sampler works on ``eps_hat`` frequency by frequency, and an ``x0_hat`` that an ε or
+    v output gives through a signal operator divides by ``alpha_t d_t``, so clipping it in pixel space would spread
+    the amplified frequencies' errors over every pixel), where every level keeps some signal (``alpha_t > 0``) and
+    the signal operator is invertible; where the schedule ends with no signal at all (``alpha_T = 0``, as the cosine
+    schedule here), ε cannot determine x0 at that level and the default is v-prediction (Salimans & Ho, arXiv
+    2202.00512), the remedy of Lin et al. (arXiv 2305.08891) for zero terminal SNR.  An operator with noise-free
+    levels (``sigma_t = 0``, e.g. ``BlurNoise(noise="none")``) is deterministic there: x0 under L1 (the cold
+    paper's); one whose signal operator changes sign (the kernel blur) has no well-conditioned ε or v conversion:
+    x0 under MSE (the posterior mean)."""
+    alpha, sigma = degradation.level_coefficients()
+    if not bool((sigma > 0).all()):  # noise-free levels: deterministic, the cold paper's objective
+        return PredictX0(loss="l1")
+    if not degradation.signal_nonnegative():  # no well-conditioned conversion from eps or v: the mean of x0 directly
+        return PredictX0(loss="l2", clip_x0=True)
+    clip = degradation.signal_is_identity  # never clip an x0_hat that went through a signal operator's inverse
+    if bool((alpha > 0).all()) and degradation.signal_invertible():
+        return PredictEpsilon(loss="l2", clip_x0=clip)
+    return PredictV(loss="l2", clip_x0=clip)
 
 
 def resolve_objective(objective: Objective | None, loss: str | None, degradation: Degradation) -> Objective:

@@ -98,10 +98,11 @@ class Degradation(RecordsInit, nn.Module):
     param_keys: tuple[str, ...] = ()
     #: names of keyword context :meth:`make_params` accepts (e.g. the mixing partner ``z``).
     context_keys: tuple[str, ...] = ()
-    #: what the restoration network learns by default for this operator, ``(name, init_args)`` of a
-    #: :mod:`colddiff.objectives` objective: x0 under L1, the cold paper's choice for deterministic degradations.
-    #: Noise-bearing operators (:class:`SignalNoise`) override :meth:`default_objective`.
-    default_objective_spec: tuple[str, dict[str, Any]] = ("x0", {"loss": "l1"})
+    #: what the restoration network learns by default for this operator, ``(prediction, init_args)`` of a
+    #: :mod:`colddiff.objectives` objective (named by its ``prediction``): x0 under L1, the cold paper's choice for
+    #: deterministic degradations.  ``None`` (:class:`SignalNoise`'s default): derived from the operator's signal and
+    #: noise by :func:`colddiff.objectives.default_objective`.
+    default_objective_spec: ClassVar[tuple[str, dict[str, Any]] | None] = ("x0", {"loss": "l1"})
 
     def __init__(self, num_steps: int, channels: int | None = None) -> None:
         super().__init__()
@@ -162,9 +163,11 @@ class Degradation(RecordsInit, nn.Module):
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` if the operator cannot work at this image size (default: any size)."""
 
-    def default_objective(self) -> tuple[str, dict[str, Any]]:
-        """``(objective name, init_args)`` this operator is trained with when a model names no objective (see
-        :func:`colddiff.objectives.default_objective`)."""
+    def default_objective(self) -> tuple[str, dict[str, Any]] | None:
+        """``(prediction, init_args)`` of the objective this operator is trained with when a model names none, or
+        ``None`` to let :func:`colddiff.objectives.default_objective` derive it (noise-bearing operators): its
+        :attr:`default_objective_spec`.  Override only when the choice depends on the instance's arguments; the
+        policy itself lives in :mod:`colddiff.objectives`."""
         return self.default_objective_spec
 
     def unknown_params_reason(self) -> str | None:
@@ -355,6 +358,12 @@ class SignalNoise(Degradation):
     A subclass implements :meth:`coefficients` and :meth:`noise_of` (and, when ``A_t`` is not the identity,
     :meth:`apply_signal`, :meth:`solve_signal`, :meth:`signal_spectrum`, :meth:`apply_spectrum` and the two
     properties, setting ``signal_is_identity = False``).
+
+    What the protocol is for lives elsewhere: the objectives (:mod:`colddiff.objectives`) turn an ε, v or velocity
+    prediction into ``x0_hat`` and back with it, and :func:`colddiff.objectives.default_objective` decides from its
+    properties what such an operator trains by default; the samplers (:mod:`colddiff.sampling`) integrate its paths
+    with it, DDPM's and Blurring Diffusion's posterior draw included (:func:`colddiff.sampling.ancestral_step`).  An
+    operator without the form (blur, masks, pixelation...) trains on x0 only.
     """
 
     #: whether ``A_t`` is the identity at every level (Gaussian noise, the flow, mixing)
@@ -364,6 +373,9 @@ class SignalNoise(Degradation):
     #: whether :meth:`update_params` re-estimates the noise image from ``x0_hat`` (set by each operator's
     #: constructor argument ``reestimate``)
     reestimate: bool = False
+    #: ``None``: :func:`colddiff.objectives.default_objective` derives the default objective from the protocol's
+    #: properties; an operator whose paper trains something else names it here (``FlowNoise``: the velocity).
+    default_objective_spec: ClassVar[tuple[str, dict[str, Any]] | None] = None
 
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_t, sigma_t)`` of equation (1), float64 ``(B,)`` each, for levels ``t`` ``(B,)`` long."""
@@ -454,22 +466,3 @@ class SignalNoise(Degradation):
         """Whether every ``A_t`` is positive semi-definite (true for the identity and the heat blur), so that
         ``a A_t + b I`` with ``b > 0`` is always invertible (the v and velocity conversions)."""
         return True
-
-    def default_objective(self) -> tuple[str, dict[str, Any]]:
-        """What the noise-bearing methods' papers train: ε-prediction under MSE (DDPM, Ho et al. arXiv 2006.11239,
-        eq. 14, with ``x0_hat`` clipped to the data range while sampling; Blurring Diffusion, arXiv 2209.05557,
-        without: its sampler works on ``eps_hat`` frequency by frequency, and an ``x0_hat`` that an ε or v output
-        gives through a signal operator divides by ``alpha_t d_t``, so clipping it in pixel space would spread the
-        amplified frequencies' errors over every pixel), where every level keeps some signal; where the schedule
-        ends with no signal at all (``alpha_T = 0``, as the cosine schedule here), ε cannot determine x0 at that
-        level and the default is v-prediction (Salimans & Ho, arXiv 2202.00512), the remedy of Lin et al. (arXiv
-        2305.08891) for zero terminal SNR. An operator with noise-free levels (``sigma_t = 0``, e.g.
-        ``BlurNoise(noise="none")``) is deterministic there: x0 under L1; one whose signal operator changes sign
-        (the kernel blur) has no well-conditioned ε or v conversion: x0 under MSE (the posterior mean)."""
-        alpha, sigma = self.level_coefficients()
-        if not bool((sigma > 0).all()):  # noise-free levels: deterministic, the cold paper's objective
-            return self.default_objective_spec
-        if not self.signal_nonnegative():  # no well-conditioned conversion from eps or v: the mean of x0 directly
-            return "x0", {"loss": "l2", "clip_x0": True}
-        name = "epsilon" if bool((alpha > 0).all()) and self.signal_invertible() else "v"
-        return name, {"loss": "l2", "clip_x0": self.signal_is_identity}

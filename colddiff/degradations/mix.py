@@ -136,6 +136,8 @@ class Mix(_Blend):
     param_keys = ("partner",)
     context_keys = ("partner",)
     noise_is_gaussian = False  # the partner is an image
+    #: x0 under L1, as the cold paper trains animorphosis (the partner is an image, not noise)
+    default_objective_spec = ("x0", {"loss": "l1"})
 
     def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
         self._check_context(context)
@@ -156,10 +158,6 @@ class Mix(_Blend):
 
     def _partner(self, params: Params) -> Tensor:
         return params["partner"]
-
-    def default_objective(self) -> tuple[str, dict]:
-        """x0 under L1, as the cold paper trains animorphosis (the partner is an image, not noise)."""
-        return self.default_objective_spec
 
     def unknown_params_reason(self) -> str | None:
         return (f"{type(self).__name__}: undoing a mix needs the partner image that was mixed in, which a given image "
