@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -87,10 +87,10 @@ LevelDraw = Literal["uniform", "stratified", "speed"]
 Network = Callable[[Tensor, Tensor], Tensor]
 
 
-def _levels(degradation: Degradation) -> Tensor:
-    """Levels ``1..T`` on the degradation's device (its coefficients index its buffers)."""
-    device = next(iter(degradation.buffers()), torch.empty(0)).device
-    return torch.arange(1, degradation.num_steps + 1, device=device)
+def _signal_noise(degradation: Degradation) -> SignalNoise:
+    """``degradation`` as the :class:`SignalNoise` operator that :meth:`Objective.check_degradation` has checked it is
+    (for the type checker only: no check on the hot path)."""
+    return cast(SignalNoise, degradation)
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
@@ -146,32 +146,35 @@ class Objective(RecordsInit, nn.Module):
     def check_degradation(self, degradation: Degradation) -> None:
         """Raise ``ValueError`` naming the objective and the degradation if this objective cannot train it."""
         needs = self.needs_signal_noise or self.weighting == "min-snr" or self.levels == "speed"
-        if needs and not isinstance(degradation, SignalNoise):
+        if not needs:
+            return
+        if not isinstance(degradation, SignalNoise):
             what = f"{self.prediction}-prediction" if self.needs_signal_noise else \
                 "min-SNR weighting" if self.weighting == "min-snr" else "SpeeD's level draw (levels='speed')"
             raise ValueError(
                 f"{type(self).__name__} ({what}) needs a degradation with signal and noise coefficients "
                 f"(colddiff.degradations.base.SignalNoise: GaussianNoise, FlowNoise, BlurNoise, Mix), but "
                 f"{type(degradation).__name__} has none: train it with PredictX0")
-        if self.needs_signal_noise or self.weighting == "min-snr":
-            alpha, sigma = degradation.coefficients(_levels(degradation))  # type: ignore[attr-defined]
-            levels = torch.arange(1, degradation.num_steps + 1)
-            if bool((sigma == 0).any()):
-                what = "its target" if self.needs_signal_noise else "min-SNR weighting"
-                raise ValueError(f"{type(self).__name__}: {what} needs noise at every level t >= 1, but "
-                                 f"{type(degradation).__name__} has sigma_t = 0 at levels "
-                                 f"{levels[(sigma == 0).cpu()].tolist()[:10]}: train it with PredictX0")
-            if self.needs_signal_noise and not degradation.signal_nonnegative():  # type: ignore[attr-defined]
-                raise ValueError(f"{type(self).__name__} needs a signal operator whose transfer function stays "
-                                 f"positive, so that its conversion to x0 is well conditioned; "
-                                 f"{type(degradation).__name__}'s ({degradation!r}) changes sign (the kernel "
-                                 "blur): use the heat blur, or PredictX0")
-            if self.weighting == "min-snr" and bool((alpha == 0).any()):
-                raise ValueError(f"{type(self).__name__}: min-SNR weighting gives no weight where SNR_t = 0, and "
-                                 f"{type(degradation).__name__} has no signal at levels "
-                                 f"{levels[(alpha == 0).cpu()].tolist()[:10]} (its schedule ends at zero SNR), "
-                                 "which would never be trained; use a schedule that keeps some signal, or no "
-                                 "weighting")
+        if not (self.needs_signal_noise or self.weighting == "min-snr"):
+            return  # SpeeD's draw alone reads sigma_t only
+        alpha, sigma = degradation.level_coefficients()
+        levels = torch.arange(1, degradation.num_steps + 1)
+        if bool((sigma == 0).any()):
+            what = "its target" if self.needs_signal_noise else "min-SNR weighting"
+            raise ValueError(f"{type(self).__name__}: {what} needs noise at every level t >= 1, but "
+                             f"{type(degradation).__name__} has sigma_t = 0 at levels "
+                             f"{levels[(sigma == 0).cpu()].tolist()[:10]}: train it with PredictX0")
+        if self.needs_signal_noise and not degradation.signal_nonnegative():
+            raise ValueError(f"{type(self).__name__} needs a signal operator whose transfer function stays "
+                             f"positive, so that its conversion to x0 is well conditioned; "
+                             f"{type(degradation).__name__}'s ({degradation!r}) changes sign (the kernel "
+                             "blur): use the heat blur, or PredictX0")
+        if self.weighting == "min-snr" and bool((alpha == 0).any()):
+            raise ValueError(f"{type(self).__name__}: min-SNR weighting gives no weight where SNR_t = 0, and "
+                             f"{type(degradation).__name__} has no signal at levels "
+                             f"{levels[(alpha == 0).cpu()].tolist()[:10]} (its schedule ends at zero SNR), "
+                             "which would never be trained; use a schedule that keeps some signal, or no "
+                             "weighting")
 
     # ---------------------------------------------------------------------------------------- level draw
     def draw_levels(self, batch: int, num_steps: int, device: torch.device | str,
@@ -201,9 +204,9 @@ class Objective(RecordsInit, nn.Module):
         """SpeeD's level weights ``(T,)`` for levels ``1..T``: 2.5 where ``sigma_t`` still grows by at least ``1e-4``
         per thousandth of the path (the central difference of their code, ``np.gradient``), 0.5 where it has nearly
         stopped (the convergence area), float64 on the CPU."""
-        _, sigma = degradation.coefficients(torch.arange(0, degradation.num_steps + 1,  # type: ignore[attr-defined]
-                                                         device=_levels(degradation).device))
-        increment = torch.gradient(sigma.double().cpu())[0] * degradation.num_steps / 1000
+        _, sigma = _signal_noise(degradation).level_coefficients()
+        sigma = torch.cat([sigma.new_zeros(1), sigma]).double().cpu()  # level 0, the clean image: sigma_0 = 0
+        increment = torch.gradient(sigma)[0] * degradation.num_steps / 1000
         return torch.where(increment >= 1e-4, 2.5, 0.5)[1:]
 
     # ------------------------------------------------------------------------------------- conversions
@@ -258,7 +261,7 @@ class Objective(RecordsInit, nn.Module):
         """Per-sample loss weights ``(B,)`` (``None``: unweighted)."""
         if self.weighting == "none":
             return None
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+        alpha, sigma = _signal_noise(degradation).coefficients(t)
         snr = alpha**2 / sigma**2
         return (snr.clamp(max=self.snr_gamma) * self.x0_error_scale(alpha, sigma) ** 2).float()
 
@@ -328,7 +331,8 @@ class PredictEpsilon(Objective):
 
     def check_degradation(self, degradation: Degradation) -> None:
         super().check_degradation(degradation)
-        alpha, _ = degradation.coefficients(_levels(degradation))  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, _ = degradation.level_coefficients()
         if bool((alpha <= 0).any()):
             levels = torch.arange(1, degradation.num_steps + 1)[(alpha <= 0).cpu()].tolist()
             raise ValueError(
@@ -336,17 +340,18 @@ class PredictEpsilon(Objective):
                 f"alpha_t = 0 at levels {levels} (its schedule ends at zero SNR: the cosine schedule, the flow's "
                 "straight path); use PredictV or PredictVelocity (well posed there), or a schedule that keeps some "
                 "signal (DDPM's linear betas, GaussianNoise(schedule='linear'))")
-        if not degradation.signal_invertible():  # type: ignore[attr-defined]
+        if not degradation.signal_invertible():
             raise ValueError(f"PredictEpsilon needs an invertible signal operator to recover x0, and "
                              f"{type(degradation).__name__}'s is not ({degradation!r}); use PredictV")
 
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
-        return degradation.noise_of(params).to(x0.dtype)  # type: ignore[attr-defined]
+        return _signal_noise(degradation).noise_of(params).to(x0.dtype)
 
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, sigma = degradation.coefficients(t)
         y = (2.0 * x_t - 1.0) - _view(sigma, x_t) * output.to(x_t.dtype)
-        x0 = degradation.solve_signal(y, t, alpha, torch.zeros_like(alpha))  # type: ignore[attr-defined]
+        x0 = degradation.solve_signal(y, t, alpha, torch.zeros_like(alpha))
         return 0.5 + 0.5 * x0
 
     def to_noise(self, output: Tensor, x_t: Tensor, t: Tensor, x0_hat: Tensor, degradation: Degradation) -> Tensor:
@@ -369,14 +374,16 @@ class PredictV(Objective):
     prediction = "v"
 
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
-        noise = degradation.noise_of(params).to(x0.dtype)  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, sigma = degradation.coefficients(t)
+        noise = degradation.noise_of(params).to(x0.dtype)
         return _view(alpha, x0) * noise - _view(sigma, x0) * (2.0 * x0 - 1.0)
 
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, sigma = degradation.coefficients(t)
         y = _view(alpha, x_t) * (2.0 * x_t - 1.0) - _view(sigma, x_t) * output.to(x_t.dtype)
-        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha**2, sigma**2)  # type: ignore[attr-defined]
+        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha**2, sigma**2)
 
     def x0_error_scale(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         return sigma / (alpha**2 + sigma**2)
@@ -396,12 +403,13 @@ class PredictVelocity(Objective):
     prediction = "velocity"
 
     def target(self, x0: Tensor, t: Tensor, params: Params, degradation: Degradation) -> Tensor:
-        return degradation.noise_of(params).to(x0.dtype) - (2.0 * x0 - 1.0)  # type: ignore[attr-defined]
+        return _signal_noise(degradation).noise_of(params).to(x0.dtype) - (2.0 * x0 - 1.0)
 
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor, degradation: Degradation) -> Tensor:
-        alpha, sigma = degradation.coefficients(t)  # type: ignore[attr-defined]
+        degradation = _signal_noise(degradation)
+        alpha, sigma = degradation.coefficients(t)
         y = (2.0 * x_t - 1.0) - _view(sigma, x_t) * output.to(x_t.dtype)
-        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha, sigma)  # type: ignore[attr-defined]
+        return 0.5 + 0.5 * degradation.solve_signal(y, t, alpha, sigma)
 
     def x0_error_scale(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         return sigma / (alpha + sigma)
@@ -443,20 +451,55 @@ class PredictPrevious(Objective):
         return torch.full_like(alpha, 2.0)
 
 
-#: objectives by the name a degradation's :meth:`~colddiff.degradations.Degradation.default_objective` uses
+#: objectives by their ``prediction``, the name a degradation's
+#: :attr:`~colddiff.degradations.Degradation.default_objective_spec` uses
 OBJECTIVES: dict[str, type[Objective]] = {cls.prediction: cls for cls in (PredictX0, PredictEpsilon, PredictV,
                                                                           PredictVelocity, PredictPrevious)}
 
 
 def default_objective(degradation: Degradation) -> Objective:
-    """The objective ``degradation`` is trained with when a model names none (its ``default_objective()``): x0
-    under L1 for the deterministic degradations (the cold paper), what their papers use for the noise-bearing ones
-    (see :meth:`colddiff.degradations.base.SignalNoise.default_objective`)."""
-    name, init_args = degradation.default_objective()
+    """The objective ``degradation`` is trained with when a model names none.
+
+    The one a degradation declares (:meth:`~colddiff.degradations.Degradation.default_objective`, its
+    ``default_objective_spec``): x0 under L1 for the deterministic degradations (the cold paper) and for mixing,
+    InDI's for :class:`~colddiff.degradations.Interpolation`, the velocity for
+    :class:`~colddiff.degradations.FlowNoise`.  A noise-bearing operator that declares none gets what its paper
+    trains, decided here from its :class:`~colddiff.degradations.base.SignalNoise` properties
+    (:func:`_signal_noise_objective`)."""
+    spec = degradation.default_objective()
+    if spec is None:
+        if not isinstance(degradation, SignalNoise):
+            raise ValueError(f"{type(degradation).__name__}.default_objective() names no objective, and only a "
+                             "noise-bearing (SignalNoise) degradation has one derived from its properties")
+        return _signal_noise_objective(degradation)
+    name, init_args = spec
     if name not in OBJECTIVES:
         raise ValueError(f"{type(degradation).__name__}.default_objective() names {name!r}; known objectives: "
                          f"{sorted(OBJECTIVES)}")
     return OBJECTIVES[name](**init_args)
+
+
+def _signal_noise_objective(degradation: SignalNoise) -> Objective:
+    """What the noise-bearing methods' papers train, from the operator's properties: ε-prediction under MSE (DDPM, Ho
+    et al. arXiv 2006.11239, eq. 14, with ``x0_hat`` clipped to the data range while sampling; Blurring Diffusion,
+    arXiv 2209.05557, without: its sampler works on ``eps_hat`` frequency by frequency, and an ``x0_hat`` that an ε or
+    v output gives through a signal operator divides by ``alpha_t d_t``, so clipping it in pixel space would spread
+    the amplified frequencies' errors over every pixel), where every level keeps some signal (``alpha_t > 0``) and
+    the signal operator is invertible; where the schedule ends with no signal at all (``alpha_T = 0``, as the cosine
+    schedule here), ε cannot determine x0 at that level and the default is v-prediction (Salimans & Ho, arXiv
+    2202.00512), the remedy of Lin et al. (arXiv 2305.08891) for zero terminal SNR.  An operator with noise-free
+    levels (``sigma_t = 0``, e.g. ``BlurNoise(noise="none")``) is deterministic there: x0 under L1 (the cold
+    paper's); one whose signal operator changes sign (the kernel blur) has no well-conditioned ε or v conversion:
+    x0 under MSE (the posterior mean)."""
+    alpha, sigma = degradation.level_coefficients()
+    if not bool((sigma > 0).all()):  # noise-free levels: deterministic, the cold paper's objective
+        return PredictX0(loss="l1")
+    if not degradation.signal_nonnegative():  # no well-conditioned conversion from eps or v: the mean of x0 directly
+        return PredictX0(loss="l2", clip_x0=True)
+    clip = degradation.signal_is_identity  # never clip an x0_hat that went through a signal operator's inverse
+    if bool((alpha > 0).all()) and degradation.signal_invertible():
+        return PredictEpsilon(loss="l2", clip_x0=clip)
+    return PredictV(loss="l2", clip_x0=clip)
 
 
 def resolve_objective(objective: Objective | None, loss: str | None, degradation: Degradation) -> Objective:

@@ -57,7 +57,7 @@ __all__ = ["Restore", "Sampler", "SamplerName", "SamplerInfo", "Precision", "ARG
            "get_sampler", "sampler_info", "sampler_names", "check_sampler_name", "timesteps", "prepare",
            "level_tensor", "sampling_deltas", "Prediction", "Denoiser", "predict", "add_sampling_noise", "sample",
            "sample_naive", "sample_improved", "sample_direct", "sample_heun", "sample_dpmpp_2m", "sample_unipc",
-           "sample_ancestral", "autocast"]
+           "sample_ancestral", "ancestral_step", "ancestral_refusal", "autocast"]
 
 Restore = Callable[[Tensor, Tensor], Tensor]
 
@@ -732,6 +732,99 @@ def sample_unipc(
     return 0.5 + 0.5 * y
 
 
+def ancestral_refusal(degradation: Degradation) -> str | None:
+    """Why :func:`ancestral_step` cannot draw from ``degradation``'s posterior (``None``: it can), read from the
+    :class:`~colddiff.degradations.base.SignalNoise` protocol: the posterior ``q(x_s | x_t, x0)`` is Gaussian for
+    Gaussian noise (``noise_is_gaussian``) at every level ``t >= 1`` (``sigma_t > 0``), and with a signal operator it
+    is drawn frequency by frequency, which needs every eigenvalue of ``A_t`` positive (``signal_nonnegative`` and
+    ``signal_invertible``)."""
+    name = type(degradation).__name__
+    if not isinstance(degradation, SignalNoise):
+        return (f"{name} is not a Gaussian forward process (a SignalNoise degradation: GaussianNoise, FlowNoise, "
+                "BlurNoise)")
+    if not degradation.signal_is_identity and not (degradation.signal_nonnegative()
+                                                   and degradation.signal_invertible()):
+        what = "vanishes at some frequencies" if degradation.signal_nonnegative() else "changes sign"
+        return (f"{name}'s frequency-wise posterior needs a positive, invertible transfer function (a signal operator "
+                f"that keeps part of every frequency: BlurNoise's heat blur with min_scale > 0), and that of "
+                f"{degradation!r} {what}")
+    if not degradation.noise_is_gaussian:
+        return f"{name}'s noise image is not Gaussian noise (its posterior is not Gaussian)"
+    _, sigma = degradation.level_coefficients()
+    if not bool((sigma > 0).all()):
+        return f"{name} has noise-free levels (sigma_t = 0): there is no posterior to draw from"
+    return None
+
+
+def ancestral_step(degradation: SignalNoise, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
+                   generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                   noise_hat: Tensor | None = None) -> Tensor:
+    """A draw of ``x_s`` from the forward process's posterior ``q(x_s | x_t, x0 = x0_hat)``, ``s < t``: one step of
+    the ancestral sampler (hot path, no checks: :func:`ancestral_refusal` says which operators it serves).
+
+    Written once for every Gaussian path ``x~_t = alpha_t A_t x~0 + sigma_t eps`` in the eigenbasis of its signal
+    operator (:meth:`~colddiff.degradations.base.SignalNoise.signal_spectrum`, ``A_t = V diag(d_t) V^T``; ``d_t = 1``
+    for ``A_t = I``, one value per sample): frequency by frequency the path is scalar, with signal coefficient
+    ``alpha_t = a_t d_t`` (``a_t`` the noise schedule's), ``alpha_ts = alpha_t / alpha_s`` and ``sigma_ts^2 =
+    sigma_t^2 - alpha_ts^2 sigma_s^2``, and the posterior is Gaussian with variance ``sigma_s^2 sigma_ts^2 /
+    sigma_t^2``; each coefficient below is one filter
+    (:meth:`~colddiff.degradations.base.SignalNoise.apply_spectrum`), and the filtered white noise is the posterior's
+    (coloured) noise.  Its mean in one of two forms:
+
+    * **x0 form** (DDPM, Ho et al., arXiv 2006.11239, eqs. 6-7), for ``A_t = I``, in the images' precision; it reads
+      ``x0_hat`` (which the objective may have clipped to the data range, as DDPM does) and ignores ``noise_hat``::
+
+          mu = (alpha_ts sigma_s^2 / sigma_t^2) x~_t + (alpha_s sigma_ts^2 / sigma_t^2) x~0_hat
+
+    * **epsilon form** (Blurring Diffusion, Hoogeboom & Salimans, arXiv 2209.05557, their ``denoise``), for a signal
+      operator: computed from the noise estimate ``eps_hat`` as they compute it, never from an ``x0_hat`` obtained by
+      dividing by ``a_t d_t``, in float64 (the first two terms are large, ``1 / alpha_ts``, and cancel where a step
+      reveals a frequency), with denominators clipped at 1e-12 (their pseudo-code clips at 1e-8)::
+
+          mu = u_t / alpha_ts - sigma_ts^2 / (alpha_ts sigma_t) eps_hat_u
+
+      (their ``coeff_term1 u_t + coeff_term2 (u_t - sigma_t eps_hat_u)``: the posterior with ``x0`` implied by
+      ``eps_hat``).  ``eps_hat`` is ``noise_hat``, the network's noise estimate (centred units), or without it (a
+      restorer that gives only ``x0_hat``) the noise ``x0_hat`` implies
+      (:meth:`~colddiff.degradations.base.SignalNoise.noise_estimate`).
+
+    Both are the same posterior when ``x0_hat`` and ``noise_hat`` agree.  At ``s = 0`` the step returns ``x0_hat``
+    (colddiff's level 0 is the clean image; Blurring Diffusion's last step adds noise of std ``sigma_0 = 0.0067``).
+    The noise is drawn from ``generator`` (or one generator per image).
+
+    Shape:
+        ``x_t``, ``x0_hat``, ``noise_hat``: ``(B, C, H, W)``; ``t``, ``s``: ``(B,)`` long; output: ``(B, C, H, W)``.
+    """
+    height, width = x_t.shape[-2:]
+    (a_t, sigma_t), (a_s, sigma_s) = degradation.coefficients(t), degradation.coefficients(s)
+    spectrum_t = degradation.signal_spectrum(t, height, width)
+    shape = (-1,) + (1,) * (spectrum_t.ndim - 1)
+
+    def per(v: Tensor) -> Tensor:  # a per-sample (B,) coefficient against (B, *S) spectra
+        return v.to(spectrum_t.device).reshape(shape)
+
+    alpha_t = per(a_t) * spectrum_t  # a_t d_t, frequency by frequency
+    alpha_s = per(a_s) * degradation.signal_spectrum(s, height, width)
+    var_t, var_s = per(sigma_t**2), per(sigma_s**2)
+    noise = randn(tuple(x_t.shape), generator, x_t)
+    apply = degradation.apply_spectrum
+    if degradation.signal_is_identity:  # DDPM's x0 form
+        alpha_ts = alpha_t / alpha_s.clamp(min=1e-12)
+        var_ts = (var_t - alpha_ts**2 * var_s).clamp(min=0.0)
+        var_t = var_t.clamp(min=1e-12)
+        x_s = (apply(2 * x_t - 1, alpha_ts * var_s / var_t) + apply(2 * x0_hat - 1, alpha_s * var_ts / var_t)
+               + apply(noise, (var_s * var_ts / var_t).sqrt()))
+    else:  # Blurring Diffusion's epsilon form, in float64
+        if noise_hat is None:
+            noise_hat = degradation.noise_estimate(x_t, x0_hat, t)
+        alpha_ts = (alpha_t / alpha_s.clamp(min=1e-12)).clamp(min=1e-12)
+        var_ts = (var_t - alpha_ts**2 * var_s).clamp(min=0.0)
+        x_s = (apply((2 * x_t - 1).double(), 1.0 / alpha_ts)
+               + apply(noise_hat.double(), -var_ts / (alpha_ts * per(sigma_t).clamp(min=1e-12)))
+               + apply(noise.double(), (var_s * var_ts / var_t.clamp(min=1e-12)).sqrt())).to(x_t.dtype)
+    return torch.where((s == 0)[:, None, None, None], x0_hat, 0.5 + 0.5 * x_s)
+
+
 @register_sampler("ancestral")
 @torch.no_grad()
 def sample_ancestral(
@@ -746,8 +839,8 @@ def sample_ancestral(
     """The ancestral sampler of a Gaussian forward process: ``x_s ~ q(x_s | x_t, x0 = R(x_t, t))`` at each visited
     level (DDPM's Algorithm 2, Ho et al., arXiv 2006.11239; Blurring Diffusion's frequency-wise sampler for
     ``BlurNoise``, arXiv 2209.05557; with skipped levels, the posterior between the visited ones, i.e. DDIM with
-    ``eta = 1``).  Each degradation gives its posterior draw
-    (:meth:`~colddiff.degradations.base.SignalNoise.ancestral_step`); the last step returns ``x0_hat``.  The
+    ``eta = 1``).  Each step is :func:`ancestral_step` (DDPM's x0 form for ``A_t = I``, Blurring Diffusion's epsilon
+    form, read from the network's noise estimate, for a signal operator); the last step returns ``x0_hat``.  The
     posterior's own noise is drawn from ``generator`` (or one generator per image): it takes no sampling noise.
 
     Arguments as :func:`sample_naive` (``t``, ``steps``, ``callback``, ``generator``).
@@ -759,7 +852,7 @@ def sample_ancestral(
     if not isinstance(degradation, SignalNoise):
         raise ValueError(f"the ancestral sampler needs a Gaussian forward process (a SignalNoise degradation: "
                          f"GaussianNoise, FlowNoise, BlurNoise), got {type(degradation).__name__}")
-    reason = degradation.ancestral_refusal()
+    reason = ancestral_refusal(degradation)
     if reason is not None:
         raise ValueError(f"the ancestral sampler cannot sample this degradation: {reason}")
     x, start, _ = prepare(degradation, x_t, t, None, None, need_params=False)
@@ -769,7 +862,8 @@ def sample_ancestral(
         level, level_next = level_tensor(s, batch, x.device), level_tensor(s_next, batch, x.device)
         guess = predict(restore, degradation, x, level)
         x0_hat = guess.x0.to(x.dtype)
-        x_next = degradation.ancestral_step(x, x0_hat, level, level_next, generator, guess.noise)
+        noise_hat = None if degradation.signal_is_identity else guess.noise  # only the epsilon form reads it
+        x_next = ancestral_step(degradation, x, x0_hat, level, level_next, generator, noise_hat)
         if callback is not None:
             callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})
         x = x_next

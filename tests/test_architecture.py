@@ -150,3 +150,29 @@ def test_the_import_check_sees_a_loop():
     assert "colddiff.checkpoint" in graph["colddiff.module"]
     assert "colddiff.module" not in graph["colddiff.checkpoint"]
     assert "colddiff.module" not in graph["colddiff.callbacks"]  # only under TYPE_CHECKING
+
+
+def test_signal_noise_is_a_degradation_whose_policy_lives_in_objectives_and_sampling():
+    """``SignalNoise`` is an abstract :class:`Degradation` (the protocol reads its own ``num_steps``, buffers and
+    ``reestimate``), not a mixin reaching into a host; the sampler maths built on it (the ancestral posterior draw)
+    is in ``colddiff.sampling`` and the training policy (the default objective) in ``colddiff.objectives``: no
+    ``default_objective`` in ``colddiff/degradations`` returns an objective's name (operators declare theirs as
+    data, ``default_objective_spec``)."""
+    import colddiff.degradations as cd
+    from colddiff.degradations.base import Degradation, SignalNoise
+    from colddiff.degradations.noise import NoiseParams
+    from colddiff.objectives import OBJECTIVES
+
+    assert issubclass(SignalNoise, Degradation) and SignalNoise.reestimate is False
+    for cls in (cd.GaussianNoise, cd.FlowNoise, cd.BlurNoise, cd.Mix):
+        assert issubclass(cls, SignalNoise), cls
+    for cls in (cd.GaussianNoise, cd.FlowNoise, cd.BlurNoise):  # the noise param's methods still come first
+        assert cls.make_params is NoiseParams.make_params and cls.check_params is NoiseParams.check_params, cls
+    assert not hasattr(SignalNoise, "ancestral_step") and not hasattr(SignalNoise, "ancestral_refusal")
+    assert SignalNoise.default_objective is Degradation.default_objective
+    for path in sorted((PACKAGE / "degradations").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "default_objective":
+                returned = {leaf.value for ret in ast.walk(node) if isinstance(ret, ast.Return) and ret.value
+                            for leaf in ast.walk(ret.value) if isinstance(leaf, ast.Constant)}
+                assert not returned & set(OBJECTIVES), (path.name, node.lineno, returned)

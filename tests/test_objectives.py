@@ -14,7 +14,7 @@ from colddiff.objectives import (
     PredictX0,
     default_objective,
 )
-from tests.conftest import smooth_images
+from tests.conftest import OPERATORS, smooth_images
 
 T = 8
 
@@ -157,6 +157,51 @@ def test_per_family_defaults():
     assert spec(cd.BlurNoise(20, noise="none")) == ("PredictX0", "l1", False)  # noise-free: deterministic
     assert spec(cd.Interpolation(10)) == ("PredictX0", "l2", False) and default_objective(
         cd.Interpolation(10)).end_probability == pytest.approx(1 / 3)  # InDI
+
+
+#: the default objective (class and the arguments that differ from its defaults) of every shared operator of
+#: tests/conftest.py that does not train x0 under L1, and of the noise-bearing variants below; recorded from the code
+#: before the policy moved from SignalNoise.default_objective to colddiff.objectives (issue 31), where it must stay
+DEFAULTS = {
+    "GaussianNoise": (PredictV, {"loss": "l2", "clip_x0": True}),
+    "GaussianNoise-linear": (PredictEpsilon, {"loss": "l2", "clip_x0": True}),
+    "FlowNoise": (PredictVelocity, {"loss": "l2"}),
+    "Interpolation-InDI": (PredictX0, {"loss": "l2", "end_probability": 1 / 3}),
+    "BlurNoise": (PredictV, {"loss": "l2"}),
+    "BlurNoise-ratio": (PredictV, {"loss": "l2"}),
+    "BlurNoise-kernel-fixed": (PredictX0, {"loss": "l2", "clip_x0": True}),
+    "GaussianNoise-linear-1000": (PredictEpsilon, {"loss": "l2", "clip_x0": True}),
+    "GaussianNoise-alpha-bar": (PredictEpsilon, {"loss": "l2", "clip_x0": True}),
+    "BlurNoise-cosine-logsnr": (PredictEpsilon, {"loss": "l2"}),
+    "BlurNoise-alpha-bar": (PredictEpsilon, {"loss": "l2"}),
+    "BlurNoise-min0-cosine-logsnr": (PredictV, {"loss": "l2"}),
+    "BlurNoise-kernel": (PredictX0, {"loss": "l2", "clip_x0": True}),
+    "BlurNoise-kernel-cosine-logsnr": (PredictX0, {"loss": "l2", "clip_x0": True}),
+}
+#: noise-bearing variants beyond the shared operators
+VARIANTS = {
+    "GaussianNoise-linear-1000": lambda T: cd.GaussianNoise(1000, schedule="linear"),
+    "GaussianNoise-alpha-bar": lambda T: cd.GaussianNoise(4, alpha_bar=[1.0, 0.9, 0.5, 0.2, 0.05]),
+    "Mix-alpha-bar": lambda T: cd.Mix(4, alpha_bar=[1.0, 0.9, 0.5, 0.2, 0.05]),
+    "BlurNoise-cosine-logsnr": lambda T: cd.BlurNoise(T, noise="cosine-logsnr"),
+    "BlurNoise-alpha-bar": lambda T: cd.BlurNoise(4, alpha_bar=[1.0, 0.9, 0.5, 0.2, 0.05]),
+    "BlurNoise-none": lambda T: cd.BlurNoise(T, noise="none"),
+    "BlurNoise-min0-cosine-logsnr": lambda T: cd.BlurNoise(T, noise="cosine-logsnr", min_scale=0.0),
+    "BlurNoise-kernel": lambda T: cd.BlurNoise(T, blur="kernel"),
+    "BlurNoise-kernel-cosine-logsnr": lambda T: cd.BlurNoise(T, blur="kernel", noise="cosine-logsnr"),
+    "BlurNoise-kernel-none": lambda T: cd.BlurNoise(T, blur="kernel", noise="none"),
+}
+
+
+@pytest.mark.parametrize("name", sorted({*OPERATORS, *VARIANTS}))
+def test_the_default_objective_of_every_operator(name):
+    """Same class, same recorded arguments as before the policy moved into colddiff.objectives (issue 31): x0 under
+    L1 unless listed in DEFAULTS."""
+    from colddiff._config import describe
+
+    op = (OPERATORS.get(name) or VARIANTS[name])(5)
+    cls, arguments = DEFAULTS.get(name, (PredictX0, {"loss": "l1"}))
+    assert describe(default_objective(op)) == describe(cls(**arguments))
 
 
 def test_level_draws():

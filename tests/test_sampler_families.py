@@ -27,8 +27,9 @@ import torch
 
 import colddiff.degradations as cd
 from colddiff.datasets import EmbeddedMNIST, ImageTransform
+from colddiff.degradations.base import SignalNoise
 from colddiff.priors import GaussianNoisePrior
-from colddiff.sampling import sample
+from colddiff.sampling import ancestral_refusal, ancestral_step, sample
 
 SIZE, BANK, SAMPLES = 16, 300, 128
 
@@ -138,7 +139,7 @@ def test_the_ancestral_step_draws_from_the_posterior(make):
     x0 = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)).expand(4000, 1, 8, 8).contiguous()
     t, s = torch.full((4000,), 700), torch.full((4000,), 300)
     params = op.make_params(x0, torch.Generator().manual_seed(1))
-    x_s = op.ancestral_step(op.degrade(x0, t, params), x0, t, s, torch.Generator().manual_seed(2))
+    x_s = ancestral_step(op, op.degrade(x0, t, params), x0, t, s, torch.Generator().manual_seed(2))
     alpha_s, sigma_s = op.coefficients(s[:1])
     mean = 0.5 + 0.5 * alpha_s.float() * op.apply_signal(2 * x0[:1] - 1, s[:1])
     torch.testing.assert_close(x_s.mean(0, keepdim=True), mean, atol=0.03, rtol=0)  # about 4 standard errors
@@ -195,6 +196,59 @@ def test_the_ancestral_sampler_refuses_what_has_no_gaussian_posterior():
         params = op.make_params(x, partner=torch.rand(2, 1, 8, 8)) if isinstance(op, cd.Mix) else None
         with pytest.raises(ValueError, match="the ancestral sampler cannot sample this degradation: .*" + match):
             sample("ancestral", lambda x_t, t: x_t, op, op.final_state(x, params), params=params)
+    for op in (cd.GaussianNoise(5), cd.FlowNoise(5), cd.BlurNoise(5)):
+        assert ancestral_refusal(op) is None, op
+    assert "changes sign" in ancestral_refusal(cd.BlurNoise(5, blur="kernel", kernel_size=3))
+    assert "vanishes" in ancestral_refusal(cd.BlurNoise(5, min_scale=0.0))
+    assert "not a Gaussian forward process" in ancestral_refusal(cd.GaussianBlur(5))
+
+
+class _Shrink(SignalNoise):
+    """A noise-bearing operator written from the SignalNoise protocol alone (coefficients, noise_of, degrade):
+    x~_t = sqrt(alpha_bar_t) x~0 + sqrt(1 - alpha_bar_t) eps with its own schedule."""
+
+    param_keys = ("noise",)
+
+    def __init__(self, alpha_bar: list[float]) -> None:
+        super().__init__(len(alpha_bar) - 1)
+        self.reestimate = True
+        self.register_buffer("alpha_bar", torch.tensor(alpha_bar))
+
+    def make_params(self, x0, generator=None, **context):
+        return {"noise": torch.randn(x0.shape, generator=generator, dtype=x0.dtype)}
+
+    def coefficients(self, t):
+        a = self.alpha_bar.index_select(0, t).double()
+        return a.sqrt(), (1 - a).sqrt()
+
+    def noise_of(self, params):
+        return params["noise"]
+
+    def degrade(self, x0, t, params):
+        alpha, sigma = (c.to(x0)[:, None, None, None] for c in self.coefficients(t))
+        return 0.5 + 0.5 * (alpha * (2 * x0 - 1) + sigma * params["noise"].to(x0))
+
+
+def test_an_operator_written_from_the_protocol_alone_gets_the_samplers_and_its_objective():
+    """DDPM's ancestral sampler, DDIM (Algorithm 2 with re-estimated noise) and the default objective come from the
+    protocol, not from the operator: an operator that only gives its coefficients and noise image samples as
+    GaussianNoise on the same schedule does, and trains ε (signal at every level)."""
+    from colddiff.objectives import PredictEpsilon, default_objective
+
+    alpha_bar = [1.0, 0.9, 0.6, 0.3, 0.1, 0.02]
+    mine, reference = _Shrink(alpha_bar), cd.GaussianNoise(5, alpha_bar=alpha_bar)
+    x_T = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def restore(x_t, t):
+        return (0.8 * x_t + 0.02 * t.float()[:, None, None, None]).clamp(0, 1)
+
+    for name in ("ancestral", "improved", "dpm++2m"):
+        runs = [sample(name, restore, op, x_T, generator=torch.Generator().manual_seed(1),
+                       **({"params": {"noise": torch.zeros_like(x_T)}} if name == "improved" else {}))
+                for op in (mine, reference)]
+        torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=0)
+    objective = default_objective(mine)
+    assert type(objective) is PredictEpsilon and objective.loss_name == "l2" and objective.clip_x0
 
 
 def _posterior(alpha_t, sigma_t, alpha_s, sigma_s, x_t, x0):
@@ -214,7 +268,7 @@ def test_the_ancestral_step_is_the_posterior_given_x_t(make):
     x0 = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     t, s = torch.full((4000,), 700), torch.full((4000,), 650)  # close levels: x_t says much about x_s
     x_t = op.degrade(x0, t[:1], op.make_params(x0, torch.Generator().manual_seed(1))).expand(4000, 1, 8, 8)
-    draws = op.ancestral_step(x_t.contiguous(), x0.expand(4000, 1, 8, 8), t, s, torch.Generator().manual_seed(2))
+    draws = ancestral_step(op, x_t.contiguous(), x0.expand(4000, 1, 8, 8), t, s, torch.Generator().manual_seed(2))
     (alpha_t, sigma_t), (alpha_s, sigma_s) = op.coefficients(t[:1]), op.coefficients(s[:1])
     mean, std = _posterior(alpha_t.float(), sigma_t.float(), alpha_s.float(), sigma_s.float(), 2 * x_t[:1] - 1,
                            2 * x0 - 1)
@@ -235,7 +289,7 @@ def test_blurring_diffusions_ancestral_step_is_the_posterior_frequency_by_freque
     t, s = torch.full((4000,), 700), torch.full((4000,), 300)
     op = op.double()
     x_t = op.degrade(x0, t[:1], op.make_params(x0, torch.Generator().manual_seed(1))).expand(4000, 1, 8, 8)
-    draws = op.ancestral_step(x_t.contiguous(), x0.expand(4000, 1, 8, 8), t, s, torch.Generator().manual_seed(2))
+    draws = ancestral_step(op, x_t.contiguous(), x0.expand(4000, 1, 8, 8), t, s, torch.Generator().manual_seed(2))
     dct = lambda image: torch.from_numpy(scipy_fft.dctn((2 * image - 1).numpy(), axes=(-2, -1), norm="ortho"))  # noqa: E731
     k = torch.arange(8, dtype=torch.float64)
     lam = (math.pi * k[:, None] / 8) ** 2 + (math.pi * k[None, :] / 8) ** 2
@@ -358,14 +412,14 @@ def test_blurring_diffusions_step_reads_the_networks_noise_not_x0():
     noise_true = op.noise_of(params)
 
     def step(x0_hat, noise_hat=None):
-        return op.ancestral_step(x_t, x0_hat, t, s, torch.Generator().manual_seed(2), noise_hat)
+        return ancestral_step(op, x_t, x0_hat, t, s, torch.Generator().manual_seed(2), noise_hat)
 
     by_x0, by_noise = step(x0), step(torch.zeros_like(x0), noise_true)
     torch.testing.assert_close(by_noise, by_x0, atol=1e-9, rtol=0)  # the same posterior when both are right
     torch.testing.assert_close(op.noise_estimate(x_t, x0, t), noise_true, atol=1e-9, rtol=0)
     assert (step(torch.zeros_like(x0)) - by_x0).abs().max() > 0.01  # the wrong x0_hat alone moves the step
     zero = torch.zeros(64, dtype=torch.long)
-    torch.testing.assert_close(op.ancestral_step(x_t, x0, t, zero, None, torch.zeros_like(x0)), x0)
+    torch.testing.assert_close(ancestral_step(op, x_t, x0, t, zero, None, torch.zeros_like(x0)), x0)
 
 
 def test_pipeline_samplers_get_the_networks_noise():

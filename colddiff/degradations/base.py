@@ -20,13 +20,13 @@ Conventions (the same everywhere in colddiff, see README "Conventions"):
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from colddiff._checks import check_num_steps, randn
+from colddiff._checks import check_num_steps
 from colddiff._config import RecordsInit
 
 Params = dict[str, Tensor]
@@ -98,10 +98,11 @@ class Degradation(RecordsInit, nn.Module):
     param_keys: tuple[str, ...] = ()
     #: names of keyword context :meth:`make_params` accepts (e.g. the mixing partner ``z``).
     context_keys: tuple[str, ...] = ()
-    #: what the restoration network learns by default for this operator, ``(name, init_args)`` of a
-    #: :mod:`colddiff.objectives` objective: x0 under L1, the cold paper's choice for deterministic degradations.
-    #: Noise-bearing operators (:class:`SignalNoise`) override :meth:`default_objective`.
-    default_objective_spec: tuple[str, dict[str, Any]] = ("x0", {"loss": "l1"})
+    #: what the restoration network learns by default for this operator, ``(prediction, init_args)`` of a
+    #: :mod:`colddiff.objectives` objective (named by its ``prediction``): x0 under L1, the cold paper's choice for
+    #: deterministic degradations.  ``None`` (:class:`SignalNoise`'s default): derived from the operator's signal and
+    #: noise by :func:`colddiff.objectives.default_objective`.
+    default_objective_spec: ClassVar[tuple[str, dict[str, Any]] | None] = ("x0", {"loss": "l1"})
 
     def __init__(self, num_steps: int, channels: int | None = None) -> None:
         super().__init__()
@@ -162,9 +163,11 @@ class Degradation(RecordsInit, nn.Module):
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` if the operator cannot work at this image size (default: any size)."""
 
-    def default_objective(self) -> tuple[str, dict[str, Any]]:
-        """``(objective name, init_args)`` this operator is trained with when a model names no objective (see
-        :func:`colddiff.objectives.default_objective`)."""
+    def default_objective(self) -> tuple[str, dict[str, Any]] | None:
+        """``(prediction, init_args)`` of the objective this operator is trained with when a model names none, or
+        ``None`` to let :func:`colddiff.objectives.default_objective` derive it (noise-bearing operators): its
+        :attr:`default_objective_spec`.  Override only when the choice depends on the instance's arguments; the
+        policy itself lives in :mod:`colddiff.objectives`."""
         return self.default_objective_spec
 
     def unknown_params_reason(self) -> str | None:
@@ -316,8 +319,9 @@ def check_odd_kernel_size(kernel_size: Any, who: str) -> int:
     return int(kernel_size)
 
 
-class SignalNoise:
-    """Mixin and protocol of the noise-bearing degradations: a known signal part plus a scaled "noise" image.
+class SignalNoise(Degradation):
+    """Abstract base class and protocol of the noise-bearing degradations: a known signal part plus a scaled "noise"
+    image.
 
     In the paper's centred units ``x~ = 2 x - 1`` (colddiff's images are ``[0, 1]``; mid-grey is ``0``)::
 
@@ -326,19 +330,52 @@ class SignalNoise:
     with per-level coefficients ``alpha_t`` (signal) and ``sigma_t`` (noise), a linear signal operator ``A_t``
     (the identity by default; a blur for :class:`~colddiff.degradations.BlurNoise`) that keeps constant images, and
     the noise image ``z~`` held in the params (standard normal ``eps`` for
-    :class:`~colddiff.degradations.GaussianNoise` and ``BlurNoise``; ``2 * partner - 1`` for
-    :class:`~colddiff.degradations.Mix`).  Level 0 is the clean image: ``alpha_0 = 1``, ``sigma_0 = 0``,
-    ``A_0 = I``.  The objectives (:mod:`colddiff.objectives`) use this form to turn an ε, v or velocity prediction
-    into ``x0_hat`` and back; an operator without it (blur, masks, pixelation...) trains on x0 only.
+    :class:`~colddiff.degradations.GaussianNoise`, :class:`~colddiff.degradations.FlowNoise` and ``BlurNoise``;
+    ``2 * partner - 1`` for :class:`~colddiff.degradations.Mix`).  Level 0 is the clean image: ``alpha_0 = 1``,
+    ``sigma_0 = 0``, ``A_0 = I``.
 
-    Subclasses implement :meth:`coefficients` and :meth:`noise_of` (and :meth:`apply_signal`/:meth:`solve_signal`
-    when ``A_t`` is not the identity, setting ``signal_is_identity = False``).
+    **The protocol** (all that the objectives and samplers read of such an operator, besides the
+    :class:`Degradation` contract; hot-path methods take validated ``(B,)`` long levels and do no checks):
+
+    ===============================================  ============================================================
+    :meth:`coefficients` ``(t)``                     ``(alpha_t, sigma_t)``, float64 ``(B,)`` each (abstract)
+    :meth:`noise_of` ``(params)``                    the noise image ``z~`` held in the params (abstract)
+    :meth:`params_from_noise` ``(z~)``               the params holding ``z~`` (default ``{"noise": z~}``)
+    :meth:`noise_estimate` ``(x_t, x0_hat, t)``      the ``z~`` that puts ``x0_hat`` at ``x_t`` by (1)
+    :meth:`update_params` ``(x_t, x0_hat, t, p)``    with :attr:`reestimate`: that estimate as the new params (DDIM)
+    :meth:`apply_signal` ``(x, t)``                  ``A_t x``
+    :meth:`solve_signal` ``(y, t, scale, shift)``    ``(scale A_t + shift I)^-1 y``
+    :meth:`signal_spectrum` ``(t, H, W)``            the eigenvalues of ``A_t`` (``(B, 1, 1)`` ones for ``A_t = I``)
+    :meth:`apply_spectrum` ``(x, spectrum)``         ``x`` filtered by per-eigenvector multipliers
+    :meth:`signal_invertible` ``()``                 whether every ``A_t`` is invertible
+    :meth:`signal_nonnegative` ``()``                whether every ``A_t`` is positive semi-definite
+    :meth:`level_coefficients` ``()``                :meth:`coefficients` at every level ``1..T``
+    :attr:`signal_is_identity` (class flag)          ``A_t = I`` at every level
+    :attr:`noise_is_gaussian` (class flag)           ``z~`` is standard normal noise (not another image)
+    :attr:`reestimate` (instance flag)               :meth:`update_params` re-estimates ``z~``
+    ===============================================  ============================================================
+
+    A subclass implements :meth:`coefficients` and :meth:`noise_of` (and, when ``A_t`` is not the identity,
+    :meth:`apply_signal`, :meth:`solve_signal`, :meth:`signal_spectrum`, :meth:`apply_spectrum` and the two
+    properties, setting ``signal_is_identity = False``).
+
+    What the protocol is for lives elsewhere: the objectives (:mod:`colddiff.objectives`) turn an ε, v or velocity
+    prediction into ``x0_hat`` and back with it, and :func:`colddiff.objectives.default_objective` decides from its
+    properties what such an operator trains by default; the samplers (:mod:`colddiff.sampling`) integrate its paths
+    with it, DDPM's and Blurring Diffusion's posterior draw included (:func:`colddiff.sampling.ancestral_step`).  An
+    operator without the form (blur, masks, pixelation...) trains on x0 only.
     """
 
-    #: whether ``A_t`` is the identity at every level (Gaussian noise, mixing)
-    signal_is_identity: bool = True
+    #: whether ``A_t`` is the identity at every level (Gaussian noise, the flow, mixing)
+    signal_is_identity: ClassVar[bool] = True
     #: whether ``z~`` is standard normal noise (false for mixing, whose "noise" is another image)
-    noise_is_gaussian: bool = True
+    noise_is_gaussian: ClassVar[bool] = True
+    #: whether :meth:`update_params` re-estimates the noise image from ``x0_hat`` (set by each operator's
+    #: constructor argument ``reestimate``)
+    reestimate: bool = False
+    #: ``None``: :func:`colddiff.objectives.default_objective` derives the default objective from the protocol's
+    #: properties; an operator whose paper trains something else names it here (``FlowNoise``: the velocity).
+    default_objective_spec: ClassVar[tuple[str, dict[str, Any]] | None] = None
 
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_t, sigma_t)`` of equation (1), float64 ``(B,)`` each, for levels ``t`` ``(B,)`` long."""
@@ -347,6 +384,12 @@ class SignalNoise:
     def noise_of(self, params: Params) -> Tensor:
         """The noise image ``z~`` of equation (1), in centred units, from the params (``(B, C, H, W)``)."""
         raise NotImplementedError
+
+    def level_coefficients(self) -> tuple[Tensor, Tensor]:
+        """:meth:`coefficients` at every level ``t = 1..T`` (``(T,)`` float64 each): what the objectives and samplers
+        check a schedule by (noise at every level, signal at every level)."""
+        device = next(iter(self.buffers()), torch.empty(0)).device  # the coefficients index the buffers
+        return self.coefficients(torch.arange(1, self.num_steps + 1, device=device))
 
     def params_from_noise(self, noise: Tensor) -> Params:
         """The params that hold the noise image ``z~`` (the inverse of :meth:`noise_of`); default ``{"noise": z~}``."""
@@ -367,11 +410,11 @@ class SignalNoise:
         return torch.where(s > 0, estimate, fallback)
 
     def update_params(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, params: Params) -> Params:
-        """With ``reestimate`` (the operator's flag): the noise image that puts ``x0_hat`` at ``x_t`` by equation (1)
+        """With :attr:`reestimate`: the noise image that puts ``x0_hat`` at ``x_t`` by equation (1)
         (:meth:`noise_estimate`; the drawn one kept where ``sigma_t = 0``).  This makes Algorithm 2 deterministic DDIM
         (Song et al., arXiv 2010.02502, eq. 12 with ``sigma = 0``): ``x_{s'} = D(x0_hat, s'; z~)``; for the flow's
         straight path it is Euler's step; for mixing it re-estimates the partner."""
-        if not getattr(self, "reestimate", False) or not self.param_keys:  # type: ignore[attr-defined]
+        if not self.reestimate or not self.param_keys:
             return params
         return self.params_from_noise(self.noise_estimate(x_t, x0_hat, t, self.noise_of(params)))
 
@@ -398,8 +441,8 @@ class SignalNoise:
         """The eigenvalues of ``A_t`` in the basis that diagonalises every ``A_t`` (its spectrum), per sample: the
         multipliers :meth:`apply_spectrum` takes.  ``(B, 1, 1)`` ones for the identity; a blur's transfer function on
         its FFT grid for :class:`~colddiff.degradations.BlurNoise`.  Float64.  With it, a sampler computes the
-        coefficients of a Gaussian path frequency by frequency (``alpha_t d_t``: the multistep solvers, Blurring
-        Diffusion's ancestral step) and applies them with one filter each.
+        coefficients of a Gaussian path frequency by frequency (``alpha_t d_t``: the multistep solvers, the ancestral
+        step) and applies them with one filter each.
 
         Shape:
             ``t``: ``(B,)`` long; output: ``(B, *S)``, ``S`` the operator's spectral shape (``(1, 1)`` here).
@@ -423,66 +466,3 @@ class SignalNoise:
         """Whether every ``A_t`` is positive semi-definite (true for the identity and the heat blur), so that
         ``a A_t + b I`` with ``b > 0`` is always invertible (the v and velocity conversions)."""
         return True
-
-    def ancestral_refusal(self) -> str | None:
-        """Why :meth:`ancestral_step` cannot sample this operator (``None``: it can): it needs Gaussian noise at every
-        level ``t >= 1``, and (operators with a signal operator) a positive, invertible one."""
-        device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
-        _, sigma = self.coefficients(torch.arange(1, self.num_steps + 1, device=device))  # type: ignore[attr-defined]
-        if not self.noise_is_gaussian:
-            return f"{type(self).__name__}'s noise image is not Gaussian noise (its posterior is not Gaussian)"
-        if not bool((sigma > 0).all()):
-            return f"{type(self).__name__} has noise-free levels (sigma_t = 0): there is no posterior to draw from"
-        return None
-
-    def ancestral_step(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
-                       generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                       noise_hat: Tensor | None = None) -> Tensor:
-        """A draw of ``x_s`` from the forward process's posterior ``q(x_s | x_t, x0 = x0_hat)``, ``s < t``: one step
-        of the ancestral sampler (DDPM, Ho et al., arXiv 2006.11239, eqs. 6-7; for a signal operator, Blurring
-        Diffusion's frequency-wise version, arXiv 2209.05557).  In centred units, with ``alpha_ts = alpha_t /
-        alpha_s`` and ``sigma_ts^2 = sigma_t^2 - alpha_ts^2 sigma_s^2``::
-
-            x~_s = (alpha_ts sigma_s^2 / sigma_t^2) x~_t + (alpha_s sigma_ts^2 / sigma_t^2) x~0_hat
-                   + sqrt(sigma_s^2 sigma_ts^2 / sigma_t^2) eps
-
-        (the posterior's mean and standard deviation); at ``s = 0`` it is ``x0_hat``.  This default is for
-        ``A_t = I`` and uses ``x0_hat`` (DDPM's form, where ``x0_hat`` may be clipped); ``noise_hat``, the network's
-        noise estimate (centred units), is for operators whose paper writes the step with it (Blurring Diffusion),
-        which override this (hot path, no checks).
-
-        Shape:
-            ``x_t``, ``x0_hat``: ``(B, C, H, W)``; ``t``, ``s``: ``(B,)`` long; output: ``(B, C, H, W)``.
-        """
-        (alpha_t, sigma_t), (alpha_s, sigma_s) = self.coefficients(t), self.coefficients(s)
-        alpha_ts = alpha_t / alpha_s.clamp(min=1e-12)
-        var_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0.0)
-        var_t = (sigma_t**2).clamp(min=1e-12)
-
-        def view(v: Tensor) -> Tensor:
-            return v.to(x_t)[:, None, None, None]
-
-        mean = view(alpha_ts * sigma_s**2 / var_t) * (2 * x_t - 1) + view(alpha_s * var_ts / var_t) * (2 * x0_hat - 1)
-        x_s = mean + view((sigma_s**2 * var_ts / var_t).sqrt()) * randn(tuple(x_t.shape), generator, x_t)
-        return torch.where(view(s) == 0, x0_hat, 0.5 + 0.5 * x_s)
-
-    def default_objective(self) -> tuple[str, dict[str, Any]]:
-        """What the noise-bearing methods' papers train: ε-prediction under MSE (DDPM, Ho et al. arXiv 2006.11239,
-        eq. 14, with ``x0_hat`` clipped to the data range while sampling; Blurring Diffusion, arXiv 2209.05557,
-        without: its sampler works on ``eps_hat`` frequency by frequency, and an ``x0_hat`` that an ε or v output
-        gives through a signal operator divides by ``alpha_t d_t``, so clipping it in pixel space would spread the
-        amplified frequencies' errors over every pixel), where every level keeps some signal; where the schedule
-        ends with no signal at all (``alpha_T = 0``, as the cosine schedule here), ε cannot determine x0 at that
-        level and the default is v-prediction (Salimans & Ho, arXiv 2202.00512), the remedy of Lin et al. (arXiv
-        2305.08891) for zero terminal SNR. An operator with noise-free levels (``sigma_t = 0``, e.g.
-        ``BlurNoise(noise="none")``) is deterministic there: x0 under L1; one whose signal operator changes sign
-        (the kernel blur) has no well-conditioned ε or v conversion: x0 under MSE (the posterior mean)."""
-        num_steps = self.num_steps  # type: ignore[attr-defined]
-        device = next(iter(self.buffers()), torch.empty(0)).device  # type: ignore[attr-defined]
-        alpha, sigma = self.coefficients(torch.arange(1, num_steps + 1, device=device))
-        if not bool((sigma > 0).all()):  # noise-free levels: deterministic, the cold paper's objective
-            return self.default_objective_spec  # type: ignore[attr-defined]
-        if not self.signal_nonnegative():  # no well-conditioned conversion from eps or v: the mean of x0 directly
-            return "x0", {"loss": "l2", "clip_x0": True}
-        name = "epsilon" if bool((alpha > 0).all()) and self.signal_invertible() else "v"
-        return name, {"loss": "l2", "clip_x0": self.signal_is_identity}

@@ -46,7 +46,9 @@ so that Algorithm 2, ``x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')``, becomes
 ``x_{s'} = D(x0_hat, s'; eps_hat)``: the deterministic DDIM sampler (Song et al., arXiv 2010.02502, eq. 12 with
 ``sigma_t = 0``) of process (2), frequency by frequency ``u_{s'} = alpha_{s'} d_{s'} u0_hat + sigma_{s'} eps_hat_u``.
 With ``B_t = I`` it is :class:`~colddiff.degradations.GaussianNoise`'s DDIM; with ``alpha_bar_t = 1`` it is Algorithm 2
-for the blur alone.
+for the blur alone.  The samplers built on the frequency-wise form (2), Blurring Diffusion's ancestral step
+(:func:`colddiff.sampling.ancestral_step`) and the multistep solvers, read ``d_t`` through
+:meth:`BlurNoise.signal_spectrum` and filter with :meth:`BlurNoise.apply_spectrum`.
 """
 
 from __future__ import annotations
@@ -59,8 +61,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from colddiff._checks import randn
-from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image, check_odd_kernel_size
+from colddiff.degradations.base import Params, SignalNoise, check_image, check_odd_kernel_size
 from colddiff.degradations.blur import (
     Border,
     _check_blur_size,
@@ -227,7 +228,7 @@ def _mix(blurred: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
     return signal * blurred + (1 - signal) * 0.5 + (0.5 * (1 - a).sqrt()) * noise
 
 
-class BlurNoise(NoiseParams, SignalNoise, Degradation):
+class BlurNoise(NoiseParams, SignalNoise):
     """Blur plus Gaussian noise (Blurring Diffusion's forward process, or Cold Diffusion's blur with noise):
     ``D(x0, t) = 0.5 + sqrt(alpha_bar_t) (B_t x0 - 0.5) + sqrt(1 - alpha_bar_t) * 0.5 * eps``.
 
@@ -471,50 +472,6 @@ class BlurNoise(NoiseParams, SignalNoise, Degradation):
 
     def apply_spectrum(self, x: Tensor, spectrum: Tensor) -> Tensor:
         return _apply_transfer(x, spectrum, self.border)
-
-    def ancestral_refusal(self) -> str | None:
-        if not self.signal_invertible():
-            return ("BlurNoise's frequency-wise posterior needs a positive, invertible transfer function (the heat "
-                    "blur with min_scale > 0); the kernel blur's changes sign and the heat blur's with min_scale = 0 "
-                    "vanishes")
-        return super().ancestral_refusal()
-
-    def ancestral_step(self, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor,
-                       generator: torch.Generator | None = None, noise_hat: Tensor | None = None) -> Tensor:
-        """Blurring Diffusion's ancestral step (Hoogeboom & Salimans, arXiv 2209.05557, their ``denoise``), computed
-        from the noise estimate ``eps_hat`` as they compute it, never from an ``x0_hat`` obtained by dividing by
-        ``a_t d_t``.  Frequency by frequency (DCT), with ``alpha_t = a_t d_t`` (``a_t`` the noise schedule's signal,
-        ``d_t`` the blur's transfer function), ``alpha_ts = alpha_t / alpha_s`` and ``sigma_ts^2 = sigma_t^2 -
-        alpha_ts^2 sigma_s^2``::
-
-            mu_{t->s} = u_t / alpha_ts - sigma_ts^2 / (alpha_ts sigma_t) eps_hat_u
-            sigma_{t->s}^2 = sigma_ts^2 sigma_s^2 / sigma_t^2
-
-        (their ``coeff_term1 u_t + coeff_term2 (u_t - sigma_t eps_hat_u)``, the posterior ``q(u_s | u_t, x0)`` with
-        ``x0`` implied by ``eps_hat``), applied as filters in float64: one FFT each for ``x_t``, ``eps_hat`` and the
-        white noise, whose filtered copy is the posterior's coloured noise.  Denominators are clipped at 1e-12 (their
-        pseudo-code clips at 1e-8).  ``noise_hat`` is the network's ``eps_hat`` (centred units); without it (a
-        restorer that gives only ``x0_hat``), the noise ``x0_hat`` implies (:meth:`noise_estimate`).  At ``s = 0``
-        the step returns ``x0_hat`` (colddiff's level 0 is the clean image; their last step adds noise of std
-        ``sigma_0 = 0.0067``)."""
-        rows, cols, _ = self.transfer(x_t.shape[-2], x_t.shape[-1], x_t.device)
-        (a_t, sigma_t), (a_s, sigma_s) = self.coefficients(t), self.coefficients(s)
-        if noise_hat is None:
-            noise_hat = self.noise_estimate(x_t, x0_hat, t)
-
-        def per(v: Tensor) -> Tensor:
-            return v.to(rows.device)[:, None, None]
-
-        alpha_t, alpha_s = per(a_t) * self._transfer2d(rows, cols, t), per(a_s) * self._transfer2d(rows, cols, s)
-        alpha_ts = (alpha_t / alpha_s.clamp(min=1e-12)).clamp(min=1e-12)
-        var_ts = (per(sigma_t**2) - alpha_ts**2 * per(sigma_s**2)).clamp(min=0.0)
-        filters = (1.0 / alpha_ts, -var_ts / (alpha_ts * per(sigma_t).clamp(min=1e-12)),
-                   (per(sigma_s**2) * var_ts / per(sigma_t**2).clamp(min=1e-12)).sqrt())
-        noise = randn(tuple(x_t.shape), generator, x_t)
-        # in float64: the first two terms are large (1 / alpha_ts) and cancel where a step reveals a frequency
-        images = ((2 * x_t - 1).double(), noise_hat.double(), noise.double())
-        x_s = sum(_apply_transfer(image, f, self.border) for image, f in zip(images, filters)).to(x_t.dtype)
-        return torch.where((s == 0)[:, None, None, None], x0_hat, 0.5 + 0.5 * x_s)
 
     def signal_nonnegative(self) -> bool:
         """The heat blur's transfer function is positive; the truncated kernel's can change sign."""

@@ -76,6 +76,9 @@ class Interpolation(Degradation):
     """
 
     param_keys = ("observation",)
+    #: x0 under L2, drawing the last level a third of the time: InDI's ``F(x_s, s) ~ E[x | x_s]`` and its level draw
+    #: (uniform on [0, 1] with a point mass at s = 1 of weight a / (1 + a), a = 0.5)
+    default_objective_spec = ("x0", {"loss": "l2", "end_probability": 1 / 3})
 
     def __init__(self, num_steps: int, target: Degradation | None = None, noise_std: float = 0.0,
                  reestimate: bool = True) -> None:
@@ -122,11 +125,6 @@ class Interpolation(Degradation):
         s = self._s(t, x_t)
         estimate = (x_t - (1 - s) * x0_hat) / torch.where(s > 0, s, torch.ones_like(s))
         return {"observation": torch.where(s > 0, estimate, params["observation"].to(x_t.dtype))}
-
-    def default_objective(self) -> tuple[str, dict]:
-        """x0 under L2, drawing the last level a third of the time: InDI's ``F(x_s, s) ~ E[x | x_s]`` and its level
-        draw (uniform on [0, 1] with a point mass at s = 1 of weight a / (1 + a), a = 0.5)."""
-        return "x0", {"loss": "l2", "end_probability": 1 / 3}
 
     def unknown_params_reason(self) -> str | None:
         return (f"{type(self).__name__}: every level is a blend with the observation y itself, which a given image "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image
+from colddiff.degradations.base import Params, SignalNoise, check_image
 from colddiff.schedules import cosine_alpha_bar
 
 __all__ = ["Mix", "mix"]
@@ -64,7 +64,7 @@ def mix(x: Tensor, partner: Tensor, alpha_bar: float | Tensor) -> Tensor:
     return _blend(x, partner.to(x.dtype), _per_sample(alpha_bar, x, "mix", "alpha_bar"))
 
 
-class _Blend(SignalNoise, Degradation):
+class _Blend(SignalNoise):
     """Shared implementation of :class:`Mix` and :class:`GaussianNoise`: in the centred units of
     :class:`~colddiff.degradations.base.SignalNoise`, ``alpha_t = sqrt(alpha_bar_t)``, ``sigma_t =
     sqrt(1 - alpha_bar_t)``, ``A_t = I`` and ``z~ = 2 z - 1`` for the partner ``z``."""
@@ -136,6 +136,8 @@ class Mix(_Blend):
     param_keys = ("partner",)
     context_keys = ("partner",)
     noise_is_gaussian = False  # the partner is an image
+    #: x0 under L1, as the cold paper trains animorphosis (the partner is an image, not noise)
+    default_objective_spec = ("x0", {"loss": "l1"})
 
     def make_params(self, x0: Tensor, generator: torch.Generator | None = None, **context: Tensor) -> Params:
         self._check_context(context)
@@ -156,10 +158,6 @@ class Mix(_Blend):
 
     def _partner(self, params: Params) -> Tensor:
         return params["partner"]
-
-    def default_objective(self) -> tuple[str, dict]:
-        """x0 under L1, as the cold paper trains animorphosis (the partner is an image, not noise)."""
-        return self.default_objective_spec
 
     def unknown_params_reason(self) -> str | None:
         return (f"{type(self).__name__}: undoing a mix needs the partner image that was mixed in, which a given image "

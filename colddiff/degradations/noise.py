@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from colddiff._checks import check_num_steps, randn
-from colddiff.degradations.base import Degradation, Params, SignalNoise, check_image
+from colddiff.degradations.base import Params, SignalNoise, check_image
 from colddiff.degradations.interpolate import straight_line
 from colddiff.degradations.mix import _Blend, _blend, _per_sample
 from colddiff.schedules import ddpm_linear_alpha_bar
@@ -73,7 +73,7 @@ class GaussianNoise(NoiseParams, _Blend):
 
     In the centred units of :class:`~colddiff.degradations.base.SignalNoise`: ``x~_t = sqrt(alpha_bar_t) x~0 +
     sqrt(1 - alpha_bar_t) eps``, DDPM's forward process (Ho et al., arXiv 2006.11239, eq. 4).  What a model learns
-    by default (:meth:`~colddiff.degradations.base.SignalNoise.default_objective`): ε under MSE with ``x0_hat``
+    by default (:func:`colddiff.objectives.default_objective`): ε under MSE with ``x0_hat``
     clipped, where every level keeps signal (``schedule="linear"``); v-prediction for the cosine schedule, whose
     last level has none.
 
@@ -144,7 +144,7 @@ def flow_noise(x: Tensor, noise: Tensor, s: float | Tensor) -> Tensor:
     return straight_line(x, 0.5 + 0.5 * noise.to(x.dtype), _per_sample(s, x, "flow_noise", "s")[:, None, None, None])
 
 
-class FlowNoise(NoiseParams, SignalNoise, Degradation):
+class FlowNoise(NoiseParams, SignalNoise):
     """The straight path between the image and Gaussian noise: rectified flow / flow matching's interpolation.
 
     ``x~_s = (1 - s) x~0 + s eps`` in the paper's centred units (Liu et al., arXiv 2209.03003, eq. 1; Lipman et al.,
@@ -165,6 +165,10 @@ class FlowNoise(NoiseParams, SignalNoise, Degradation):
         ``x0``: ``(B, C, H, W)``; ``t``: ``int`` or ``(B,)``; output: ``(B, C, H, W)``.
     """
 
+    #: the velocity under MSE, what rectified flow and flow matching train (not the ladder of
+    #: :func:`colddiff.objectives.default_objective`, which would give v-prediction for this path)
+    default_objective_spec = ("velocity", {"loss": "l2"})
+
     def __init__(self, num_steps: int, reestimate: bool = True, channels: int | None = None) -> None:
         super().__init__(num_steps, channels)
         self.reestimate = bool(reestimate)
@@ -177,9 +181,6 @@ class FlowNoise(NoiseParams, SignalNoise, Degradation):
 
     def noise_of(self, params: Params) -> Tensor:
         return params["noise"]
-
-    def default_objective(self) -> tuple[str, dict]:
-        return "velocity", {"loss": "l2"}
 
     def degrade(self, x0: Tensor, t: Tensor, params: Params) -> Tensor:
         s = self.path.index_select(0, t).to(x0.dtype)[:, None, None, None]
