@@ -117,6 +117,8 @@ class Objective(RecordsInit, nn.Module):
 
     #: the name of what the network outputs
     prediction: ClassVar[str] = ""
+    #: whether the network's output is the noise itself (ε), which a sampler may read as such
+    predicts_noise: ClassVar[bool] = False
     #: whether the objective needs the degradation's signal and noise coefficients (:class:`SignalNoise`)
     needs_signal_noise: ClassVar[bool] = True
 
@@ -328,6 +330,7 @@ class PredictEpsilon(Objective):
     """
 
     prediction = "epsilon"
+    predicts_noise = True
 
     def check_degradation(self, degradation: Degradation) -> None:
         super().check_degradation(degradation)

@@ -210,7 +210,7 @@ class Pipeline(nn.Module):
         """One network call read by the objective: ``x0_hat`` (as :meth:`restore`), the noise estimate and, for a
         network that predicts the next level (IHDM), ``D(x0, t - 1)`` (:class:`colddiff.sampling.Prediction`)."""
         x0_hat, noise, previous = self.objective.predict(self.run_network(x_t, t), x_t, t, self.degradation)
-        return Prediction(x0_hat, noise, previous)
+        return Prediction(x0_hat, noise, previous, noise_is_output=self.objective.predicts_noise)
 
     def compile_for_sampling(self, mode: str | None = "reduce-overhead") -> None:
         """``torch.compile`` the network for sampling (fixed shapes: with ``reduce-overhead`` the network calls

@@ -285,11 +285,13 @@ class Prediction:
             (``noise`` may be a function of no arguments that returns it).
         previous: the less degraded image ``D(x0, t - 1)`` when the network predicts it directly (Inverse Heat
             Dissipation's objective), else ``None``.
+        noise_is_output: whether ``noise`` is the network's own output (an ε-model), not derived from ``x0_hat``:
+            the samplers whose paper writes the step with the network's ε (Blurring Diffusion's) use it then.
     """
 
     def __init__(self, x0: Tensor, noise: Tensor | Callable[[], Tensor | None] | None = None,
-                 previous: Tensor | None = None) -> None:
-        self.x0, self.previous, self._noise = x0, previous, noise
+                 previous: Tensor | None = None, noise_is_output: bool = False) -> None:
+        self.x0, self.previous, self._noise, self.noise_is_output = x0, previous, noise, noise_is_output
 
     @property
     def noise(self) -> Tensor | None:
@@ -771,22 +773,23 @@ def ancestral_step(degradation: SignalNoise, x_t: Tensor, x0_hat: Tensor, t: Ten
     (:meth:`~colddiff.degradations.base.SignalNoise.apply_spectrum`), and the filtered white noise is the posterior's
     (coloured) noise.  Its mean in one of two forms:
 
-    * **x0 form** (DDPM, Ho et al., arXiv 2006.11239, eqs. 6-7), for ``A_t = I``, in the images' precision; it reads
-      ``x0_hat`` (which the objective may have clipped to the data range, as DDPM does) and ignores ``noise_hat``::
+    * **x0 form** (DDPM, Ho et al., arXiv 2006.11239, eqs. 6-7), frequency by frequency, without ``noise_hat``; it
+      reads ``x0_hat`` (which the objective may have clipped to the data range, as DDPM does), in the images'
+      precision for ``A_t = I`` and in float64 for a signal operator::
 
           mu = (alpha_ts sigma_s^2 / sigma_t^2) x~_t + (alpha_s sigma_ts^2 / sigma_t^2) x~0_hat
 
     * **epsilon form** (Blurring Diffusion, Hoogeboom & Salimans, arXiv 2209.05557, their ``denoise``), for a signal
-      operator: computed from the noise estimate ``eps_hat`` as they compute it, never from an ``x0_hat`` obtained by
-      dividing by ``a_t d_t``, in float64 (the first two terms are large, ``1 / alpha_ts``, and cancel where a step
-      reveals a frequency), with denominators clipped at 1e-12 (their pseudo-code clips at 1e-8)::
+      operator given the network's noise estimate ``noise_hat`` (an ε-model: centred units): computed from
+      ``eps_hat`` as they compute it, never from an ``x0_hat`` obtained by dividing by ``a_t d_t``, in float64 (the
+      first two terms are large, ``1 / alpha_ts``, and cancel where a step reveals a frequency), with denominators
+      clipped at 1e-12 (their pseudo-code clips at 1e-8)::
 
           mu = u_t / alpha_ts - sigma_ts^2 / (alpha_ts sigma_t) eps_hat_u
 
       (their ``coeff_term1 u_t + coeff_term2 (u_t - sigma_t eps_hat_u)``: the posterior with ``x0`` implied by
-      ``eps_hat``).  ``eps_hat`` is ``noise_hat``, the network's noise estimate (centred units), or without it (a
-      restorer that gives only ``x0_hat``) the noise ``x0_hat`` implies
-      (:meth:`~colddiff.degradations.base.SignalNoise.noise_estimate`).
+      ``eps_hat``).  A model that predicts x0, v or a velocity gives no ``noise_hat`` here: its ``x0_hat`` enters
+      the x0 form directly (the noise it implies would lose ``x0_hat`` where no signal is left, ``alpha_t = 0``).
 
     Both are the same posterior when ``x0_hat`` and ``noise_hat`` agree.  At ``s = 0`` the step returns ``x0_hat``
     (colddiff's level 0 is the clean image; Blurring Diffusion's last step adds noise of std ``sigma_0 = 0.0067``).
@@ -808,15 +811,15 @@ def ancestral_step(degradation: SignalNoise, x_t: Tensor, x0_hat: Tensor, t: Ten
     var_t, var_s = per(sigma_t**2), per(sigma_s**2)
     noise = randn(tuple(x_t.shape), generator, x_t)
     apply = degradation.apply_spectrum
-    if degradation.signal_is_identity:  # DDPM's x0 form
+    if noise_hat is None or degradation.signal_is_identity:  # DDPM's x0 form
         alpha_ts = alpha_t / alpha_s.clamp(min=1e-12)
         var_ts = (var_t - alpha_ts**2 * var_s).clamp(min=0.0)
         var_t = var_t.clamp(min=1e-12)
-        x_s = (apply(2 * x_t - 1, alpha_ts * var_s / var_t) + apply(2 * x0_hat - 1, alpha_s * var_ts / var_t)
-               + apply(noise, (var_s * var_ts / var_t).sqrt()))
+        dtype = x_t.dtype if degradation.signal_is_identity else torch.float64
+        x_s = (apply((2 * x_t - 1).to(dtype), alpha_ts * var_s / var_t)
+               + apply((2 * x0_hat - 1).to(dtype), alpha_s * var_ts / var_t)
+               + apply(noise.to(dtype), (var_s * var_ts / var_t).sqrt())).to(x_t.dtype)
     else:  # Blurring Diffusion's epsilon form, in float64
-        if noise_hat is None:
-            noise_hat = degradation.noise_estimate(x_t, x0_hat, t)
         alpha_ts = (alpha_t / alpha_s.clamp(min=1e-12)).clamp(min=1e-12)
         var_ts = (var_t - alpha_ts**2 * var_s).clamp(min=0.0)
         x_s = (apply((2 * x_t - 1).double(), 1.0 / alpha_ts)
@@ -862,7 +865,8 @@ def sample_ancestral(
         level, level_next = level_tensor(s, batch, x.device), level_tensor(s_next, batch, x.device)
         guess = predict(restore, degradation, x, level)
         x0_hat = guess.x0.to(x.dtype)
-        noise_hat = None if degradation.signal_is_identity else guess.noise  # only the epsilon form reads it
+        # the epsilon form (signal operators) reads the network's own ε; an x0_hat of another objective goes in as is
+        noise_hat = guess.noise if guess.noise_is_output and not degradation.signal_is_identity else None
         x_next = ancestral_step(degradation, x, x0_hat, level, level_next, generator, noise_hat)
         if callback is not None:
             callback({"i": i, "t": s, "t_next": s_next, "x": x, "x0_hat": x0_hat, "x_next": x_next})

@@ -458,3 +458,24 @@ def test_the_ode_solvers_refuse_what_they_cannot_integrate(sampler):
     if sampler != "heun":
         out = sample(sampler, lambda x_t, t: x_t.clamp(0, 1), cd.BlurNoise(10), x, steps=5)
         assert out.shape == x.shape and out.isfinite().all()
+
+
+def test_the_ancestral_step_reads_x0_hat_where_no_signal_is_left():
+    """A v- or x0-model of Blurring Diffusion's blur on the cosine schedule that ends with no signal (alpha_T = 0):
+    its first ancestral step from T is the posterior given x0_hat (the x0 form, frequency by frequency), not the
+    epsilon form with the noise that x0_hat implies (which loses x0_hat where alpha_t = 0)."""
+    op = cd.BlurNoise(100, heat_sigma_max=4.0).double()  # noise="cosine": alpha_bar_T = 0
+    assert float(op.coefficients(torch.tensor([100]))[0]) == 0.0
+    x_t = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)).double()
+    t, s = torch.full((4,), 100), torch.full((4,), 90)
+    a = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)).double()
+    b = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)).double()
+
+    def step(x0_hat):
+        return ancestral_step(op, x_t, x0_hat, t, s, torch.Generator().manual_seed(3))
+
+    alpha_s, sigma_s = (float(c) for c in op.coefficients(s[:1]))
+    alpha_s_f = alpha_s * op.signal_spectrum(s, 8, 8)  # per frequency; alpha_ts = 0: sigma_ts = sigma_t = 1
+    expected = op.apply_spectrum(2 * (a - b), alpha_s_f) * 0.5  # the x0 term's difference, in [0, 1] units
+    torch.testing.assert_close(step(a) - step(b), expected, atol=1e-9, rtol=0)
+    assert (step(a) - step(b)).abs().max() > 1e-3
