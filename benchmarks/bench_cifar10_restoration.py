@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              f"{p['Direct_PSNR']:.2f}", f"{p['Direct_RMSE']:.4f}"]
                                             for p in curve["points"]]))
         markdown = "\n\n".join([
-            "## CIFAR-10 restoration, CPU-sized models", "",
+            "## CIFAR-10 restoration, CPU-sized models",
             f"`python -m benchmarks.bench_cifar10_restoration` — {info['date']}, {info['device_name']} "
             f"({info['cpu_threads']} threads), torch {info['torch']}; {payload['num_images']} lossless CIFAR-10 test "
             "images at level T; FD in the feature space of the CIFAR-10 ResNet-56 (64-d, FD-resnet56, not FID); the "
