@@ -330,6 +330,9 @@ class Recipe:
     #: a prior setting chosen on held-out digits after training (colddiff.callbacks.SelectPriorSetting's choice):
     #: ``{"name": "bandwidth", "candidates": [...], "num": 256}``
     select: dict[str, Any] | None = None
+    #: the name of a recipe whose training this one shares (it differs only after training, e.g. in ``select``):
+    #: bench_time_to_quality scores that run's models instead of training the same model again
+    train_as: str | None = None
     description: str = ""
 
 

@@ -53,7 +53,8 @@ RECIPES: dict[str, dict[str, bg.Recipe]] = {
         bg.Recipe("compile", compile=True, description="torch.compile (inductor, CPU)"),
         bg.Recipe("threads-1", threads=1, description="one torch thread"),
         bg.Recipe("bandwidth-selected", select={"name": "bandwidth", "candidates": [0.0, 0.025, 0.05, 0.1]},
-                  description="the prior's bandwidth chosen on held-out digits after training (SelectPriorSetting)"),
+                  train_as="default", description="the default run's models with the prior's bandwidth chosen on "
+                                                   "held-out digits (SelectPriorSetting)"),
     )},
 }
 RECIPES["flow"] = {**{k: v for k, v in RECIPES["quickstart"].items() if k != "bandwidth-selected"},
@@ -77,23 +78,34 @@ def calibrate(method: bg.Method, recipe: bg.Recipe, work: Path, steps: int = 60,
 
 
 def run(method_name: str, recipe: bg.Recipe, budget: float, points: int, num: int, work: Path,
-        scoring: tuple, run_index: int = 0, calibration_steps: int = 60) -> dict[str, Any]:
-    """Calibrate, train for the budget, score the kept models: one curve of FD against training seconds."""
+        scoring: tuple, run_index: int = 0, calibration_steps: int = 60, trained: dict | None = None
+        ) -> dict[str, Any]:
+    """Calibrate, train for the budget, score the kept models: one curve of FD against training seconds.  A recipe
+    that trains as another (``train_as``) scores that recipe's run (``trained``: its result) instead."""
     method = bg.METHODS[method_name]()
-    startup, rate = calibrate(method, recipe, work, calibration_steps, max(1, calibration_steps // 6))
-    steps = max(points, int((budget - startup) * rate) // points * points)
-    every = steps // points
-    print(f"{method_name}/{recipe.name}: {rate:.2f} steps/s after {startup:.1f} s of start-up -> {steps} steps",
-          flush=True)
-    folder = work / f"run{run_index}"
-    _, seconds = bg.train(method, steps, folder, reuse=False, curve_every=every, recipe=recipe)
-    tag = method.name if recipe.name == "default" else f"{method.name}-{recipe.name}"
-    curve = folder / f"{tag}-{steps}-curve"
+    if recipe.train_as is not None:
+        if trained is None:
+            raise ValueError(f"recipe {recipe.name!r} scores the run of {recipe.train_as!r}: run that recipe first")
+        startup, rate, steps, seconds = (trained[k] for k in ("startup_seconds", "steps_per_second", "steps",
+                                                              "train_seconds"))
+        curve = Path(trained["curve"])
+        print(f"{method_name}/{recipe.name}: the models of {recipe.train_as}'s run", flush=True)
+    else:
+        startup, rate = calibrate(method, recipe, work, calibration_steps, max(1, calibration_steps // 6))
+        steps = max(points, int((budget - startup) * rate) // points * points)
+        every = steps // points
+        print(f"{method_name}/{recipe.name}: {rate:.2f} steps/s after {startup:.1f} s of start-up -> {steps} steps",
+              flush=True)
+        folder = work / f"run{run_index}"
+        _, seconds = bg.train(method, steps, folder, reuse=False, curve_every=every, recipe=recipe)
+        tag = method.name if recipe.name == "default" else f"{method.name}-{recipe.name}"
+        curve = folder / f"{tag}-{steps}-curve"
     times = {int(k): v for k, v in json.loads((curve / "times.json").read_text()).items()}
     extractor, reference, _ = scoring
     sampling = method.samplings[0]
     result = {"recipe": recipe.name, "description": recipe.description, "steps": steps, "steps_per_second": rate,
-              "startup_seconds": startup, "train_seconds": seconds, "sampling": sampling.label, "points": []}
+              "startup_seconds": startup, "train_seconds": seconds, "sampling": sampling.label, "points": [],
+              "curve": str(curve), "train_as": recipe.train_as}
     for step in sorted(times):
         pipeline = bg.Pipeline.load(curve / f"step{step:06d}")
         chosen = {}
@@ -217,12 +229,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(args.work) / args.method
     results = []
     started = time.perf_counter()
+    previous = {r["recipe"]: r for r in (earlier or {}).get("results", []) if r.get("run", 0) == 0}
     for name in names:
-        result = run(args.method, RECIPES[args.method][name], args.budget, args.points, args.num, work / name, scoring,
-                     calibration_steps=args.calibration_steps)
+        recipe = RECIPES[args.method][name]
+        trained = next((r for r in results if r["recipe"] == recipe.train_as), previous.get(recipe.train_as))
+        result = run(args.method, recipe, args.budget, args.points, args.num, work / name, scoring,
+                     calibration_steps=args.calibration_steps, trained=trained)
         results.append({"method": args.method, "run": 0, "measured": info["date"], **result})
     if args.repeat:
-        leader = min(results, key=lambda r: r["points"][-1]["FD"])
+        leader = min((r for r in results if r["train_as"] is None), key=lambda r: r["points"][-1]["FD"])
         for i in range(1, args.repeat + 1):
             result = run(args.method, RECIPES[args.method][leader["recipe"]], args.budget, args.points, args.num,
                          work / f"{leader['recipe']}-repeat", scoring, run_index=i,
@@ -241,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      f"{last['precision']:.3f}", f"{last['recall']:.3f}", f"{last['class_entropy']:.3f}",
                      f"{best['FD']:.2f} ({best['train_seconds']:.0f})"])
     text = print_table(headers, body)
-    repeats = [r for r in results if r["recipe"] == min(results, key=lambda r: r["points"][-1]["FD"])["recipe"]]
+    repeated = [r["recipe"] for r in results if r["run"] > 0]
+    repeats = [r for r in results if repeated and r["recipe"] == repeated[0] and r["train_as"] is None]
     spread = None
     if len(repeats) > 1:
         seconds = [r["train_seconds"] for r in repeats]

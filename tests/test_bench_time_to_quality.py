@@ -21,6 +21,8 @@ def small(monkeypatch):
         recipe = bench_time_to_quality.RECIPES["quickstart"][name]
         monkeypatch.setitem(bench_time_to_quality.RECIPES["quickstart"], name, bench_generation.Recipe(
             name, model={**recipe.model, "prior_fit_images": 64}))
+    monkeypatch.setitem(bench_time_to_quality.RECIPES["quickstart"], "bandwidth-selected", bench_generation.Recipe(
+        "bandwidth-selected", select={"name": "bandwidth", "candidates": [0.3, 0.0], "num": 20}, train_as="default"))
 
 
 def test_a_tiny_time_to_quality_run_writes_curves_against_training_seconds(tmp_path, small):
@@ -38,9 +40,13 @@ def test_a_tiny_time_to_quality_run_writes_curves_against_training_seconds(tmp_p
         assert result["steps_per_second"] > 0 and all(p["FD"] >= 0 for p in result["points"])
     assert saved["spread"]["runs"] == 2 and len(saved["spread"]["FD"]) == 2
     assert "Time to quality: quickstart" in results.read_text() and (tmp_path / "t.png").is_file()
-    # --update keeps the other recipes' runs
-    bench_time_to_quality.main(["--method", "quickstart", "--recipes", "ema-power", "--budget", "2", "--points", "2",
-                                "--num", "20", "--calibration-steps", "6", "--work", str(tmp_path / "work"),
-                                "--json", str(tmp_path / "t.json"), "--update"])
-    assert sorted(r["recipe"] for r in json.loads((tmp_path / "t.json").read_text())["results"]) == \
-        ["default", "default", "ema-power"]
+    # --update keeps the other recipes' runs; a recipe that trains as another scores that run's models
+    bench_time_to_quality.main(["--method", "quickstart", "--recipes", "ema-power", "bandwidth-selected", "--budget",
+                                "2", "--points", "2", "--num", "20", "--calibration-steps", "6",
+                                "--work", str(tmp_path / "work"), "--json", str(tmp_path / "t.json"), "--update"])
+    results = json.loads((tmp_path / "t.json").read_text())["results"]
+    assert sorted(r["recipe"] for r in results) == ["bandwidth-selected", "default", "default", "ema-power"]
+    selected = next(r for r in results if r["recipe"] == "bandwidth-selected")
+    default = next(r for r in results if r["recipe"] == "default" and r["run"] == 0)
+    assert selected["curve"] == default["curve"] and selected["steps"] == default["steps"]
+    assert all(p["selected"] in (0.3, 0.0) and len(p["selection"]) == 2 for p in selected["points"])
